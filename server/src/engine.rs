@@ -1,0 +1,560 @@
+//! What a Get, Set, Invalidate and Delete do: the staleness policy (`policy`) applied to the
+//! store, the single-flight table, and refresh scheduling with backoff. Knows nothing of
+//! gRPC; `service` calls in with validated values.
+//!
+//! The single-flight table holds at most one fetch per item. A fetch runs in its own task
+//! (the "driver"), so a caller that gives up never cancels a fetch that others share. Writes
+//! win over fetches in flight: a Set or Delete marks the item's flight superseded, and its
+//! result then answers its waiters but is not stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, MAX_SPAN};
+use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
+use crate::store::{Durability, Item, Store};
+use crate::workers::{Fetched, Outbound, WorkerId, Workers};
+
+/// Settings of the engine that are not per job.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// When writes reach the disk.
+    pub durability: Durability,
+    /// First backoff delay after a failed fetch; it doubles up to the job's refresh_timeout.
+    pub retry_base: Duration,
+    /// Capacity of each job's queue of fetches waiting for a worker.
+    pub queue_capacity: usize,
+    /// How often items past their cache_ttl are swept.
+    pub sweep_interval: Duration,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            durability: Durability::Interval,
+            retry_base: Duration::from_secs(1),
+            queue_capacity: 10_000,
+            sweep_interval: Duration::from_secs(60),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What a Get answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOutcome {
+    /// FRESH, STALE or MISS.
+    pub state: ItemState,
+    /// The data (empty on MISS).
+    pub data: Vec<u8>,
+    /// The item's times (`None` on MISS).
+    pub times: Option<Times>,
+    /// An asynchronous fetch was started by this call or is in flight.
+    pub refresh_scheduled: bool,
+    /// This call waited for a synchronous fetch.
+    pub fetched: bool,
+}
+
+/// What an Invalidate answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidateOutcome {
+    /// The item was present.
+    pub found: bool,
+    /// A refresh was scheduled or is in flight.
+    pub refresh_scheduled: bool,
+}
+
+/// The engine: a cheap-to-clone handle.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    workers: Workers,
+    settings: EngineSettings,
+    jobs: RwLock<HashMap<JobName, JobConfig>>,
+    // A std Mutex: held only for map updates and short store calls, never across `.await`.
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    next_flight: u64,
+    flights: HashMap<ItemKey, Flight>,
+    backoff: HashMap<ItemKey, Backoff>,
+}
+
+type FlightResult = Arc<Result<Item, String>>;
+
+struct Flight {
+    id: u64,
+    done: watch::Receiver<Option<FlightResult>>,
+    /// A Set or Delete came in since it started: its result must not be stored.
+    superseded: bool,
+    /// An Invalidate came in since it started: one more refresh follows it.
+    reinvalidate: bool,
+}
+
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+impl Engine {
+    /// An engine over `store`, loading the stored job configs.
+    pub fn new(store: Arc<dyn Store>, settings: EngineSettings) -> Result<Engine, Error> {
+        let jobs = store.jobs()?.into_iter().collect();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                workers: Workers::new(settings.queue_capacity),
+                store,
+                settings,
+                jobs: RwLock::new(jobs),
+                table: Mutex::new(Table::default()),
+            }),
+        })
+    }
+
+    /// The worker registry.
+    pub fn workers(&self) -> &Workers {
+        &self.inner.workers
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The size limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.settings.limits
+    }
+
+    /// The config of `job`, or `UnknownJob`.
+    pub fn job_config(&self, job: &JobName) -> Result<JobConfig, Error> {
+        let jobs = self.inner.jobs.read().unwrap();
+        jobs.get(job)
+            .copied()
+            .ok_or_else(|| Error::UnknownJob(job.to_string()))
+    }
+
+    /// Every known job and its config.
+    pub fn jobs(&self) -> Vec<(JobName, JobConfig)> {
+        let jobs = self.inner.jobs.read().unwrap();
+        jobs.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Makes `config` the job's config (the latest registration wins) and stores it durably.
+    pub async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
+        self.inner.store.put_job(job, &config)?;
+        self.flush().await?;
+        self.inner.jobs.write().unwrap().insert(job.clone(), config);
+        Ok(())
+    }
+
+    /// Adds a registered worker's stream to the job's workers.
+    pub fn add_worker(
+        &self,
+        job: &JobName,
+        id: WorkerId,
+        max_in_flight: usize,
+        tx: tokio::sync::mpsc::Sender<Outbound>,
+    ) {
+        self.inner.workers.register(job, id, max_in_flight, tx);
+    }
+
+    /// Reads an item, refreshing it as the job's policy says.
+    pub async fn get(
+        &self,
+        job: &JobName,
+        args: &[u8],
+        fetch_on_miss: Option<bool>,
+    ) -> Result<GetOutcome, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let now = SystemTime::now();
+        // The hot path: a fresh hit takes no lock.
+        let item = self.inner.store.get(&key)?;
+        let times = item.as_ref().map(|i| i.times);
+        if policy::freshness(times, &config, now) == Freshness::Fresh {
+            return Ok(served(ItemState::Fresh, item, false));
+        }
+
+        let (plan, item, wait) = {
+            let mut table = self.inner.table.lock().unwrap();
+            // Look again under the lock: a write may have landed since.
+            let item = self.inner.store.get(&key)?;
+            let now = SystemTime::now();
+            let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
+            let ctx = GetContext {
+                fetch_on_miss_override: fetch_on_miss,
+                in_flight: table.flights.contains_key(&key),
+                backed_off: table
+                    .backoff
+                    .get(&key)
+                    .is_some_and(|b| b.until > Instant::now()),
+            };
+            let plan = policy::plan_get(freshness, &config, ctx);
+            let wait = match plan {
+                GetPlan::ServeStale(Refresh::Start(reason))
+                | GetPlan::AnswerMiss(Refresh::Start(reason)) => {
+                    self.start_flight(&mut table, &key, job, &config, reason);
+                    None
+                }
+                GetPlan::FetchSync { reason, .. } => Some(match table.flights.get(&key) {
+                    Some(flight) => flight.done.clone(),
+                    None => self.start_flight(&mut table, &key, job, &config, reason),
+                }),
+                _ => None,
+            };
+            (plan, item, wait)
+        };
+
+        match plan {
+            GetPlan::ServeFresh => Ok(served(ItemState::Fresh, item, false)),
+            GetPlan::ServeStale(refresh) => Ok(served(ItemState::Stale, item, refresh.scheduled())),
+            GetPlan::AnswerMiss(refresh) => Ok(GetOutcome {
+                state: ItemState::Miss,
+                data: Vec::new(),
+                times: None,
+                refresh_scheduled: refresh.scheduled(),
+                fetched: false,
+            }),
+            GetPlan::FetchSync { stale_fallback, .. } => {
+                let mut done = wait.expect("a synchronous plan waits on a flight");
+                let result = wait_flight(&mut done).await?;
+                match (&*result, stale_fallback, item) {
+                    (Ok(fetched), _, _) => Ok(GetOutcome {
+                        state: ItemState::Fresh,
+                        data: fetched.data.clone(),
+                        times: Some(fetched.times),
+                        refresh_scheduled: false,
+                        fetched: true,
+                    }),
+                    // Stale beats an error.
+                    (Err(_), true, Some(stale)) => Ok(served(ItemState::Stale, Some(stale), false)),
+                    (Err(message), _, _) => Err(Error::FetchFailed(message.clone())),
+                }
+            }
+        }
+    }
+
+    /// Stores `data` for an item directly; returns its expiry.
+    pub async fn set(
+        &self,
+        job: &JobName,
+        args: &[u8],
+        data: Vec<u8>,
+        lifetime: Option<Duration>,
+    ) -> Result<SystemTime, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let times = policy::times_for_new(SystemTime::now(), lifetime.unwrap_or(config.lifetime));
+        {
+            let mut table = self.inner.table.lock().unwrap();
+            self.inner.store.put(&key, &Item { times, data })?;
+            table.write_wins(&key);
+        }
+        self.flush_if_always().await?;
+        Ok(times.expires_at)
+    }
+
+    /// Removes an item; whether it was there.
+    pub async fn delete(&self, job: &JobName, args: &[u8]) -> Result<bool, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let found = {
+            let mut table = self.inner.table.lock().unwrap();
+            let present = self.present(&key, &config)?;
+            self.inner.store.remove(&key)?;
+            table.write_wins(&key);
+            present
+        };
+        self.flush_if_always().await?;
+        Ok(found)
+    }
+
+    /// Marks a present item stale now and schedules a refresh; an absent item is left alone.
+    pub async fn invalidate(&self, job: &JobName, args: &[u8]) -> Result<InvalidateOutcome, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let outcome = {
+            let mut table = self.inner.table.lock().unwrap();
+            let now = SystemTime::now();
+            let Some(mut item) = self.inner.store.get(&key)? else {
+                return Ok(InvalidateOutcome::default());
+            };
+            if policy::is_past_ttl(item.times.stored_at, &config, now) {
+                return Ok(InvalidateOutcome::default());
+            }
+            // An item stale already keeps its staleness (it matters to the threshold).
+            item.times.expires_at = item.times.expires_at.min(now);
+            self.inner.store.put(&key, &item)?;
+            let refresh_scheduled = if let Some(flight) = table.flights.get_mut(&key) {
+                // That fetch may have read the old data: one more refresh follows it.
+                flight.reinvalidate = true;
+                true
+            } else if table.backed_off(&key) {
+                false
+            } else {
+                self.start_flight(&mut table, &key, job, &config, FetchReason::Invalidated);
+                true
+            };
+            InvalidateOutcome {
+                found: true,
+                refresh_scheduled,
+            }
+        };
+        self.flush_if_always().await?;
+        Ok(outcome)
+    }
+
+    /// Removes, for every job, the items past their cache_ttl; how many went.
+    pub fn sweep(&self, now: SystemTime) -> Result<usize, Error> {
+        let mut removed = 0;
+        for (job, config) in self.jobs() {
+            removed += self.inner.store.sweep(&job, &config, now)?;
+        }
+        Ok(removed)
+    }
+
+    /// Runs the sweeper every `sweep_interval` until `shutdown`.
+    pub async fn run_sweeper(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.settings.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let engine = self.clone();
+            match tokio::task::spawn_blocking(move || engine.sweep(SystemTime::now())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(removed = n, "swept items past their cache_ttl"),
+                Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
+                Err(e) => tracing::error!(error = %e, "sweep task failed"),
+            }
+        }
+    }
+
+    /// Makes every acknowledged write durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| Error::Store(format!("flush task failed: {e}")))?
+    }
+
+    async fn flush_if_always(&self) -> Result<(), Error> {
+        match self.inner.settings.durability {
+            Durability::Always => self.flush().await,
+            Durability::Interval => Ok(()),
+        }
+    }
+
+    fn present(&self, key: &ItemKey, config: &JobConfig) -> Result<bool, Error> {
+        Ok(self
+            .inner
+            .store
+            .get(key)?
+            .is_some_and(|i| !policy::is_past_ttl(i.times.stored_at, config, SystemTime::now())))
+    }
+
+    /// Starts the one fetch of `key` (the caller checked none is in flight) in its own task.
+    fn start_flight(
+        &self,
+        table: &mut Table,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        reason: FetchReason,
+    ) -> watch::Receiver<Option<FlightResult>> {
+        let (tx, rx) = watch::channel(None);
+        table.next_flight += 1;
+        let id = table.next_flight;
+        table.flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                done: rx.clone(),
+                superseded: false,
+                reinvalidate: false,
+            },
+        );
+        let engine = self.clone();
+        let (key, job, config) = (key.clone(), job.clone(), *config);
+        tokio::spawn(async move {
+            let result = engine.drive(&key, &job, &config, reason, id).await;
+            // Nobody may be waiting; that is fine.
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// Runs one fetch to its end and records its result.
+    async fn drive(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        reason: FetchReason,
+        id: u64,
+    ) -> FlightResult {
+        let timeout = config.refresh_timeout;
+        let outcome = self
+            .inner
+            .workers
+            .fetch(
+                job,
+                Arc::from(key.args()),
+                reason,
+                Instant::now() + timeout,
+                SystemTime::now() + timeout,
+                timeout,
+            )
+            .await;
+        let result = outcome.and_then(|f| self.check_fetched(f, config));
+        if let Err(e) = &result {
+            tracing::warn!(%job, ?reason, error = %e, "fetch failed");
+        }
+        let stored = self.finish_flight(key, job, config, id, &result);
+        if stored {
+            if let Err(e) = self.flush_if_always().await {
+                tracing::error!(error = %e, "flush after a fetch failed");
+            }
+        }
+        Arc::new(result.map_err(|e| e.to_string()))
+    }
+
+    /// Checks a worker's answer against the limits and gives it its times.
+    fn check_fetched(&self, fetched: Fetched, config: &JobConfig) -> Result<Item, Error> {
+        let limit = self.inner.settings.limits.max_data_bytes;
+        if fetched.data.len() > limit {
+            return Err(Error::FetchFailed(format!(
+                "the worker answered {} bytes of data, over the limit of {limit} bytes",
+                fetched.data.len()
+            )));
+        }
+        let lifetime = fetched.lifetime.unwrap_or(config.lifetime);
+        if lifetime > MAX_SPAN {
+            return Err(Error::FetchFailed(format!(
+                "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
+            )));
+        }
+        Ok(Item {
+            times: policy::times_for_new(SystemTime::now(), lifetime),
+            data: fetched.data,
+        })
+    }
+
+    /// Removes the flight, stores its result unless a write superseded it, keeps the
+    /// backoff, and starts the refresh an Invalidate asked for. Whether it stored.
+    fn finish_flight(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        id: u64,
+        result: &Result<Item, Error>,
+    ) -> bool {
+        let mut table = self.inner.table.lock().unwrap();
+        let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
+            return false;
+        };
+        let mut stored = false;
+        match result {
+            Ok(item) => {
+                table.backoff.remove(key);
+                if !flight.superseded {
+                    let mut item = item.clone();
+                    if flight.reinvalidate {
+                        // Based on data from before the Invalidate: stale until the follow-up.
+                        item.times.expires_at = item.times.stored_at;
+                    }
+                    match self.inner.store.put(key, &item) {
+                        Ok(()) => stored = true,
+                        Err(e) => tracing::error!(%job, error = %e, "cannot store a fetched item"),
+                    }
+                }
+            }
+            Err(_) => {
+                let failures = table.backoff.get(key).map_or(0, |b| b.failures) + 1;
+                let delay = policy::backoff_delay(
+                    failures,
+                    self.inner.settings.retry_base,
+                    config.refresh_timeout,
+                    rand::random_range(0.5..=1.0),
+                );
+                table.backoff.insert(
+                    key.clone(),
+                    Backoff {
+                        failures,
+                        until: Instant::now() + delay,
+                    },
+                );
+            }
+        }
+        if flight.reinvalidate && !flight.superseded && !table.backed_off(key) {
+            self.start_flight(&mut table, key, job, config, FetchReason::Invalidated);
+        }
+        stored
+    }
+}
+
+impl Table {
+    /// A Set or Delete: a fetch in flight must not store over it, and backoff is over.
+    fn write_wins(&mut self, key: &ItemKey) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.superseded = true;
+        }
+        self.backoff.remove(key);
+    }
+
+    fn backed_off(&self, key: &ItemKey) -> bool {
+        self.backoff
+            .get(key)
+            .is_some_and(|b| b.until > Instant::now())
+    }
+}
+
+impl Default for InvalidateOutcome {
+    fn default() -> Self {
+        InvalidateOutcome {
+            found: false,
+            refresh_scheduled: false,
+        }
+    }
+}
+
+fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetOutcome {
+    let (data, times) = match item {
+        Some(i) => (i.data, Some(i.times)),
+        None => (Vec::new(), None),
+    };
+    GetOutcome {
+        state,
+        data,
+        times,
+        refresh_scheduled,
+        fetched: false,
+    }
+}
+
+async fn wait_flight(
+    done: &mut watch::Receiver<Option<FlightResult>>,
+) -> Result<FlightResult, Error> {
+    match done.wait_for(Option::is_some).await {
+        Ok(result) => Ok(result.clone().expect("waited for Some")),
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}

@@ -1,0 +1,194 @@
+//! The daemon's vocabulary: validated names and keys, job configs and limits. Values are
+//! checked once, at the edge, so that the engine can trust them.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The size limits the daemon enforces on what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest job name, in bytes.
+    pub max_job_name_bytes: usize,
+    /// Longest `args`, in bytes (exactly this many are accepted).
+    pub max_args_bytes: usize,
+    /// Longest `data`, in bytes (exactly this many are accepted).
+    pub max_data_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_job_name_bytes: 128,
+            max_args_bytes: 4096,
+            max_data_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks `args` against the limit.
+    pub fn check_args(&self, args: &[u8]) -> Result<(), Error> {
+        if args.len() > self.max_args_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "args are {} bytes, over the limit of {} bytes",
+                args.len(),
+                self.max_args_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks `data` against the limit.
+    pub fn check_data(&self, data: &[u8]) -> Result<(), Error> {
+        if data.len() > self.max_data_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "data is {} bytes, over the limit of {} bytes",
+                data.len(),
+                self.max_data_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A job's name: 1 to `max_job_name_bytes` bytes of `[A-Za-z0-9_.:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobName(String);
+
+impl JobName {
+    /// Validates a name against the allowed alphabet and the length limit.
+    pub fn parse(name: &str, limits: &Limits) -> Result<JobName, Error> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("job name is empty".into()));
+        }
+        if name.len() > limits.max_job_name_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "job name is {} bytes, over the limit of {} bytes",
+                name.len(),
+                limits.max_job_name_bytes
+            )));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "job name {name:?} has the character {c:?}; allowed are [A-Za-z0-9_.:-]"
+            )));
+        }
+        Ok(JobName(name.to_owned()))
+    }
+
+    /// A name read back from our own store, which only ever holds validated names.
+    pub(crate) fn from_stored(name: String) -> JobName {
+        JobName(name)
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An item's address, `(job, args)`, laid out as it is keyed on disk: job name, 0x00, args.
+/// The job name never holds a 0x00, so the layout is unambiguous and a job's items share
+/// one key prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ItemKey(Vec<u8>);
+
+impl ItemKey {
+    /// The key of `args` within `job`.
+    pub fn new(job: &JobName, args: &[u8]) -> ItemKey {
+        let mut key = Vec::with_capacity(job.as_str().len() + 1 + args.len());
+        key.extend_from_slice(job.as_str().as_bytes());
+        key.push(0);
+        key.extend_from_slice(args);
+        ItemKey(key)
+    }
+
+    /// The prefix shared by every item of `job`.
+    pub fn job_prefix(job: &JobName) -> Vec<u8> {
+        let mut prefix = job.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        prefix
+    }
+
+    /// The key as stored.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The job part of the key.
+    pub fn job_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+
+    /// The args part of the key.
+    pub fn args(&self) -> &[u8] {
+        match self.0.iter().position(|&b| b == 0) {
+            Some(i) => &self.0[i + 1..],
+            None => &[],
+        }
+    }
+}
+
+/// A job's effective configuration, every default filled in (PROTOCOL.md `JobConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobConfig {
+    /// How long fetched data is fresh.
+    pub lifetime: Duration,
+    /// How long one fetch may take, queueing included, before it counts as lost.
+    pub refresh_timeout: Duration,
+    /// Whether a miss waits for a synchronous fetch.
+    pub fetch_on_miss: bool,
+    /// An item stale for longer than this is fetched synchronously; `None` = never.
+    pub fetch_on_stale_threshold: Option<Duration>,
+    /// An item older than this, since it was stored, is gone.
+    pub cache_ttl: Duration,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            lifetime: Duration::from_secs(300),
+            refresh_timeout: Duration::from_secs(60),
+            fetch_on_miss: true,
+            fetch_on_stale_threshold: None,
+            cache_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Longest span the daemon accepts anywhere (a century), so time arithmetic cannot overflow.
+pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Why a fetch was asked for (PROTOCOL.md `FetchReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchReason {
+    /// The item was not cached.
+    Miss,
+    /// The item was stale.
+    Stale,
+    /// The item was invalidated.
+    Invalidated,
+}
+
+/// An item's freshness as a Get reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemState {
+    /// Within its lifetime.
+    Fresh,
+    /// Past its lifetime, still within `cache_ttl`.
+    Stale,
+    /// Not cached (or past `cache_ttl`).
+    Miss,
+}

@@ -1,0 +1,481 @@
+//! Persistence: items and job configs, behind the small [`Store`] trait, with sled as the
+//! embedded default.
+//!
+//! sled 0.34 has open durability issues (corruption reports after abrupt stops), so a store
+//! that fails to open is moved aside and the daemon starts cold: a cache can rebuild, it must
+//! not stay down. A record that fails to decode is dropped and counted, never served.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::model::{ItemKey, JobConfig, JobName};
+use crate::policy::{self, Times};
+
+/// One cached item as it is stored: its times and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// When it was fetched or set, and when it stops being fresh.
+    pub times: Times,
+    /// The data, opaque to the daemon.
+    pub data: Vec<u8>,
+}
+
+/// The on-disk layout of an item: a fixed header, then the data.
+/// `[format: u8 = 1][flags: u8][stored_at: u64 µs since epoch, BE][expires_at: u64 µs, BE][data]`
+const ITEM_FORMAT: u8 = 1;
+const ITEM_HEADER: usize = 18;
+/// The on-disk layout of a job config, versioned the same way.
+const JOB_FORMAT: u8 = 1;
+
+impl Item {
+    /// Encodes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ITEM_HEADER + self.data.len());
+        out.push(ITEM_FORMAT);
+        out.push(0);
+        out.extend_from_slice(&micros(self.times.stored_at).to_be_bytes());
+        out.extend_from_slice(&micros(self.times.expires_at).to_be_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Decodes only the header: what the sweeper needs.
+    pub fn decode_times(bytes: &[u8]) -> Option<Times> {
+        if bytes.len() < ITEM_HEADER || bytes[0] != ITEM_FORMAT {
+            return None;
+        }
+        let stored_at = from_micros(u64::from_be_bytes(bytes[2..10].try_into().ok()?));
+        let expires_at = from_micros(u64::from_be_bytes(bytes[10..18].try_into().ok()?));
+        Some(Times {
+            stored_at,
+            expires_at,
+        })
+    }
+
+    /// Decodes a whole record; `None` if it is not one of ours.
+    pub fn decode(bytes: &[u8]) -> Option<Item> {
+        let times = Item::decode_times(bytes)?;
+        Some(Item {
+            times,
+            data: bytes[ITEM_HEADER..].to_vec(),
+        })
+    }
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+fn from_micros(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
+
+fn encode_job(config: &JobConfig) -> Vec<u8> {
+    let span = |d: Duration| (d.as_micros().min(u64::MAX as u128) as u64).to_be_bytes();
+    let mut out = Vec::with_capacity(35);
+    out.push(JOB_FORMAT);
+    out.extend_from_slice(&span(config.lifetime));
+    out.extend_from_slice(&span(config.refresh_timeout));
+    out.push(config.fetch_on_miss as u8);
+    match config.fetch_on_stale_threshold {
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&span(t));
+        }
+        None => {
+            out.push(0);
+            out.extend_from_slice(&[0; 8]);
+        }
+    }
+    out.extend_from_slice(&span(config.cache_ttl));
+    out
+}
+
+fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
+    if bytes.len() != 35 || bytes[0] != JOB_FORMAT {
+        return None;
+    }
+    let span = |at: usize| {
+        Some(Duration::from_micros(u64::from_be_bytes(
+            bytes[at..at + 8].try_into().ok()?,
+        )))
+    };
+    Some(JobConfig {
+        lifetime: span(1)?,
+        refresh_timeout: span(9)?,
+        fetch_on_miss: bytes[17] != 0,
+        fetch_on_stale_threshold: if bytes[18] != 0 {
+            Some(span(19)?)
+        } else {
+            None
+        },
+        cache_ttl: span(27)?,
+    })
+}
+
+/// When writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Durability {
+    /// Flushed in the background every flush interval (100 ms by default).
+    #[default]
+    Interval,
+    /// Flushed before every write is acknowledged.
+    Always,
+}
+
+/// What the daemon needs from storage. Synchronous: every call is a short local operation;
+/// `flush` may block on the disk and is run off the async threads.
+pub trait Store: Send + Sync + 'static {
+    /// Reads an item. A record that fails to decode is removed, counted and reported absent.
+    fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
+    /// Writes an item.
+    fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error>;
+    /// Removes an item; whether it was there.
+    fn remove(&self, key: &ItemKey) -> Result<bool, Error>;
+    /// Stores a job's effective config.
+    fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error>;
+    /// Every stored job config.
+    fn jobs(&self) -> Result<Vec<(JobName, JobConfig)>, Error>;
+    /// Removes every item of `job` past its `cache_ttl` at `now`; how many went.
+    fn sweep(&self, job: &JobName, config: &JobConfig, now: SystemTime) -> Result<usize, Error>;
+    /// Makes every acknowledged write durable.
+    fn flush(&self) -> Result<(), Error>;
+    /// Records that failed to decode and were dropped, since start.
+    fn corrupt_records(&self) -> u64;
+}
+
+/// The sled store under `DATA_DIR/store`.
+pub struct SledStore {
+    db: sled::Db,
+    items: sled::Tree,
+    jobs: sled::Tree,
+    corrupt: AtomicU64,
+}
+
+/// How the store came up.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Where a store that could not be opened was moved to, if one was.
+    pub moved_aside: Option<PathBuf>,
+    /// Why it could not be opened.
+    pub reason: Option<String>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store under `data_dir`. A store that fails to open is moved
+    /// aside to `store.corrupt-<unix seconds>` and a fresh one is created; only a data dir
+    /// that cannot be used at all (locked by another process, not writable) is an error.
+    pub fn open(
+        data_dir: &Path,
+        flush_interval: Duration,
+    ) -> Result<(SledStore, OpenReport), Error> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::Store(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("store");
+        let mut report = OpenReport::default();
+        let db = match try_open(&path, flush_interval) {
+            Ok(db) => db,
+            Err(OpenError::Locked(msg)) => return Err(Error::Store(msg)),
+            Err(OpenError::Damaged(msg)) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let aside = data_dir.join(format!("store.corrupt-{stamp}"));
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    Error::Store(format!(
+                        "store at {} is damaged ({msg}) and cannot be moved aside: {e}",
+                        path.display()
+                    ))
+                })?;
+                report.moved_aside = Some(aside);
+                report.reason = Some(msg);
+                try_open(&path, flush_interval).map_err(|e| {
+                    Error::Store(format!("cannot create a fresh store: {}", e.message()))
+                })?
+            }
+        };
+        let items = db.open_tree("items")?;
+        let jobs = db.open_tree("jobs")?;
+        Ok((
+            SledStore {
+                db,
+                items,
+                jobs,
+                corrupt: AtomicU64::new(0),
+            },
+            report,
+        ))
+    }
+
+    fn drop_corrupt(&self, key: &[u8], what: &str) {
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
+        if let Err(e) = self.items.remove(key) {
+            tracing::error!(error = %e, "cannot remove a corrupt record");
+        }
+    }
+}
+
+enum OpenError {
+    Locked(String),
+    Damaged(String),
+}
+
+impl OpenError {
+    fn message(&self) -> &str {
+        match self {
+            OpenError::Locked(m) | OpenError::Damaged(m) => m,
+        }
+    }
+}
+
+fn try_open(path: &Path, flush_interval: Duration) -> Result<sled::Db, OpenError> {
+    let existed = ["conf", "db"].iter().any(|f| path.join(f).exists());
+    let config = sled::Config::new()
+        .path(path)
+        .flush_every_ms(Some(flush_interval.as_millis().max(1) as u64));
+    // sled can panic on some damaged files instead of returning an error: both mean the
+    // same here.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(OpenError::Locked(format!(
+                "store at {} is in use by another process (is another cachebackd running on this data dir?)",
+                path.display()
+            )))
+        }
+        Ok(Err(e)) => return Err(OpenError::Damaged(e.to_string())),
+        Err(_) => return Err(OpenError::Damaged("sled panicked while opening it".into())),
+    };
+    // sled opens some damaged stores as empty ones. Every store we create holds a format
+    // marker, so files that exist but hold no marker are damage, not a fresh start.
+    let check = || -> Result<(), String> {
+        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+        let marker = meta.get(FORMAT_KEY).map_err(|e| e.to_string())?;
+        match marker {
+            Some(v) if v.as_ref() == FORMAT_MARKER => {}
+            Some(v) => {
+                return Err(format!(
+                    "unknown store format {:?}",
+                    String::from_utf8_lossy(&v)
+                ))
+            }
+            None if existed => return Err("its files hold no cachebackd store".into()),
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT_MARKER)
+                    .map_err(|e| e.to_string())?;
+                db.flush().map_err(|e| e.to_string())?;
+            }
+        }
+        let jobs = db.open_tree("jobs").map_err(|e| e.to_string())?;
+        jobs.iter()
+            .try_for_each(|kv| kv.map(|_| ()))
+            .map_err(|e| e.to_string())
+    };
+    match check() {
+        Ok(()) => Ok(db),
+        Err(msg) => Err(OpenError::Damaged(msg)),
+    }
+}
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT_MARKER: &[u8] = b"cachebackd-store-1";
+
+impl Store for SledStore {
+    fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error> {
+        let Some(bytes) = self.items.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        match Item::decode(&bytes) {
+            Some(item) => Ok(Some(item)),
+            None => {
+                self.drop_corrupt(key.as_bytes(), "item");
+                Ok(None)
+            }
+        }
+    }
+
+    fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
+        self.items.insert(key.as_bytes(), item.encode())?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &ItemKey) -> Result<bool, Error> {
+        Ok(self.items.remove(key.as_bytes())?.is_some())
+    }
+
+    fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error> {
+        self.jobs
+            .insert(job.as_str().as_bytes(), encode_job(config))?;
+        Ok(())
+    }
+
+    fn jobs(&self) -> Result<Vec<(JobName, JobConfig)>, Error> {
+        let mut out = Vec::new();
+        for kv in self.jobs.iter() {
+            let (k, v) = kv?;
+            match (String::from_utf8(k.to_vec()), decode_job(&v)) {
+                (Ok(name), Some(config)) => out.push((JobName::from_stored(name), config)),
+                _ => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key = ?String::from_utf8_lossy(&k), "dropping a job record that does not decode");
+                    self.jobs.remove(&k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sweep(&self, job: &JobName, config: &JobConfig, now: SystemTime) -> Result<usize, Error> {
+        let mut removed = 0;
+        for kv in self.items.scan_prefix(ItemKey::job_prefix(job)) {
+            let (k, v) = kv?;
+            match Item::decode_times(&v) {
+                Some(t) if !policy::is_past_ttl(t.stored_at, config, now) => continue,
+                Some(_) => {}
+                None => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Only remove the record we looked at: a write since then wins.
+            if self
+                .items
+                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn corrupt_records(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str) -> JobName {
+        JobName::parse(name, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn item_round_trips_with_its_times() {
+        let times = policy::times_for_new(
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            Duration::from_secs(300),
+        );
+        let item = Item {
+            times,
+            data: b"hello".to_vec(),
+        };
+        assert_eq!(Item::decode(&item.encode()), Some(item));
+        assert_eq!(Item::decode(b"\x02garbage-garbage-garbage"), None);
+        assert_eq!(Item::decode(b"\x01short"), None);
+    }
+
+    #[test]
+    fn job_config_round_trips() {
+        let config = JobConfig {
+            fetch_on_stale_threshold: Some(Duration::from_millis(1500)),
+            fetch_on_miss: false,
+            ..JobConfig::default()
+        };
+        assert_eq!(decode_job(&encode_job(&config)), Some(config));
+        assert_eq!(
+            decode_job(&encode_job(&JobConfig::default())),
+            Some(JobConfig::default())
+        );
+    }
+
+    #[test]
+    fn damaged_store_is_moved_aside_and_a_fresh_one_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            store.put_job(&job("j"), &JobConfig::default()).unwrap();
+            store.flush().unwrap();
+        }
+        std::fs::write(dir.path().join("store/conf"), b"garbage").unwrap();
+        std::fs::write(dir.path().join("store/db"), vec![0xA5; 5000]).unwrap();
+        let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let aside = report.moved_aside.expect("moved aside");
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("store.corrupt-"));
+        assert!(aside.join("db").exists());
+        assert_eq!(store.jobs().unwrap(), vec![]);
+        drop(store);
+        // The fresh store opens cleanly next time.
+        let (_, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        assert!(report.moved_aside.is_none());
+    }
+
+    #[test]
+    fn undecodable_item_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        assert!(report.moved_aside.is_none());
+        let key = ItemKey::new(&job("j"), b"[1]");
+        store
+            .items
+            .insert(key.as_bytes(), b"nonsense".to_vec())
+            .unwrap();
+        assert_eq!(store.get(&key).unwrap(), None);
+        assert_eq!(store.corrupt_records(), 1);
+        assert!(store.items.get(key.as_bytes()).unwrap().is_none());
+    }
+
+    #[test]
+    fn sweep_removes_only_items_past_cache_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let j = job("j");
+        let config = JobConfig {
+            cache_ttl: Duration::from_secs(60),
+            ..JobConfig::default()
+        };
+        let now = SystemTime::now();
+        let old = Item {
+            times: policy::times_for_new(now - Duration::from_secs(61), Duration::from_secs(1)),
+            data: vec![1],
+        };
+        let young = Item {
+            times: policy::times_for_new(now - Duration::from_secs(59), Duration::from_secs(1)),
+            data: vec![2],
+        };
+        store.put(&ItemKey::new(&j, b"old"), &old).unwrap();
+        store.put(&ItemKey::new(&j, b"young"), &young).unwrap();
+        store
+            .put(&ItemKey::new(&job("other"), b"old"), &old)
+            .unwrap();
+        assert_eq!(store.sweep(&j, &config, now).unwrap(), 1);
+        assert_eq!(store.get(&ItemKey::new(&j, b"old")).unwrap(), None);
+        assert_eq!(store.get(&ItemKey::new(&j, b"young")).unwrap(), Some(young));
+        assert_eq!(
+            store.get(&ItemKey::new(&job("other"), b"old")).unwrap(),
+            Some(old)
+        );
+    }
+}
