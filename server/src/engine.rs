@@ -337,6 +337,7 @@ impl Engine {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.prune_backoff();
             let engine = self.clone();
             match tokio::task::spawn_blocking(move || engine.sweep(SystemTime::now())).await {
                 Ok(Ok(0)) => {}
@@ -345,6 +346,15 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "sweep task failed"),
             }
         }
+    }
+
+    /// Forgets the backoff of items whose delay ran out long ago: an item nobody reads is
+    /// never retried, so its record would otherwise stay in memory for good.
+    fn prune_backoff(&self) {
+        const KEEP: Duration = Duration::from_secs(600);
+        let now = Instant::now();
+        let mut table = self.inner.table.lock().unwrap();
+        table.backoff.retain(|_, b| b.until + KEEP > now);
     }
 
     /// Makes every acknowledged write durable.
