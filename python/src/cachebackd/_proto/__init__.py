@@ -1,0 +1,1 @@
+"""Stubs generated from proto/cacheback/v1/cacheback.proto."""

@@ -1,0 +1,223 @@
+"""`Client`: one gRPC channel to the daemon, and the four item RPCs on raw bytes.
+
+Most code uses a `Job`, which encodes arguments and data and calls this; the client is
+for tools that speak the wire format directly and for the worker, which shares its
+channel.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Callable, Optional, Sequence
+
+import grpc
+
+from ._codec import Seconds, from_timestamp, to_duration
+from ._proto import cacheback_pb2 as pb
+from ._proto.cacheback_pb2_grpc import CachebackStub
+from .errors import CachebackError
+
+#: The environment variable a `Client()` without a target reads.
+TARGET_ENV = "CACHEBACKD_TARGET"
+#: Where the daemon listens when nothing says otherwise.
+DEFAULT_TARGET = "127.0.0.1:7070"
+#: gRPC's default 4 MiB receive limit is exactly the daemon's data limit, too small for
+#: a response carrying 4 MiB of data plus its envelope.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect promptly after a daemon restart; gRPC's own default backs off to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Notice a dead connection under an idle worker stream.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+_DEFAULT = object()
+
+
+class ItemState(enum.Enum):
+    """What a Get found: FRESH data, STALE data (a refresh is under way), or a MISS."""
+
+    FRESH = pb.ITEM_STATE_FRESH
+    STALE = pb.ITEM_STATE_STALE
+    MISS = pb.ITEM_STATE_MISS
+
+
+@dataclass(frozen=True)
+class Item:
+    """The answer to a Get: data with its state and timestamps (cacheback has no such view).
+
+    `data` is raw bytes from `Client.get` and decoded data from `Job.raw_get`; it is
+    None on a MISS, as are the timestamps.
+    """
+
+    state: ItemState
+    data: Any
+    stored_at: Optional[datetime]
+    expires_at: Optional[datetime]
+    #: An asynchronous fetch of this item was started by this call or is in flight.
+    refresh_scheduled: bool
+    #: This call waited for a synchronous fetch (its own or one it joined).
+    fetched: bool
+
+    @property
+    def hit(self) -> bool:
+        """True for FRESH and STALE: there is data."""
+        return self.state is not ItemState.MISS
+
+    def decoded(self, decode: Callable[[bytes], Any]) -> "Item":
+        """This item with its data decoded (left None on a MISS)."""
+        return replace(self, data=decode(self.data) if self.hit else None)
+
+
+@dataclass(frozen=True)
+class Invalidated:
+    """The answer to an Invalidate."""
+
+    #: The item existed; an absent item is left alone.
+    found: bool
+    #: A refresh (reason INVALIDATED) is scheduled or in flight.
+    refresh_scheduled: bool
+
+
+def _normalise_target(target: str) -> str:
+    """gRPC wants `host:port` or `unix:/path`; accept the Rust client's `http://host:port` too."""
+    for scheme in ("http://", "grpc://"):
+        if target.startswith(scheme):
+            return target[len(scheme) :].rstrip("/")
+    return target
+
+
+class Client:
+    """A connection to cachebackd.
+
+    `target` is `host:port` or `unix:/path/to.sock`; without one, the environment
+    variable CACHEBACKD_TARGET, else 127.0.0.1:7070. `timeout` is the deadline of every
+    call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
+    by the job's `refresh_timeout` on the daemon's side. Thread-safe; use one per process.
+    """
+
+    def __init__(
+        self,
+        target: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = _normalise_target(target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+        self.timeout = timeout
+        # Later options win in grpc, so callers can override ours.
+        self.channel = grpc.insecure_channel(self.target, options=[*_CHANNEL_OPTIONS, *options])
+        self.stub = CachebackStub(self.channel)
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r}, timeout={self.timeout!r})"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calls in flight fail with CANCELLED."""
+        self.channel.close()
+
+    def wait_until_ready(self, timeout: Optional[float] = None) -> None:
+        """Block until the channel is connected (raises grpc.FutureTimeoutError)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def _call(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+        except grpc.RpcError as error:
+            raise CachebackError.from_rpc_error(error) from None
+
+    def get(
+        self,
+        job: str,
+        args: bytes,
+        *,
+        fetch_on_miss: Optional[bool] = None,
+        timeout: Any = _DEFAULT,
+    ) -> Item:
+        """Read an item; on a miss or a stale hit the daemon refreshes it as the job says.
+
+        `fetch_on_miss` overrides the job's setting for this call.
+        """
+        request = pb.GetRequest(job=job, args=args)
+        if fetch_on_miss is not None:
+            request.fetch_on_miss = fetch_on_miss
+        reply = self._call(self.stub.Get, request, timeout)
+        state = ItemState(reply.state)
+        hit = state is not ItemState.MISS
+        return Item(
+            state=state,
+            data=reply.data if hit else None,
+            stored_at=from_timestamp(reply.stored_at) if reply.HasField("stored_at") else None,
+            expires_at=from_timestamp(reply.expires_at) if reply.HasField("expires_at") else None,
+            refresh_scheduled=reply.refresh_scheduled,
+            fetched=reply.fetched,
+        )
+
+    def set(
+        self,
+        job: str,
+        args: bytes,
+        data: bytes,
+        *,
+        lifetime: Optional[Seconds] = None,
+        timeout: Any = _DEFAULT,
+    ) -> datetime:
+        """Store data for an item; returns when it stops being fresh.
+
+        `lifetime` replaces the job's lifetime for this item only.
+        """
+        request = pb.SetRequest(job=job, args=args, data=data)
+        if lifetime is not None:
+            request.lifetime.CopyFrom(to_duration(lifetime))
+        reply = self._call(self.stub.Set, request, timeout)
+        return from_timestamp(reply.expires_at)
+
+    def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
+        """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""
+        reply = self._call(self.stub.Invalidate, pb.InvalidateRequest(job=job, args=args), timeout)
+        return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
+
+    def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
+        """Remove an item, so that the next Get is a miss; returns whether it existed."""
+        reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
+        return bool(reply.found)
+
+
+_default_lock = threading.Lock()
+_default_client: Optional[Client] = None
+
+
+def default_client() -> Client:
+    """The process-wide client that jobs and workers use when given none.
+
+    Made on first use from CACHEBACKD_TARGET, so that `UserTweets().get("bob")` works
+    with no setup, as in cacheback.
+    """
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = Client()
+        return _default_client
+
+
+def set_default_client(client: Optional[Client]) -> None:
+    """Replace the process-wide client (None: make a new one from the environment on next use)."""
+    global _default_client
+    with _default_lock:
+        _default_client = client

@@ -1,0 +1,340 @@
+"""`Worker`: answers the daemon's fetch requests for any number of jobs, from background threads.
+
+One `RegisterJob` stream per job: the worker registers the job's config, then runs each
+FetchRequest in a thread pool of the job's `max_in_flight` threads (the daemon never
+sends more unanswered requests than that) and sends back the data or, if `fetch`
+raised, a FetchError with the exception's message. When the stream breaks (the daemon
+restarted, the connection dropped) the worker reconnects and registers again, after an
+exponential backoff with jitter so that a fleet of app servers does not reconnect in
+lockstep. Stopping lets the fetches already running finish and deliver their results;
+requests that arrive after that are left unanswered, and the daemon hands them to
+another worker when the stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Optional, Union
+
+import grpc
+
+from ._codec import decode_args, to_duration
+from ._proto import cacheback_pb2 as pb
+from .client import Client, default_client
+from .job import CachedFunction, Job
+
+log = logging.getLogger("cachebackd.worker")
+
+#: Ends a stream's outgoing messages (a half-close).
+_CLOSE = object()
+
+Servable = Union[Job, type[Job], CachedFunction[Any, Any]]
+
+
+def _as_job(job: Servable) -> Job:
+    if isinstance(job, CachedFunction):
+        return job.job
+    if isinstance(job, type) and issubclass(job, Job):
+        return job()
+    if isinstance(job, Job):
+        return job
+    raise TypeError(f"cannot serve {job!r}: expected a Job, a Job subclass or a @cacheback function")
+
+
+def _outgoing(outbox: "queue.Queue[Any]") -> Iterator[pb.WorkerMessage]:
+    """The request stream of one RegisterJob call, fed from a queue until _CLOSE."""
+    while True:
+        message = outbox.get()
+        if message is _CLOSE:
+            return
+        yield message
+
+
+def describe(error: BaseException) -> str:
+    """The FetchError message for an exception raised by `fetch`."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Worker:
+    """Serves jobs to the daemon from the app server, like cacheback's Celery workers.
+
+    ::
+
+        worker = Worker().serve(UserTweets).serve(fetch_tweets).start()
+        ...
+        worker.stop()
+
+    `client` defaults to the process-wide client (CACHEBACKD_TARGET). `name` is reported
+    to the daemon. Reconnection waits `reconnect_initial` seconds, doubling up to
+    `reconnect_max`, each wait drawn between half and all of that (jitter). Also a
+    context manager: `with Worker().serve(job):` starts it and stops it.
+    """
+
+    def __init__(
+        self,
+        client: Optional[Client] = None,
+        *,
+        name: Optional[str] = None,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 5.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.client = client or default_client()
+        self.name = name or f"python-{socket.gethostname()}-{os.getpid()}"
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.stop_grace = stop_grace
+        # Guards every stream's registered/in_flight/outbox/call and the counter below;
+        # never held while talking to the network or running a fetch.
+        self._cond = threading.Condition()
+        self._streams: dict[str, _JobStream] = {}
+        self._registrations = 0
+        self._started = False
+        self._stopping = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} jobs={list(self._streams)}>"
+
+    def serve(self, job: Servable, *, max_in_flight: Optional[int] = None) -> "Worker":
+        """Add a job (a Job, a Job subclass, or a @cacheback function); chainable.
+
+        `max_in_flight` defaults to the job's own (16).
+        """
+        instance = _as_job(job)
+        limit = max_in_flight or instance.max_in_flight
+        if limit < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        with self._cond:
+            if instance.name in self._streams:
+                raise ValueError(f"job {instance.name!r} is already served by this worker")
+            stream = _JobStream(self, instance, limit)
+            self._streams[instance.name] = stream
+            started = self._started
+        if started:
+            stream.thread.start()
+        return self
+
+    @property
+    def jobs(self) -> list[str]:
+        """The names of the jobs served."""
+        return list(self._streams)
+
+    @property
+    def registrations(self) -> int:
+        """How many times the daemon has confirmed a registration (any job), reconnections included."""
+        with self._cond:
+            return self._registrations
+
+    def effective_config(self, job: str) -> Optional[pb.JobConfig]:
+        """The job's config as the daemon last confirmed it, defaults filled in."""
+        with self._cond:
+            return self._streams[job].config
+
+    def start(self) -> "Worker":
+        """Open the streams in background threads and return at once."""
+        with self._cond:
+            if self._started:
+                return self
+            if self._stopping.is_set():
+                raise RuntimeError("a stopped worker cannot be started again")
+            self._started = True
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.thread.start()
+        return self
+
+    def run(self) -> None:
+        """Start and block until stopped (Ctrl-C stops gracefully): for a worker process."""
+        self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            self.stop()
+
+    def wait_until_registered(
+        self, timeout: Optional[float] = None, *, count: Optional[int] = None
+    ) -> bool:
+        """Block until every job is registered on a live stream, or, with `count`, until
+        `registrations` reaches it (to wait for a reconnection). False on timeout."""
+        with self._cond:
+            if count is None:
+                return self._cond.wait_for(
+                    lambda: bool(self._streams)
+                    and all(s.registered for s in self._streams.values()),
+                    timeout,
+                )
+            return self._cond.wait_for(lambda: self._registrations >= count, timeout)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully: finish the fetches running, deliver their results, close the
+        streams. Waits at most `timeout` (default `stop_grace`) seconds, then cuts."""
+        deadline = time.monotonic() + (self.stop_grace if timeout is None else timeout)
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        self._stopping.set()
+        streams = list(self._streams.values())
+        with self._cond:
+            self._cond.wait_for(lambda: all(s.in_flight == 0 for s in streams), left())
+            outboxes = [s.outbox for s in streams if s.outbox is not None]
+        # Half-close each stream after the results already queued; the daemon then ends it.
+        for outbox in outboxes:
+            outbox.put(_CLOSE)
+        for stream in streams:
+            if stream.thread.is_alive():
+                stream.thread.join(left())
+        for stream in streams:
+            if stream.thread.is_alive():
+                with self._cond:
+                    call = stream.call
+                if call is not None:
+                    call.cancel()
+                stream.thread.join(1.0)
+            stream.executor.shutdown(wait=False)
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _JobStream:
+    """One job's RegisterJob stream, reconnected until the worker stops."""
+
+    def __init__(self, worker: Worker, job: Job, max_in_flight: int) -> None:
+        self.worker = worker
+        self.job = job
+        self.max_in_flight = max_in_flight
+        self.executor = ThreadPoolExecutor(
+            max_workers=max_in_flight, thread_name_prefix=f"cachebackd-fetch-{job.name}"
+        )
+        self.thread = threading.Thread(
+            target=self._run, name=f"cachebackd-stream-{job.name}", daemon=True
+        )
+        # The fields below are guarded by worker._cond.
+        self.registered = False
+        self.config: Optional[pb.JobConfig] = None
+        self.in_flight = 0
+        self.outbox: Optional[queue.Queue[Any]] = None
+        self.call: Any = None
+
+    def _run(self) -> None:
+        worker = self.worker
+        delay = worker.reconnect_initial
+        while not worker._stopping.is_set():
+            registered = self._session()
+            if worker._stopping.is_set():
+                break
+            if registered:
+                delay = worker.reconnect_initial
+            pause = random.uniform(delay / 2, delay)
+            log.info("job %s: stream ended; reconnecting in %.2fs", self.job.name, pause)
+            worker._stopping.wait(pause)
+            delay = min(delay * 2, worker.reconnect_max)
+
+    def _session(self) -> bool:
+        """One RegisterJob call, until it ends; returns whether it got registered."""
+        worker = self.worker
+        register = pb.Register(
+            job=self.job.name,
+            config=self.job.config(),
+            max_in_flight=self.max_in_flight,
+            worker_name=worker.name,
+        )
+        outbox: queue.Queue[Any] = queue.Queue()
+        outbox.put(pb.WorkerMessage(register=register))
+        registered = False
+        call = worker.client.stub.RegisterJob(_outgoing(outbox))
+        with worker._cond:
+            self.outbox, self.call = outbox, call
+        try:
+            for message in call:
+                kind = message.WhichOneof("kind")
+                if kind == "registered":
+                    registered = True
+                    self._on_registered(message.registered)
+                elif kind == "fetch":
+                    self._dispatch(message.fetch, outbox)
+        except grpc.RpcError as error:
+            if worker._stopping.is_set():
+                log.debug("job %s: stream closed: %s", self.job.name, error)
+            else:
+                code = error.code() if hasattr(error, "code") else None
+                details = error.details() if hasattr(error, "details") else error
+                log.warning("job %s: stream failed: %s %s", self.job.name, code, details)
+        finally:
+            with worker._cond:
+                self.registered = False
+                self.outbox = self.call = None
+            outbox.put(_CLOSE)
+        return registered
+
+    def _on_registered(self, registered: pb.Registered) -> None:
+        log.info(
+            "job %s: registered as worker %s (max_in_flight %d)",
+            self.job.name,
+            registered.worker_id,
+            self.max_in_flight,
+        )
+        with self.worker._cond:
+            self.registered = True
+            self.config = registered.config
+            self.worker._registrations += 1
+            self.worker._cond.notify_all()
+
+    def _dispatch(self, request: pb.FetchRequest, outbox: "queue.Queue[Any]") -> None:
+        if self.worker._stopping.is_set():
+            return  # unanswered: the daemon gives it to another worker when the stream ends
+        with self.worker._cond:
+            self.in_flight += 1
+        try:
+            self.executor.submit(self._fetch, request, outbox)
+        except RuntimeError:  # the executor was shut down by stop()
+            self._done()
+
+    def _fetch(self, request: pb.FetchRequest, outbox: "queue.Queue[Any]") -> None:
+        try:
+            outbox.put(pb.WorkerMessage(result=self._answer(request)))
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self.worker._cond:
+            self.in_flight -= 1
+            self.worker._cond.notify_all()
+
+    def _answer(self, request: pb.FetchRequest) -> pb.FetchResult:
+        """Run the fetch; any exception becomes a FetchError, never a dead worker."""
+        started = time.monotonic()
+        reason = pb.FetchReason.Name(request.reason)
+        try:
+            args = decode_args(request.args)
+            data = self.job.encode(self.job.fetch(*args))
+            value = pb.FetchedValue(data=data)
+            lifetime = self.job.item_lifetime(*args)
+            if lifetime is not None:
+                value.lifetime.CopyFrom(to_duration(lifetime))
+        except BaseException as error:  # noqa: BLE001 - a fetch must not kill the worker thread
+            log.exception("job %s: fetch %s failed (%s)", self.job.name, request.args, reason)
+            return pb.FetchResult(
+                request_id=request.request_id, error=pb.FetchError(message=describe(error))
+            )
+        log.debug(
+            "job %s: fetched %s (%s) in %.3fs",
+            self.job.name,
+            request.args,
+            reason,
+            time.monotonic() - started,
+        )
+        return pb.FetchResult(request_id=request.request_id, value=value)

@@ -1,0 +1,155 @@
+"""The worker: reconnection, failing fetches, bounded concurrency, graceful stop."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import grpc
+import pytest
+
+from cachebackd import CachebackError, Client, Item, ItemState, Job, Worker
+from conftest import Daemon
+from support import WAIT, Calls
+from test_seed import Tweets
+
+FRESH, STALE = ItemState.FRESH, ItemState.STALE
+
+
+class Flaky(Job):
+    name = "tests.Flaky"
+
+    def fetch(self, username: str) -> str:
+        if username == "boom":
+            raise ValueError("no such user: boom")
+        if username == "silent":
+            raise KeyError
+        return username.upper()
+
+
+def test_an_exception_in_fetch_fails_the_get_with_its_message(
+    client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    worker = make_worker(Flaky())
+    flaky = Flaky(client)
+    with pytest.raises(CachebackError) as raised:
+        flaky.get("boom")
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "ValueError: no such user: boom" in raised.value.details
+    with pytest.raises(CachebackError) as raised:
+        flaky.get("silent")
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "KeyError" in raised.value.details
+    # The worker and its stream live on.
+    assert flaky.get("fine") == "FINE"
+    assert worker.registrations == 1
+    # Nothing was stored for the failed fetches: the next read fetches (and fails) again.
+    with pytest.raises(CachebackError):
+        flaky.get("boom")
+
+
+def test_worker_reconnects_after_a_daemon_restart(
+    daemon: Daemon, client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    worker = make_worker(Tweets(calls))
+    tweets = Tweets(calls, client)
+    assert tweets.get("bob") == ["bob tweet 1"]
+    assert worker.registrations == 1
+
+    daemon.restart()
+    assert worker.wait_until_registered(WAIT, count=2)
+    assert worker.registrations == 2
+    # The item and the job's config survived the restart ...
+    kept = tweets.raw_get("bob")
+    assert (kept.state, kept.data, kept.fetched) == (FRESH, ["bob tweet 1"], False)
+    # ... and the re-registered worker fetches again.
+    assert tweets.delete("bob") is True
+    assert tweets.get("bob") == ["bob tweet 2"]
+    assert calls.args == [("bob",), ("bob",)]
+
+
+def test_worker_waits_for_a_daemon_that_is_not_up_yet(
+    make_daemon: Callable[..., Daemon], calls: Calls
+) -> None:
+    daemon = make_daemon()
+    daemon.stop()
+    with Client(daemon.target, timeout=WAIT) as client:
+        with Worker(client, reconnect_max=0.5).serve(Tweets(calls)) as worker:
+            daemon.start()
+            assert worker.wait_until_registered(WAIT)
+            assert Tweets(calls, client).get("bob") == ["bob tweet 1"]
+
+
+def test_worker_runs_up_to_max_in_flight_fetches_at_once(
+    client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(Tweets(calls), max_in_flight=3)
+    tweets = Tweets(calls, client)
+    calls.gate.clear()
+    results: dict[str, Any] = {}
+    users = [f"user{i}" for i in range(5)]
+    threads = [
+        threading.Thread(target=lambda u=u: results.__setitem__(u, tweets.get(u))) for u in users
+    ]
+    for thread in threads:
+        thread.start()
+    calls.wait_for(3, running=3)  # three at once: the worker does not serialise them
+    calls.gate.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(results) == users
+    assert calls.count == 5
+    assert calls.most_running == 3  # and never more than max_in_flight
+
+
+def test_stop_lets_running_fetches_finish_and_deliver(client: Client, calls: Calls) -> None:
+    worker = Worker(client).serve(Tweets(calls)).start()
+    assert worker.wait_until_registered(WAIT)
+    tweets = Tweets(calls, client)
+    calls.gate.clear()
+    got: list[Item] = []
+    reader = threading.Thread(target=lambda: got.append(tweets.raw_get("bob")))
+    reader.start()
+    calls.wait_for(1, running=1)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    assert worker._stopping.wait(WAIT)  # stop() is under way while the fetch runs
+    calls.gate.set()
+    reader.join(WAIT)
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert [(i.state, i.data, i.fetched) for i in got] == [(FRESH, ["bob tweet 1"], True)]
+    assert calls.count == 1
+
+
+def test_one_worker_serves_a_class_an_instance_and_a_function(
+    client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    from cachebackd import cacheback
+
+    class Upper(Job):
+        name = "tests.Upper"
+
+        def fetch(self, s: str) -> str:
+            return s.upper()
+
+    @cacheback(name="tests.lower", client=client)
+    def lower(s: str) -> str:
+        return s.lower()
+
+    worker = make_worker(Upper, Flaky(), lower)
+    assert sorted(worker.jobs) == ["tests.Flaky", "tests.Upper", "tests.lower"]
+    assert worker.registrations == 3
+    assert Upper(client).get("a") == "A"
+    assert Flaky(client).get("b") == "B"
+    assert lower("C") == "c"
+    config = worker.effective_config("tests.Upper")
+    assert config is not None and config.lifetime.seconds == 300
+
+
+def test_serving_a_job_twice_is_refused(client: Client) -> None:
+    worker = Worker(client).serve(Flaky)
+    with pytest.raises(ValueError, match="already served"):
+        worker.serve(Flaky())
+    with pytest.raises(TypeError):
+        worker.serve(object())  # type: ignore[arg-type]
