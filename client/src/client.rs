@@ -1,0 +1,388 @@
+//! The connection to cachebackd, and the process-wide default used by `#[cacheback]`.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use cachebackd_proto::v1::cacheback_client::CachebackClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Error, Job, JobHandle, Result};
+
+/// The daemon's default address, used when neither [`set_default_client`] nor
+/// `CACHEBACKD_URL` says otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+
+/// The environment variable read for the default client's URL.
+pub const URL_ENV: &str = "CACHEBACKD_URL";
+
+/// Large enough for the daemon's default 4 MiB data limit plus the message around it.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
+
+/// A connection to cachebackd: cheap to clone (clones share one HTTP/2 connection),
+/// and reconnecting by itself when the daemon restarts.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cacheback::Error> {
+/// let client = cacheback::Client::connect("http://127.0.0.1:7070").await?;
+/// let over_a_socket = cacheback::Client::connect("unix:/run/cachebackd.sock").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    raw: CachebackClient<Channel>,
+    timeout: Option<Duration>,
+    url: Arc<str>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `http://host:port` or `unix:/path/to.sock` with the defaults of
+    /// [`ClientBuilder`]; fails at once if the daemon cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cacheback::Error> {
+    /// let client = cacheback::Client::connect("http://127.0.0.1:7070").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Client> {
+        Client::builder(url).connect().await
+    }
+
+    /// Like [`Client::connect`], but connects on first use: for an app server that may
+    /// start before the daemon. Must be called inside a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = cacheback::Client::connect_lazy("unix:/run/cachebackd.sock").unwrap();
+    /// assert_eq!(client.url(), "unix:/run/cachebackd.sock");
+    /// # }
+    /// ```
+    pub fn connect_lazy(url: &str) -> Result<Client> {
+        Client::builder(url).connect_lazy()
+    }
+
+    /// A builder to tune timeouts, keepalive and message limits.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cacheback::Error> {
+    /// use std::time::Duration;
+    /// let client = cacheback::Client::builder("http://127.0.0.1:7070")
+    ///     .timeout(Duration::from_secs(90))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder::new(url)
+    }
+
+    /// A handle to read and write the items of `job` (cacheback's `job.get`,
+    /// `job.set`, `job.invalidate`, `job.delete`).
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let tweets = client.job(&UserTweets).get(&"bob".to_string()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn job<'j, J: Job>(&self, job: &'j J) -> JobHandle<'j, J> {
+        JobHandle::new(self.clone(), job)
+    }
+
+    /// The generated gRPC client on the same connection, with the same message limits,
+    /// for what the typed API does not cover.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cacheback::Client) -> Result<(), tonic::Status> {
+    /// use cachebackd_proto::v1::DeleteRequest;
+    /// let request = DeleteRequest { job: "tweets".into(), args: br#"["bob"]"#.to_vec() };
+    /// let found = client.raw().delete(request).await?.into_inner().found;
+    /// # Ok(()) }
+    /// ```
+    pub fn raw(&self) -> CachebackClient<Channel> {
+        self.raw.clone()
+    }
+
+    /// The URL this client connects to.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = cacheback::Client::connect_lazy("http://127.0.0.1:7070").unwrap();
+    /// assert_eq!(client.url(), "http://127.0.0.1:7070");
+    /// # }
+    /// ```
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Wraps a unary request, with the client's timeout as its gRPC deadline.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+}
+
+/// Options of a [`Client`]. The defaults suit an app server on the daemon's machine:
+/// 5 s to connect, HTTP/2 keepalive pings every 20 s (a dead daemon is noticed within
+/// 30 s, even on an idle connection), no per-call timeout (the daemon bounds every wait
+/// by the job's `refresh_timeout`), 8 MiB message limits (the daemon's 4 MiB data limit
+/// plus headroom).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cacheback::Error> {
+/// use std::time::Duration;
+/// let client = cacheback::ClientBuilder::new("unix:/run/cachebackd.sock")
+///     .connect_timeout(Duration::from_secs(1))
+///     .timeout(Duration::from_secs(10))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    connect_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    timeout: Option<Duration>,
+    max_message_size: usize,
+}
+
+impl ClientBuilder {
+    /// Options for `url` (`http://host:port` or `unix:/path`), with the defaults.
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070");
+    /// ```
+    pub fn new(url: &str) -> Self {
+        ClientBuilder {
+            url: url.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+            timeout: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    /// How long establishing the connection may take (default 5 s).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070")
+    ///     .connect_timeout(Duration::from_millis(500));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive: a ping every `interval`, the connection dropped if one is not
+    /// answered within `timeout` (defaults 20 s and 10 s).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070")
+    ///     .keepalive(Duration::from_secs(5), Duration::from_secs(2));
+    /// ```
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval;
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// A deadline for every `Get`/`Set`/`Invalidate`/`Delete`, sent to the daemon as the
+    /// gRPC deadline: a read that would wait longer fails with `DEADLINE_EXCEEDED`
+    /// (the shared fetch goes on). Default: none.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070")
+    ///     .timeout(Duration::from_secs(2));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The largest gRPC message sent or received, in bytes (default 8 MiB). Raise it
+    /// if the daemon's data limit is raised.
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070")
+    ///     .max_message_size(32 << 20);
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Connects now; fails if the daemon cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cacheback::Error> {
+    /// let client = cacheback::ClientBuilder::new("http://127.0.0.1:7070").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<Client> {
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .map_err(|source| Error::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        Ok(self.client(channel))
+    }
+
+    /// Connects on first use. Must be called inside a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = cacheback::ClientBuilder::new("http://127.0.0.1:7070").connect_lazy().unwrap();
+    /// # }
+    /// ```
+    pub fn connect_lazy(self) -> Result<Client> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.client(channel))
+    }
+
+    fn endpoint(&self) -> Result<Endpoint> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        };
+        if let Some(path) = self.url.strip_prefix("unix:") {
+            if path.trim_start_matches('/').is_empty() {
+                return Err(invalid("a unix: URL needs a socket path"));
+            }
+        } else if !self.url.starts_with("http://") {
+            return Err(invalid("expected http://host:port or unix:/path"));
+        }
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| invalid(&e.to_string()))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_keepalive(Some(self.keepalive_interval))
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        Ok(endpoint)
+    }
+
+    fn client(self, channel: Channel) -> Client {
+        let raw = CachebackClient::new(channel)
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
+        Client {
+            raw,
+            timeout: self.timeout,
+            url: self.url.into(),
+        }
+    }
+}
+
+static DEFAULT_CLIENT: OnceLock<Client> = OnceLock::new();
+
+tokio::task_local! {
+    static SCOPED_CLIENT: Client;
+}
+
+/// Sets the process-wide client used by `#[cacheback]` functions. Call it once at
+/// startup, before the first such call; it fails if the default is already set.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cacheback::Error> {
+/// let client = cacheback::Client::connect("unix:/run/cachebackd.sock").await?;
+/// cacheback::set_default_client(client)?;
+/// # Ok(()) }
+/// ```
+pub fn set_default_client(client: Client) -> Result<()> {
+    DEFAULT_CLIENT
+        .set(client)
+        .map_err(|_| Error::DefaultClientAlreadySet)
+}
+
+/// The client that `#[cacheback]` functions use: the one given to [`with_client`] for
+/// the current task, else the process-wide default — set with [`set_default_client`],
+/// or on first use connected lazily to `$CACHEBACKD_URL` (default [`DEFAULT_URL`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = cacheback::current_client().unwrap();
+/// # }
+/// ```
+pub fn current_client() -> Result<Client> {
+    if let Ok(client) = SCOPED_CLIENT.try_with(Client::clone) {
+        return Ok(client);
+    }
+    if let Some(client) = DEFAULT_CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let url = std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let client = Client::connect_lazy(&url)?;
+    Ok(DEFAULT_CLIENT.get_or_init(|| client).clone())
+}
+
+/// Runs `future` with `client` as the [`current_client`] of this task: for tests, or
+/// an app talking to more than one daemon. Tasks spawned inside do not inherit it.
+///
+/// ```no_run
+/// # #[cacheback::cacheback]
+/// # async fn fetch_tweets(username: &str) -> Result<Vec<String>, std::io::Error> { Ok(vec![]) }
+/// # async fn demo() -> Result<(), cacheback::Error> {
+/// let staging = cacheback::Client::connect("http://staging:7070").await?;
+/// let tweets = cacheback::with_client(staging, fetch_tweets("bob")).await?;
+/// # Ok(()) }
+/// ```
+pub async fn with_client<F: Future>(client: Client, future: F) -> F::Output {
+    SCOPED_CLIENT.scope(client, future).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_other_than_http_and_unix_are_refused() {
+        for url in ["127.0.0.1:7070", "https://example.com", "unix:", "grpc://x"] {
+            let err = ClientBuilder::new(url).endpoint().unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:7070",
+            "unix:/tmp/cb.sock",
+            "unix:///tmp/cb.sock",
+        ] {
+            ClientBuilder::new(url).endpoint().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scoped_client_wins_over_the_default() {
+        let scoped = Client::connect_lazy("unix:/nonexistent/scoped.sock").unwrap();
+        let url = with_client(scoped, async { current_client().unwrap().url().to_owned() }).await;
+        assert_eq!(url, "unix:/nonexistent/scoped.sock");
+    }
+}

@@ -1,0 +1,342 @@
+//! `client.job(&job)`: reading and writing one job's items, as cacheback's `Job`
+//! methods do.
+
+use std::time::{Duration, SystemTime};
+
+use cachebackd_proto::v1;
+
+use crate::{
+    codec::encode_args,
+    time::{from_proto_timestamp, to_proto_duration},
+    Client, Error, Job, Result,
+};
+
+/// Whether the data of an [`Item`] is fresh, stale or absent.
+///
+/// ```
+/// assert_ne!(cacheback::ItemState::Fresh, cacheback::ItemState::Stale);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemState {
+    /// Within its lifetime.
+    Fresh,
+    /// Past its lifetime: served while a refresh runs.
+    Stale,
+    /// Not cached (a miss that did not wait for a fetch).
+    Miss,
+}
+
+/// An item as the daemon returned it: the data and its cache metadata.
+///
+/// ```no_run
+/// # use cacheback::{Job, ItemState};
+/// # struct UserTweets;
+/// # impl Job for UserTweets {
+/// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+/// #     const NAME: &'static str = "tweets";
+/// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+/// # }
+/// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+/// let item = client.job(&UserTweets).get_item(&"bob".to_string()).await?;
+/// if item.state == ItemState::Stale {
+///     println!("serving tweets fetched at {:?}; a refresh is running", item.stored_at);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item<T> {
+    /// Fresh, stale or miss.
+    pub state: ItemState,
+    /// The data; `None` on a miss.
+    pub data: Option<T>,
+    /// When the data was fetched or set; `None` on a miss.
+    pub stored_at: Option<SystemTime>,
+    /// When the data stops (or stopped) being fresh; `None` on a miss.
+    pub expires_at: Option<SystemTime>,
+    /// An asynchronous fetch of this item was started by this read or is in flight.
+    pub refresh_scheduled: bool,
+    /// This read waited for a synchronous fetch (its own or one it joined).
+    pub fetched: bool,
+}
+
+/// What an [`invalidate`](JobHandle::invalidate) found and did.
+///
+/// ```
+/// let outcome = cacheback::Invalidated { found: false, refresh_scheduled: false };
+/// assert!(!outcome.found);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalidated {
+    /// The item existed (and is now stale).
+    pub found: bool,
+    /// A refresh of it is scheduled or in flight.
+    pub refresh_scheduled: bool,
+}
+
+/// One job's items on one daemon, made by [`Client::job`]. Cheap: make one per call.
+///
+/// ```no_run
+/// # use cacheback::Job;
+/// # struct UserTweets;
+/// # impl Job for UserTweets {
+/// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+/// #     const NAME: &'static str = "tweets";
+/// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+/// # }
+/// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+/// let tweets = client.job(&UserTweets);
+/// let bob = "bob".to_string();
+/// tweets.get(&bob).await?;        // cached, or fetched on a miss
+/// tweets.invalidate(&bob).await?; // stale now: served while it refreshes
+/// tweets.delete(&bob).await?;     // gone: the next get fetches
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct JobHandle<'j, J> {
+    client: Client,
+    job: &'j J,
+}
+
+impl<'j, J: Job> JobHandle<'j, J> {
+    pub(crate) fn new(client: Client, job: &'j J) -> Self {
+        JobHandle { client, job }
+    }
+
+    /// The cached data for `args` (cacheback's `job.get`): fresh or stale data at once
+    /// (a stale hit schedules a refresh), and on a miss either the data of a synchronous
+    /// fetch or `None` when the job does not fetch on a miss — the fetch then fills the
+    /// item in the background.
+    ///
+    /// Whether a miss waits is [`Job::should_missing_item_be_fetched_synchronously`],
+    /// decided here and sent with the read.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// match client.job(&UserTweets).get(&"bob".to_string()).await? {
+    ///     Some(tweets) => println!("{} tweets", tweets.len()),
+    ///     None => println!("not cached yet: try again in a moment"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, args: &J::Args) -> Result<Option<J::Output>> {
+        Ok(self.get_item(args).await?.data)
+    }
+
+    /// Like [`get`](Self::get), with the item's state and times.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let item = client.job(&UserTweets).get_item(&"bob".to_string()).await?;
+    /// println!("{:?}, fresh until {:?}", item.state, item.expires_at);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_item(&self, args: &J::Args) -> Result<Item<J::Output>> {
+        let request = v1::GetRequest {
+            job: self.name().to_owned(),
+            args: self.encode(args)?,
+            fetch_on_miss: Some(self.job.should_missing_item_be_fetched_synchronously(args)),
+        };
+        let response = self
+            .client
+            .raw()
+            .get(self.client.request(request))
+            .await
+            .map_err(|status| Error::status_of("Get", self.name(), status))?
+            .into_inner();
+        let state = match response.state() {
+            v1::ItemState::Fresh => ItemState::Fresh,
+            v1::ItemState::Stale => ItemState::Stale,
+            v1::ItemState::Miss => ItemState::Miss,
+            v1::ItemState::Unspecified => {
+                return Err(Error::Protocol(format!(
+                    "Get of job {:?} answered ITEM_STATE_UNSPECIFIED",
+                    self.name()
+                )))
+            }
+        };
+        let data = match state {
+            ItemState::Miss => None,
+            ItemState::Fresh | ItemState::Stale => {
+                Some(serde_json::from_slice(&response.data).map_err(|source| {
+                    Error::DecodeData {
+                        job: self.name().to_owned(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        Ok(Item {
+            state,
+            data,
+            stored_at: response.stored_at.and_then(from_proto_timestamp),
+            expires_at: response.expires_at.and_then(from_proto_timestamp),
+            refresh_scheduled: response.refresh_scheduled,
+            fetched: response.fetched,
+        })
+    }
+
+    /// Stores `data` for `args` directly (cacheback's `job.set`), fresh for
+    /// [`Job::expiry`] of `args` or else the job's lifetime. Returns when it expires.
+    /// A fetch of the item in flight is not stored when it lands: this write wins.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// // Bob just tweeted: put the new timeline in place instead of waiting for a refresh.
+    /// let timeline = vec!["hello".to_string()];
+    /// client.job(&UserTweets).set(&"bob".to_string(), &timeline).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set(&self, args: &J::Args, data: &J::Output) -> Result<SystemTime> {
+        self.set_inner(args, data, self.job.expiry(args)).await
+    }
+
+    /// Like [`set`](Self::set), fresh for `lifetime`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let bob = "bob".to_string();
+    /// client.job(&UserTweets).set_with_lifetime(&bob, &vec![], Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_with_lifetime(
+        &self,
+        args: &J::Args,
+        data: &J::Output,
+        lifetime: Duration,
+    ) -> Result<SystemTime> {
+        self.set_inner(args, data, Some(lifetime)).await
+    }
+
+    async fn set_inner(
+        &self,
+        args: &J::Args,
+        data: &J::Output,
+        lifetime: Option<Duration>,
+    ) -> Result<SystemTime> {
+        let request = v1::SetRequest {
+            job: self.name().to_owned(),
+            args: self.encode(args)?,
+            data: serde_json::to_vec(data).map_err(|source| Error::EncodeData {
+                job: self.name().to_owned(),
+                source,
+            })?,
+            lifetime: lifetime.map(to_proto_duration),
+        };
+        let response = self
+            .client
+            .raw()
+            .set(self.client.request(request))
+            .await
+            .map_err(|status| Error::status_of("Set", self.name(), status))?
+            .into_inner();
+        response
+            .expires_at
+            .and_then(from_proto_timestamp)
+            .ok_or_else(|| Error::Protocol("Set answered without expires_at".to_owned()))
+    }
+
+    /// Marks the item stale now and schedules a refresh (cacheback's `job.invalidate`):
+    /// readers keep getting the stale data until the refresh lands. Does nothing to an
+    /// absent item.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let outcome = client.job(&UserTweets).invalidate(&"bob".to_string()).await?;
+    /// assert_eq!(outcome.found, outcome.refresh_scheduled);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate(&self, args: &J::Args) -> Result<Invalidated> {
+        let request = v1::InvalidateRequest {
+            job: self.name().to_owned(),
+            args: self.encode(args)?,
+        };
+        let response = self
+            .client
+            .raw()
+            .invalidate(self.client.request(request))
+            .await
+            .map_err(|status| Error::status_of("Invalidate", self.name(), status))?
+            .into_inner();
+        Ok(Invalidated {
+            found: response.found,
+            refresh_scheduled: response.refresh_scheduled,
+        })
+    }
+
+    /// Removes the item (cacheback's `job.delete`): the next read is a miss. Returns
+    /// whether there was one.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let found = client.job(&UserTweets).delete(&"bob".to_string()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, args: &J::Args) -> Result<bool> {
+        let request = v1::DeleteRequest {
+            job: self.name().to_owned(),
+            args: self.encode(args)?,
+        };
+        let response = self
+            .client
+            .raw()
+            .delete(self.client.request(request))
+            .await
+            .map_err(|status| Error::status_of("Delete", self.name(), status))?
+            .into_inner();
+        Ok(response.found)
+    }
+
+    fn name(&self) -> &str {
+        self.job.name()
+    }
+
+    fn encode(&self, args: &J::Args) -> Result<Vec<u8>> {
+        encode_args(args).map_err(|source| Error::EncodeArgs {
+            job: self.name().to_owned(),
+            source,
+        })
+    }
+}
