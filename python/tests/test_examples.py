@@ -16,7 +16,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run_example(name: str, daemon: Daemon) -> list[str]:
-    env = {**os.environ, "CACHEBACKD_TARGET": daemon.target, "FAKE_TWITTER_DELAY": "0"}
+    """Run an example; its printed lines, with spacing collapsed and timings cut off."""
+    env = {**os.environ, "CACHEBACKD_TARGET": daemon.target, "FAKE_TWITTER_DELAY": "0.2"}
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         env=env,
@@ -25,16 +26,27 @@ def run_example(name: str, daemon: Daemon) -> list[str]:
         timeout=WAIT * 4,
     )
     assert done.returncode == 0, done.stderr
-    return [" ".join(line.split()) for line in done.stdout.splitlines()]
+    return [" ".join(line.split()).rsplit(" (", 1)[0] for line in done.stdout.splitlines()]
+
+
+def stale_or_refreshed(what: str, user: str) -> set[str]:
+    """An example's read right after an invalidation: the stale data, unless the (slow,
+    fake) refresh has already landed. The gated tests in test_seed.py pin this down."""
+    return {
+        f"{what} STALE ['@{user} tweet 1.2', '@{user} tweet 1.1']",
+        f"{what} FRESH ['@{user} tweet 2.2', '@{user} tweet 2.1']",
+    }
 
 
 def test_decorated_function_example(daemon: Daemon) -> None:
     lines = run_example("decorated.py", daemon)
     tweets = lambda n: f"['@bob tweet {n}.2', '@bob tweet {n}.1']"  # noqa: E731
-    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+    assert lines[2] in stale_or_refreshed("invalidated: stale data at once", "bob")
+    lines[2] = "(invalidated)"
+    assert lines == [
         f"miss: waits for one fetch {tweets(1)}",
         f"hit: cached, at once {tweets(1)}",
-        f"invalidated: stale data at once STALE {tweets(1)}",
+        "(invalidated)",
         f"the background refresh landed FRESH {tweets(2)}",
         f"deleted: the next call fetches again {tweets(3)}",
     ]
@@ -43,7 +55,7 @@ def test_decorated_function_example(daemon: Daemon) -> None:
 def test_fetch_on_miss_false_example(daemon: Daemon) -> None:
     lines = run_example("no_fetch_on_miss.py", daemon)
     tweets = "['@alice tweet 1.2', '@alice tweet 1.1']"
-    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+    assert lines == [
         "miss: None at once, fetched in background None",
         f"the background fetch landed FRESH {tweets}",
         f"hit: cached, at once FRESH {tweets}",
@@ -53,14 +65,16 @@ def test_fetch_on_miss_false_example(daemon: Daemon) -> None:
 
 def test_user_tweets_example(daemon: Daemon) -> None:
     lines = run_example("user_tweets.py", daemon)
-    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+    assert lines[6] in stale_or_refreshed("bob, invalidated: stale at once", "bob")
+    lines[6] = "(invalidated)"
+    assert lines == [
         "bob, a miss: None at once None",
         "someone-important, a miss: waits ['@someone-important tweet 1.2', '@someone-important tweet 1.1']",
         "bob, once fetched in background FRESH ['@bob tweet 1.2', '@bob tweet 1.1']",
         "someone-important, a hit FRESH ['@someone-important tweet 1.2', '@someone-important tweet 1.1']",
         "bob stays fresh for 600s",
         "someone-important stays fresh for 60s",
-        "bob, invalidated: stale at once STALE ['@bob tweet 1.2', '@bob tweet 1.1']",
+        "(invalidated)",
         "bob, refreshed in background FRESH ['@bob tweet 2.2', '@bob tweet 2.1']",
     ]
 

@@ -115,8 +115,13 @@ class Client:
     ) -> None:
         self.target = _normalise_target(target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
         self.timeout = timeout
+        defaults = list(_CHANNEL_OPTIONS)
+        if self.target.startswith("unix:"):
+            # gRPC C-core sends the socket path, percent-encoded, as :authority; the daemon's
+            # HTTP/2 stack (h2) rejects that with RST_STREAM PROTOCOL_ERROR.
+            defaults.append(("grpc.default_authority", "localhost"))
         # Later options win in grpc, so callers can override ours.
-        self.channel = grpc.insecure_channel(self.target, options=[*_CHANNEL_OPTIONS, *options])
+        self.channel = grpc.insecure_channel(self.target, options=[*defaults, *options])
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:
