@@ -21,14 +21,14 @@
 //!     let client = Client::connect("http://127.0.0.1:7070").await?;
 //!     cacheback::set_default_client(client.clone())?;
 //!     // In the app server: serve the fetches.
-//!     let worker = Worker::new(client.clone()).serve(fetch_tweets::job());
+//!     let worker = Worker::new(client.clone()).serve(fetch_tweets::JOB);
 //!     let handle = worker.handle();
 //!     tokio::spawn(worker.run());
 //!     handle.ready().await?;
 //!     // Anywhere: read through the cache.
 //!     let tweets = fetch_tweets("bob").await?;
 //!     // cacheback's `fetch_tweets.job.invalidate("bob")`:
-//!     client.job(&fetch_tweets::job()).invalidate(&("bob".to_string(),)).await?;
+//!     client.job(&fetch_tweets::JOB).invalidate(&("bob".to_string(),)).await?;
 //!     Ok(())
 //! }
 //! ```

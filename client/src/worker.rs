@@ -58,7 +58,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// let client = Client::connect("http://127.0.0.1:7070").await?;
 /// Worker::new(client)
 ///     .serve(UserTweets)
-///     .serve(fetch_tweets::job())
+///     .serve(fetch_tweets::JOB)
 ///     .run_until(async { tokio::signal::ctrl_c().await.ok(); })
 ///     .await?;
 /// # Ok(()) }

@@ -35,10 +35,7 @@ use tweets::{count, fetch_followers, fetch_tweets};
 
 #[test]
 fn the_job_is_named_after_the_function_path() {
-    assert_eq!(
-        fetch_tweets::job().name(),
-        "attribute::tweets::fetch_tweets"
-    );
+    assert_eq!(fetch_tweets::JOB.name(), "attribute::tweets::fetch_tweets");
     assert_eq!(
         <fetch_followers as Job>::NAME,
         "attribute::tweets::fetch_followers"
@@ -48,9 +45,9 @@ fn the_job_is_named_after_the_function_path() {
 
 #[test]
 fn options_become_the_job_config() {
-    assert_eq!(fetch_tweets::job().config(), JobConfig::DEFAULT);
+    assert_eq!(fetch_tweets::JOB.config(), JobConfig::DEFAULT);
     assert_eq!(
-        fetch_followers::job().config(),
+        fetch_followers::JOB.config(),
         JobConfig {
             lifetime: Duration::from_secs(1200),
             fetch_on_miss: false,
@@ -58,7 +55,7 @@ fn options_become_the_job_config() {
         }
     );
     assert_eq!(
-        count::job().config(),
+        count::JOB.config(),
         JobConfig {
             refresh_timeout: Duration::from_millis(1500),
             fetch_on_stale_threshold: Some(Duration::from_secs(60)),
@@ -80,22 +77,19 @@ fn the_args_are_the_owned_parameters_in_order() {
 
 #[tokio::test]
 async fn the_job_fetches_with_the_function_body() {
-    let tweets = fetch_tweets::job().fetch(("bob".into(),)).await.unwrap();
+    let tweets = fetch_tweets::JOB.fetch(("bob".into(),)).await.unwrap();
     assert_eq!(tweets, ["bob: hello"]);
-    let followers = fetch_followers::job()
-        .fetch(("bob".into(), 3))
-        .await
-        .unwrap();
+    let followers = fetch_followers::JOB.fetch(("bob".into(), 3)).await.unwrap();
     assert_eq!(followers, ["bob follower 3"]);
-    assert_eq!(count::job().fetch(()).await.unwrap_err(), "the API is down");
+    assert_eq!(count::JOB.fetch(()).await.unwrap_err(), "the API is down");
 }
 
 #[tokio::test]
 async fn the_missing_item_decision_follows_fetch_on_miss() {
     let bob = ("bob".to_string(),);
-    assert!(fetch_tweets::job().should_missing_item_be_fetched_synchronously(&bob));
+    assert!(fetch_tweets::JOB.should_missing_item_be_fetched_synchronously(&bob));
     let bob_page = ("bob".to_string(), 1);
-    assert!(!fetch_followers::job().should_missing_item_be_fetched_synchronously(&bob_page));
+    assert!(!fetch_followers::JOB.should_missing_item_be_fetched_synchronously(&bob_page));
 }
 
 #[tokio::test]

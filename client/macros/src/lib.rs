@@ -23,8 +23,9 @@ use syn::{
 /// The function keeps its name and parameters and now returns
 /// `Result<T, cacheback::Error>` (`Result<Option<T>, cacheback::Error>` with
 /// `fetch_on_miss = false`), where `T` is the data its body returns. Beside it, a type of
-/// the same name is the job: `fetch_tweets::job()` is cacheback's `fetch_tweets.job`, to
-/// serve with a `Worker` or to `invalidate`/`delete`/`set` through `Client::job`. The job's
+/// the same name is the job: `fetch_tweets::JOB` is cacheback's `fetch_tweets.job`, to
+/// serve with a `Worker` or to pass to `Client::job`, and `fetch_tweets::invalidate("bob")`,
+/// `::delete`, `::set(.., &value)` and `::get_item` take the function's own parameters. The job's
 /// name is the function's path, `module_path!()::fetch_tweets`, unless `name = "..."`
 /// says otherwise; its `Args` are the tuple of the parameters (owned: `&str` becomes
 /// `String`).
@@ -223,14 +224,21 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
     let names: Vec<_> = params.iter().map(|p| &p.name).collect();
     let types: Vec<_> = params.iter().map(|p| &p.ty).collect();
     let owned: Vec<_> = params.iter().map(|p| &p.owned).collect();
-    let into_args = params.iter().map(|p| {
-        let name = &p.name;
-        if p.borrowed {
-            quote!(::std::borrow::ToOwned::to_owned(#name))
-        } else {
-            quote!(#name)
-        }
-    });
+    let into_args: Vec<_> = params
+        .iter()
+        .map(|p| {
+            let name = &p.name;
+            if p.borrowed {
+                quote!(::std::borrow::ToOwned::to_owned(#name))
+            } else {
+                quote!(#name)
+            }
+        })
+        .collect();
+    let make_args = quote! {
+        let #args: <#ident as ::cacheback::Job>::Args = (#(#into_args,)*);
+    };
+    let value = syn::Ident::new("value", Span::mixed_site());
     let into_body = params.iter().map(|p| {
         let name = &p.name;
         if p.borrowed {
@@ -245,7 +253,7 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
         (
             quote!(::core::result::Result<#output, ::cacheback::Error>),
             quote! {
-                match #client.job(&#ident::job()).get(&#args).await? {
+                match #client.job(&#ident::JOB).get(&#args).await? {
                     ::core::option::Option::Some(data) => ::core::result::Result::Ok(data),
                     ::core::option::Option::None => ::core::result::Result::Err(
                         ::cacheback::Error::UnexpectedMiss {
@@ -260,21 +268,33 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         (
             quote!(::core::result::Result<::core::option::Option<#output>, ::cacheback::Error>),
-            quote!(#client.job(&#ident::job()).get(&#args).await),
+            quote!(#client.job(&#ident::JOB).get(&#args).await),
         )
     };
 
     let job_doc = format!(
         "The cacheback job of [`{ident}()`](fn@{ident}) (cacheback's `{ident}.job`): \
-         `{ident}::job()` goes to a `Worker` to serve its fetches, and to `Client::job` \
-         to `get`, `set`, `invalidate` or `delete` its items."
+         `{ident}::JOB` goes to a `Worker` to serve its fetches; `{ident}::invalidate(..)`, \
+         `{ident}::delete(..)`, `{ident}::set(.., &value)` and `{ident}::get_item(..)` \
+         reach its items with the function's own parameters."
     );
-    let job_fn_doc = format!("The job of [`{ident}()`](fn@{ident}).");
+    let through = "through `cacheback::current_client()`";
+    let get_item_doc =
+        format!("Reads the item of these args with its state and times ({through}).");
+    let set_doc = format!(
+        "Stores `value` as the item of these args, cacheback's `{ident}.job.set` ({through})."
+    );
+    let invalidate_doc = format!("Marks the item of these args stale and schedules a refresh, cacheback's `{ident}.job.invalidate` ({through}).");
+    let delete_doc =
+        format!("Removes the item of these args, cacheback's `{ident}.job.delete` ({through}).");
+    let job_const_doc = format!(
+        "The job of [`{ident}()`](fn@{ident}), as a constant: `&{ident}::JOB` lives forever."
+    );
 
     Ok(quote! {
         #(#attrs)*
         #vis async fn #ident(#(#names: #types),*) -> #wrapper_output {
-            let #args: <#ident as ::cacheback::Job>::Args = (#(#into_args,)*);
+            #make_args
             let #client = ::cacheback::current_client()?;
             #read
         }
@@ -285,9 +305,39 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
         #vis struct #ident {}
 
         impl #ident {
-            #[doc = #job_fn_doc]
-            #vis const fn job() -> Self {
-                Self {}
+            #[doc = #job_const_doc]
+            #vis const JOB: Self = Self {};
+
+            #[doc = #get_item_doc]
+            #vis async fn get_item(#(#names: #types),*)
+                -> ::core::result::Result<::cacheback::Item<#output>, ::cacheback::Error>
+            {
+                #make_args
+                ::cacheback::current_client()?.job(&Self::JOB).get_item(&#args).await
+            }
+
+            #[doc = #set_doc]
+            #vis async fn set(#(#names: #types,)* #value: &#output)
+                -> ::core::result::Result<::std::time::SystemTime, ::cacheback::Error>
+            {
+                #make_args
+                ::cacheback::current_client()?.job(&Self::JOB).set(&#args, #value).await
+            }
+
+            #[doc = #invalidate_doc]
+            #vis async fn invalidate(#(#names: #types),*)
+                -> ::core::result::Result<::cacheback::Invalidated, ::cacheback::Error>
+            {
+                #make_args
+                ::cacheback::current_client()?.job(&Self::JOB).invalidate(&#args).await
+            }
+
+            #[doc = #delete_doc]
+            #vis async fn delete(#(#names: #types),*)
+                -> ::core::result::Result<bool, ::cacheback::Error>
+            {
+                #make_args
+                ::cacheback::current_client()?.job(&Self::JOB).delete(&#args).await
             }
         }
 
