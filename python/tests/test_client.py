@@ -106,6 +106,9 @@ def test_the_target_defaults_to_the_environment_then_localhost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("CACHEBACKD_TARGET", raising=False)
+    monkeypatch.delenv("CACHEBACKD_URL", raising=False)
     assert Client().target == "127.0.0.1:7070"
+    monkeypatch.setenv("CACHEBACKD_URL", "http://127.0.0.2:7071")  # the Rust client's variable
+    assert Client().target == "127.0.0.2:7071"
     monkeypatch.setenv("CACHEBACKD_TARGET", "unix:/tmp/x.sock")
     assert Client().target == "unix:/tmp/x.sock"

@@ -20,6 +20,7 @@ from ._codec import encode_args, encode_json
 from .client import (
     DEFAULT_TARGET,
     TARGET_ENV,
+    URL_ENV,
     Client,
     Invalidated,
     Item,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TARGET",
     "TARGET_ENV",
+    "URL_ENV",
     "CachebackError",
     "CachedFunction",
     "Client",

@@ -23,6 +23,9 @@ from .errors import CachebackError
 
 #: The environment variable a `Client()` without a target reads.
 TARGET_ENV = "CACHEBACKD_TARGET"
+#: The Rust client's variable (`http://host:port` or `unix:/path`), read when TARGET_ENV
+#: is unset, so that one setting serves an app's Rust and Python parts.
+URL_ENV = "CACHEBACKD_URL"
 #: Where the daemon listens when nothing says otherwise.
 DEFAULT_TARGET = "127.0.0.1:7070"
 #: gRPC's default 4 MiB receive limit is exactly the daemon's data limit, too small for
@@ -100,8 +103,9 @@ def _normalise_target(target: str) -> str:
 class Client:
     """A connection to cachebackd.
 
-    `target` is `host:port` or `unix:/path/to.sock`; without one, the environment
-    variable CACHEBACKD_TARGET, else 127.0.0.1:7070. `timeout` is the deadline of every
+    `target` is `host:port` or `unix:/path/to.sock` (or the Rust client's
+    `http://host:port`); without one, the environment variable CACHEBACKD_TARGET, else
+    CACHEBACKD_URL (the Rust client's), else 127.0.0.1:7070. `timeout` is the deadline of every
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
     by the job's `refresh_timeout` on the daemon's side. Thread-safe; use one per process.
     """
@@ -113,7 +117,9 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = _normalise_target(target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+        self.target = _normalise_target(
+            target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
+        )
         self.timeout = timeout
         defaults = list(_CHANNEL_OPTIONS)
         if self.target.startswith("unix:"):

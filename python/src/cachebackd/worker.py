@@ -35,7 +35,7 @@ log = logging.getLogger("cachebackd.worker")
 #: Ends a stream's outgoing messages (a half-close).
 _CLOSE = object()
 
-Servable = Union[Job, type[Job], CachedFunction[Any, Any]]
+Servable = Union[Job, type[Job], "CachedFunction[..., Any]"]
 
 
 def _as_job(job: Servable) -> Job:
