@@ -36,6 +36,7 @@ VIPS = {"someone-important"}
 
 
 class UserTweets(Job):
+    name = "examples.UserTweets"  # the Rust example's job: the two share items
     lifetime = 600
     fetch_on_miss = False
 
