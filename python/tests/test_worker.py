@@ -24,6 +24,8 @@ class Flaky(Job):
             raise ValueError("no such user: boom")
         if username == "silent":
             raise KeyError
+        if username == "unencodable":
+            return {1, 2}  # type: ignore[return-value]  # a set is not JSON
         return username.upper()
 
 
@@ -40,6 +42,15 @@ def test_an_exception_in_fetch_fails_the_get_with_its_message(
         flaky.get("silent")
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
     assert "KeyError" in raised.value.details
+    with pytest.raises(CachebackError) as raised:
+        flaky.get("unencodable")
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "TypeError: Object of type set is not JSON serializable" in raised.value.details
+    # args that are not a JSON array (from some other client) fail the fetch, not the worker.
+    with pytest.raises(CachebackError) as raised:
+        client.get(Flaky.name, b'{"not":"an array"}')
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "ValueError: args must be a JSON array" in raised.value.details
     # The worker and its stream live on.
     assert flaky.get("fine") == "FINE"
     assert worker.registrations == 1
@@ -145,6 +156,21 @@ def test_one_worker_serves_a_class_an_instance_and_a_function(
     assert lower("C") == "c"
     config = worker.effective_config("tests.Upper")
     assert config is not None and config.lifetime.seconds == 300
+
+
+def test_a_config_the_daemon_would_refuse_is_refused_at_serve(client: Client) -> None:
+    class NoTimeout(Flaky):
+        name = "tests.NoTimeout"
+        refresh_timeout = 0
+
+    class NegativeLifetime(Flaky):
+        name = "tests.NegativeLifetime"
+        lifetime = -1
+
+    with pytest.raises(ValueError, match="refresh_timeout must be more than zero"):
+        Worker(client).serve(NoTimeout)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        Worker(client).serve(NegativeLifetime)
 
 
 def test_serving_a_job_twice_is_refused(client: Client) -> None:

@@ -92,6 +92,51 @@ class Invalidated:
     refresh_scheduled: bool
 
 
+def resolve_target(target: Optional[str]) -> str:
+    """The target to dial: `target`, else CACHEBACKD_TARGET, else CACHEBACKD_URL, else
+    the default; `http://host:port` is accepted for `host:port`."""
+    return _normalise_target(
+        target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
+    )
+
+
+def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The channel options for `target`: ours, then the caller's (later ones win)."""
+    defaults = list(_CHANNEL_OPTIONS)
+    if target.startswith("unix:"):
+        # gRPC C-core sends the socket path, percent-encoded, as :authority; the daemon's
+        # HTTP/2 stack (h2) rejects that with RST_STREAM PROTOCOL_ERROR.
+        defaults.append(("grpc.default_authority", "localhost"))
+    return [*defaults, *options]
+
+
+def get_request(job: str, args: bytes, fetch_on_miss: Optional[bool]) -> pb.GetRequest:
+    request = pb.GetRequest(job=job, args=args)
+    if fetch_on_miss is not None:
+        request.fetch_on_miss = fetch_on_miss
+    return request
+
+
+def item_from_reply(reply: pb.GetResponse) -> Item:
+    state = ItemState(reply.state)
+    hit = state is not ItemState.MISS
+    return Item(
+        state=state,
+        data=reply.data if hit else None,
+        stored_at=from_timestamp(reply.stored_at) if reply.HasField("stored_at") else None,
+        expires_at=from_timestamp(reply.expires_at) if reply.HasField("expires_at") else None,
+        refresh_scheduled=reply.refresh_scheduled,
+        fetched=reply.fetched,
+    )
+
+
+def set_request(job: str, args: bytes, data: bytes, lifetime: Optional[Seconds]) -> pb.SetRequest:
+    request = pb.SetRequest(job=job, args=args, data=data)
+    if lifetime is not None:
+        request.lifetime.CopyFrom(to_duration(lifetime))
+    return request
+
+
 def _normalise_target(target: str) -> str:
     """gRPC wants `host:port` or `unix:/path`; accept the Rust client's `http://host:port` too."""
     for scheme in ("http://", "grpc://"):
@@ -117,17 +162,9 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = _normalise_target(
-            target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
-        )
+        self.target = resolve_target(target)
         self.timeout = timeout
-        defaults = list(_CHANNEL_OPTIONS)
-        if self.target.startswith("unix:"):
-            # gRPC C-core sends the socket path, percent-encoded, as :authority; the daemon's
-            # HTTP/2 stack (h2) rejects that with RST_STREAM PROTOCOL_ERROR.
-            defaults.append(("grpc.default_authority", "localhost"))
-        # Later options win in grpc, so callers can override ours.
-        self.channel = grpc.insecure_channel(self.target, options=[*defaults, *options])
+        self.channel = grpc.insecure_channel(self.target, options=channel_options(self.target, options))
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:
@@ -165,20 +202,8 @@ class Client:
 
         `fetch_on_miss` overrides the job's setting for this call.
         """
-        request = pb.GetRequest(job=job, args=args)
-        if fetch_on_miss is not None:
-            request.fetch_on_miss = fetch_on_miss
-        reply = self._call(self.stub.Get, request, timeout)
-        state = ItemState(reply.state)
-        hit = state is not ItemState.MISS
-        return Item(
-            state=state,
-            data=reply.data if hit else None,
-            stored_at=from_timestamp(reply.stored_at) if reply.HasField("stored_at") else None,
-            expires_at=from_timestamp(reply.expires_at) if reply.HasField("expires_at") else None,
-            refresh_scheduled=reply.refresh_scheduled,
-            fetched=reply.fetched,
-        )
+        request = get_request(job, args, fetch_on_miss)
+        return item_from_reply(self._call(self.stub.Get, request, timeout))
 
     def set(
         self,
@@ -193,10 +218,7 @@ class Client:
 
         `lifetime` replaces the job's lifetime for this item only.
         """
-        request = pb.SetRequest(job=job, args=args, data=data)
-        if lifetime is not None:
-            request.lifetime.CopyFrom(to_duration(lifetime))
-        reply = self._call(self.stub.Set, request, timeout)
+        reply = self._call(self.stub.Set, set_request(job, args, data, lifetime), timeout)
         return from_timestamp(reply.expires_at)
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:

@@ -146,6 +146,14 @@ class Job:
         `lifetime=` (keyword) gives this item its own lifetime. Returns when it stops
         being fresh.
         """
+        key, data, lifetime = self.set_parts(args, kwargs)
+        return self.client.set(self.name, key, data, lifetime=lifetime)
+
+    def set_parts(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, bytes, Optional[Seconds]]:
+        """`set`'s arguments as (encoded args, encoded data, lifetime)."""
+        kwargs = dict(kwargs)
         lifetime = kwargs.pop("lifetime", None)
         if self.set_data_kwarg in kwargs:
             data = kwargs.pop(self.set_data_kwarg)
@@ -156,7 +164,7 @@ class Job:
             raise TypeError(f"{type(self).__name__}.set() needs the data to store")
         if kwargs:
             raise TypeError(f"unexpected keyword arguments: {', '.join(kwargs)}")
-        return self.client.set(self.name, encode_args(args), self.encode(data), lifetime=lifetime)
+        return encode_args(args), self.encode(data), lifetime
 
     def invalidate(self, *args: Any) -> bool:
         """Mark the item stale and refresh it in the background; stale data is served
@@ -174,7 +182,11 @@ class Job:
     # Used by the worker.
 
     def config(self) -> pb.JobConfig:
-        """The JobConfig a worker registers for this job."""
+        """The JobConfig a worker registers for this job (ValueError if the daemon would
+        refuse it: a negative span, or a zero `refresh_timeout` or `cache_ttl`)."""
+        for attribute in ("refresh_timeout", "cache_ttl"):
+            if to_timedelta(getattr(self, attribute)) == timedelta(0):
+                raise ValueError(f"{self.name}: {attribute} must be more than zero")
         config = pb.JobConfig(
             lifetime=to_duration(self.lifetime),
             refresh_timeout=to_duration(self.refresh_timeout),

@@ -13,6 +13,8 @@ another worker when the stream ends.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import queue
@@ -21,7 +23,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Awaitable, Iterator, Optional, Union
 
 import grpc
 
@@ -55,6 +57,10 @@ def _outgoing(outbox: "queue.Queue[Any]") -> Iterator[pb.WorkerMessage]:
         if message is _CLOSE:
             return
         yield message
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def describe(error: BaseException) -> str:
@@ -109,6 +115,7 @@ class Worker:
         `max_in_flight` defaults to the job's own (16).
         """
         instance = _as_job(job)
+        instance.config()  # refuse here a config the daemon would refuse at each reconnection
         limit = max_in_flight or instance.max_in_flight
         if limit < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -320,7 +327,10 @@ class _JobStream:
         reason = pb.FetchReason.Name(request.reason)
         try:
             args = decode_args(request.args)
-            data = self.job.encode(self.job.fetch(*args))
+            result = self.job.fetch(*args)
+            if inspect.isawaitable(result):  # an `async def fetch`: run it in this thread
+                result = asyncio.run(_awaited(result))
+            data = self.job.encode(result)
             value = pb.FetchedValue(data=data)
             lifetime = self.job.item_lifetime(*args)
             if lifetime is not None:

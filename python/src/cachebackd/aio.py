@@ -1,0 +1,143 @@
+"""The asyncio flavour: `AsyncClient` on grpc.aio, and a Job's reads and writes through it.
+
+::
+
+    from cachebackd.aio import AsyncClient
+
+    async with AsyncClient() as client:
+        tweets = await client.job(UserTweets()).get("bob")
+
+The same `Job` classes serve both flavours: the job says how to encode and decide, the
+client says how to talk. Fetches still run in a (threaded) `Worker`; a job's `fetch` may
+be an `async def`, which the worker runs to completion in its fetch thread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional, Sequence
+
+import grpc
+import grpc.aio
+
+from ._codec import Seconds, encode_args, from_timestamp
+from ._proto import cacheback_pb2 as pb
+from ._proto.cacheback_pb2_grpc import CachebackStub
+from .client import (
+    Invalidated,
+    Item,
+    channel_options,
+    get_request,
+    item_from_reply,
+    resolve_target,
+    set_request,
+)
+from .errors import CachebackError
+from .job import Job
+
+_DEFAULT: Any = object()
+
+
+class AsyncClient:
+    """`Client` for asyncio code: the same target, timeout and methods, awaited.
+
+    Make it inside the running event loop (grpc.aio channels belong to one loop).
+    """
+
+    def __init__(
+        self,
+        target: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = resolve_target(target)
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(
+            self.target, options=channel_options(self.target, options)
+        )
+        self.stub = CachebackStub(self.channel)
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.target!r}, timeout={self.timeout!r})"
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+        except grpc.RpcError as error:
+            raise CachebackError.from_rpc_error(error) from None
+
+    async def get(
+        self, job: str, args: bytes, *, fetch_on_miss: Optional[bool] = None, timeout: Any = _DEFAULT
+    ) -> Item:
+        """See `Client.get`."""
+        reply = await self._call(self.stub.Get, get_request(job, args, fetch_on_miss), timeout)
+        return item_from_reply(reply)
+
+    async def set(
+        self,
+        job: str,
+        args: bytes,
+        data: bytes,
+        *,
+        lifetime: Optional[Seconds] = None,
+        timeout: Any = _DEFAULT,
+    ) -> datetime:
+        """See `Client.set`."""
+        request = set_request(job, args, data, lifetime)
+        reply = await self._call(self.stub.Set, request, timeout)
+        return from_timestamp(reply.expires_at)
+
+    async def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
+        """See `Client.invalidate`."""
+        request = pb.InvalidateRequest(job=job, args=args)
+        reply = await self._call(self.stub.Invalidate, request, timeout)
+        return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
+
+    async def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
+        """See `Client.delete`."""
+        reply = await self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
+        return bool(reply.found)
+
+    def job(self, job: Job) -> "AsyncJob":
+        """`job`'s get/raw_get/set/invalidate/delete, awaited through this client."""
+        return AsyncJob(self, job)
+
+
+class AsyncJob:
+    """A Job read and written through an AsyncClient; the same semantics as the Job's own
+    methods (see `Job.get` and friends)."""
+
+    def __init__(self, client: AsyncClient, job: Job) -> None:
+        self.client = client
+        self.job = job
+
+    async def get(self, *args: Any) -> Any:
+        item = await self.raw_get(*args)
+        return item.data if item.hit else None
+
+    async def raw_get(self, *args: Any) -> Item:
+        job = self.job
+        fetch_on_miss = bool(job.should_missing_item_be_fetched_synchronously(*args))
+        item = await self.client.get(job.name, encode_args(args), fetch_on_miss=fetch_on_miss)
+        return item.decoded(job.decode)
+
+    async def set(self, *args: Any, **kwargs: Any) -> datetime:
+        key, data, lifetime = self.job.set_parts(args, kwargs)
+        return await self.client.set(self.job.name, key, data, lifetime=lifetime)
+
+    async def invalidate(self, *args: Any) -> bool:
+        return (await self.client.invalidate(self.job.name, encode_args(args))).found
+
+    async def delete(self, *args: Any) -> bool:
+        return await self.client.delete(self.job.name, encode_args(args))
+

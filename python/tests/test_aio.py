@@ -1,0 +1,56 @@
+"""The asyncio flavour: AsyncClient and a Job's methods awaited, and `async def fetch`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Callable
+
+import grpc
+import pytest
+
+from cachebackd import CachebackError, ItemState, Job, Worker
+from cachebackd.aio import AsyncClient
+from conftest import Daemon
+from support import WAIT, Calls
+
+
+class AsyncTweets(Job):
+    name = "tests.AsyncTweets"
+
+    def __init__(self, calls: Calls) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def fetch(self, username: str) -> list[str]:  # type: ignore[override]
+        await asyncio.sleep(0)  # a real coroutine, awaited by the worker
+        return [f"{username} tweet {self.calls.enter(username)}"]
+
+
+def test_async_client_reads_and_writes_through_a_job(
+    daemon: Daemon, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(AsyncTweets(calls))
+
+    async def scenario() -> None:
+        async with AsyncClient(daemon.target, timeout=WAIT) as client:
+            tweets = client.job(AsyncTweets(calls))
+            first = await tweets.raw_get("bob")
+            assert (first.state, first.data, first.fetched) == (
+                ItemState.FRESH,
+                ["bob tweet 1"],
+                True,
+            )
+            assert await tweets.get("bob") == ["bob tweet 1"]
+            expires_at = await tweets.set("alice", ["by hand"], lifetime=60)
+            alice = await tweets.raw_get("alice")
+            assert (alice.data, alice.expires_at) == (["by hand"], expires_at)
+            assert alice.expires_at - alice.stored_at == timedelta(seconds=60)
+            assert await tweets.delete("alice") is True
+            assert await tweets.invalidate("alice") is False
+            with pytest.raises(CachebackError) as raised:
+                await client.get("tests.Unknown", b"[]")
+            assert raised.value.code == grpc.StatusCode.NOT_FOUND
+
+    asyncio.run(scenario())
+    assert calls.args == [("bob",)]
