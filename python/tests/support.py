@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
 
+from cachebackd import Client, Job
+
 #: How long a test waits for something that should happen soon (a registration, a fetch
 #: starting, a refresh landing); only a hang ever reaches it.
 WAIT = 30.0
@@ -67,3 +69,15 @@ class Calls:
         assert ok, f"waited for {count} fetches ({running} running); saw {self.args}"
 
 
+class Tweets(Job):
+    """The seed's UserTweets, with a recording fetch in place of Twitter."""
+
+    name = "tests.Tweets"
+
+    def __init__(self, calls: Calls, client: Client | None = None) -> None:
+        super().__init__(client)
+        self.calls = calls
+
+    def fetch(self, username: str) -> list[str]:
+        n = self.calls.enter(username)
+        return [f"{username} tweet {n}"]

@@ -15,23 +15,9 @@ from typing import Any, Callable
 import pytest
 
 from cachebackd import Client, ItemState, Job, Worker, cacheback
-from support import WAIT, Calls, eventually
+from support import WAIT, Calls, Tweets, eventually
 
 FRESH, STALE, MISS = ItemState.FRESH, ItemState.STALE, ItemState.MISS
-
-
-class Tweets(Job):
-    """The seed's UserTweets, with a recording fetch in place of Twitter."""
-
-    name = "tests.Tweets"
-
-    def __init__(self, calls: Calls, client: Client | None = None) -> None:
-        super().__init__(client)
-        self.calls = calls
-
-    def fetch(self, username: str) -> list[str]:
-        n = self.calls.enter(username)
-        return [f"{username} tweet {n}"]
 
 
 VIPS = {"someone-important"}
@@ -307,3 +293,53 @@ def test_concurrent_gets_of_one_missing_item_share_one_fetch(
         thread.join(WAIT)
     assert results == [["bob tweet 1"]] * 20
     assert calls.args == [("bob",)]
+
+
+def test_fetch_on_stale_threshold_fetches_synchronously_once_stale_that_long(
+    client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    class Strict(Tweets):
+        """Stale at once (lifetime 0) and too stale at once (threshold 0)."""
+
+        name = "tests.Strict"
+        lifetime = 0
+        fetch_on_stale_threshold = 0
+
+    class Lenient(Tweets):
+        name = "tests.Lenient"
+        lifetime = 0
+        fetch_on_stale_threshold = timedelta(hours=1)
+
+    strict_calls, lenient_calls = Calls(), Calls()
+    make_worker(Strict(strict_calls), Lenient(lenient_calls))
+    strict, lenient = Strict(strict_calls, client), Lenient(lenient_calls, client)
+
+    assert strict.get("bob") == ["bob tweet 1"]
+    refetched = strict.raw_get("bob")  # stale for longer than 0 s: waits for a fetch
+    assert (refetched.state, refetched.data, refetched.fetched) == (FRESH, ["bob tweet 2"], True)
+    assert strict_calls.count == 2
+
+    assert lenient.get("bob") == ["bob tweet 1"]
+    lenient_calls.gate.clear()
+    served = lenient.raw_get("bob")  # stale, but not for an hour: served at once
+    assert (served.state, served.data, served.fetched) == (STALE, ["bob tweet 1"], False)
+    lenient_calls.wait_for(2, running=1)
+    lenient_calls.gate.set()
+
+
+def test_stale_data_beats_a_failed_synchronous_refresh(
+    client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    class Failing(Job):
+        name = "tests.Failing"
+        lifetime = 0
+        fetch_on_stale_threshold = 0
+
+        def fetch(self, username: str) -> list[str]:
+            raise ConnectionError("twitter is down")
+
+    make_worker(Failing())
+    failing = Failing(client)
+    failing.set("bob", ["old tweet"])
+    item = failing.raw_get("bob")  # too stale: fetches synchronously, which fails
+    assert (item.state, item.data, item.fetched) == (STALE, ["old tweet"], False)

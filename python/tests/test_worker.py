@@ -10,8 +10,7 @@ import pytest
 
 from cachebackd import CachebackError, Client, Item, ItemState, Job, Worker
 from conftest import Daemon
-from support import WAIT, Calls
-from test_seed import Tweets
+from support import WAIT, Calls, Tweets
 
 FRESH, STALE = ItemState.FRESH, ItemState.STALE
 
