@@ -127,6 +127,15 @@ pub enum Durability {
     Always,
 }
 
+/// How much of the store one job takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Items stored (stale ones included, until swept).
+    pub items: u64,
+    /// Bytes of their data (headers and keys not counted).
+    pub bytes: u64,
+}
+
 /// What the daemon needs from storage. Synchronous: every call is a short local operation;
 /// `flush` may block on the disk and is run off the async threads.
 pub trait Store: Send + Sync + 'static {
@@ -146,6 +155,16 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), Error>;
     /// Records that failed to decode and were dropped, since start.
     fn corrupt_records(&self) -> u64;
+    /// Stores the instant at or before which every item of `job` counts as stale.
+    fn put_invalidated_before(&self, job: &JobName, at: SystemTime) -> Result<(), Error>;
+    /// Every job's stored invalidation instant.
+    fn invalidated_before(&self) -> Result<Vec<(JobName, SystemTime)>, Error>;
+    /// Removes a job: its config, its invalidation instant and its items; how many items.
+    fn remove_job(&self, job: &JobName) -> Result<u64, Error>;
+    /// The items of `job` and the bytes of their data (walks the job's keys).
+    fn usage(&self, job: &JobName) -> Result<Usage, Error>;
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, Error>;
 }
 
 /// The sled store under `DATA_DIR/store`.
@@ -153,6 +172,7 @@ pub struct SledStore {
     db: sled::Db,
     items: sled::Tree,
     jobs: sled::Tree,
+    invalidated: sled::Tree,
     corrupt: AtomicU64,
 }
 
@@ -205,11 +225,13 @@ impl SledStore {
         };
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
+        let invalidated = db.open_tree("invalidated")?;
         Ok((
             SledStore {
                 db,
                 items,
                 jobs,
+                invalidated,
                 corrupt: AtomicU64::new(0),
             },
             report,
@@ -367,6 +389,55 @@ impl Store for SledStore {
     fn corrupt_records(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
     }
+
+    fn put_invalidated_before(&self, job: &JobName, at: SystemTime) -> Result<(), Error> {
+        self.invalidated
+            .insert(job.as_str().as_bytes(), &micros(at).to_be_bytes())?;
+        Ok(())
+    }
+
+    fn invalidated_before(&self) -> Result<Vec<(JobName, SystemTime)>, Error> {
+        let mut out = Vec::new();
+        for kv in self.invalidated.iter() {
+            let (k, v) = kv?;
+            let at = <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes);
+            match (String::from_utf8(k.to_vec()), at) {
+                (Ok(name), Some(at)) => out.push((JobName::from_stored(name), from_micros(at))),
+                _ => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key = ?String::from_utf8_lossy(&k), "dropping an invalidation record that does not decode");
+                    self.invalidated.remove(&k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_job(&self, job: &JobName) -> Result<u64, Error> {
+        self.jobs.remove(job.as_str().as_bytes())?;
+        self.invalidated.remove(job.as_str().as_bytes())?;
+        let mut removed = 0;
+        for k in self.items.scan_prefix(ItemKey::job_prefix(job)).keys() {
+            if self.items.remove(k?)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn usage(&self, job: &JobName) -> Result<Usage, Error> {
+        let mut usage = Usage::default();
+        for kv in self.items.scan_prefix(ItemKey::job_prefix(job)) {
+            let (_, v) = kv?;
+            usage.items += 1;
+            usage.bytes += v.len().saturating_sub(ITEM_HEADER) as u64;
+        }
+        Ok(usage)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, Error> {
+        Ok(self.db.size_on_disk()?)
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +516,31 @@ mod tests {
         assert_eq!(store.get(&key).unwrap(), None);
         assert_eq!(store.corrupt_records(), 1);
         assert!(store.items.get(key.as_bytes()).unwrap().is_none());
+    }
+
+    #[test]
+    fn job_usage_invalidation_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (j, other) = (job("j"), job("j2"));
+        let item = |data: &[u8]| Item {
+            times: policy::times_for_new(SystemTime::now(), Duration::from_secs(1)),
+            data: data.to_vec(),
+        };
+        store.put_job(&j, &JobConfig::default()).unwrap();
+        store.put(&ItemKey::new(&j, b"a"), &item(b"12345")).unwrap();
+        store.put(&ItemKey::new(&j, b"b"), &item(b"")).unwrap();
+        store.put(&ItemKey::new(&other, b"a"), &item(b"x")).unwrap();
+        assert_eq!(store.usage(&j).unwrap(), Usage { items: 2, bytes: 5 });
+        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        store.put_invalidated_before(&j, at).unwrap();
+        assert_eq!(store.invalidated_before().unwrap(), vec![(j.clone(), at)]);
+        assert_eq!(store.remove_job(&j).unwrap(), 2);
+        assert_eq!(store.usage(&j).unwrap(), Usage::default());
+        assert_eq!(store.usage(&other).unwrap(), Usage { items: 1, bytes: 1 });
+        assert_eq!(store.invalidated_before().unwrap(), vec![]);
+        assert_eq!(store.jobs().unwrap(), vec![]);
+        assert!(store.size_on_disk().unwrap() > 0);
     }
 
     #[test]
