@@ -66,6 +66,20 @@ pub fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -
     }
 }
 
+/// An item's times once its whole job was invalidated at `invalidated_before`
+/// (`CachebackAdmin.InvalidateJob`): an item stored then or earlier is stale from that
+/// instant on at the latest; an item stored later is untouched. Applied as items are read,
+/// so invalidating a job writes nothing per item and each item refreshes on its next Get.
+pub fn after_job_invalidation(times: Times, invalidated_before: Option<SystemTime>) -> Times {
+    match invalidated_before {
+        Some(mark) if times.stored_at <= mark => Times {
+            stored_at: times.stored_at,
+            expires_at: times.expires_at.min(mark),
+        },
+        _ => times,
+    }
+}
+
 /// What an asynchronous refresh does on this Get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresh {
@@ -355,6 +369,24 @@ mod tests {
             plan_get(Freshness::Absent, &cfg(), ctx),
             GetPlan::FetchSync { .. }
         ));
+    }
+
+    #[test]
+    fn job_invalidation_makes_older_items_stale_and_spares_newer_ones() {
+        let old = times_for_new(at(0), Duration::from_secs(10));
+        let new = times_for_new(at(6), Duration::from_secs(10));
+        let mark = Some(at(5));
+        assert_eq!(
+            freshness(Some(after_job_invalidation(old, mark)), &cfg(), at(7)),
+            Freshness::Stale {
+                stale_for: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(after_job_invalidation(new, mark), new);
+        assert_eq!(after_job_invalidation(old, None), old);
+        // An item stale already keeps its staleness.
+        let stale = times_for_new(at(0), Duration::from_secs(1));
+        assert_eq!(after_job_invalidation(stale, mark), stale);
     }
 
     #[test]
