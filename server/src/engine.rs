@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::metrics::{Found, JobMetrics, Metrics};
 use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, MAX_SPAN};
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
 use crate::store::{Durability, Item, Store};
@@ -34,6 +35,8 @@ pub struct EngineSettings {
     pub sweep_interval: Duration,
     /// Size limits.
     pub limits: Limits,
+    /// What a Register leaves unset.
+    pub job_defaults: JobConfig,
 }
 
 impl Default for EngineSettings {
@@ -44,6 +47,7 @@ impl Default for EngineSettings {
             queue_capacity: 10_000,
             sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
+            job_defaults: JobConfig::default(),
         }
     }
 }
@@ -78,11 +82,34 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A known job: its config, its invalidation instant and its counters, resolved once so
+/// that a Get only increments them.
+#[derive(Clone)]
+pub struct JobEntry {
+    /// The effective config.
+    pub config: JobConfig,
+    /// Items stored at or before this instant count as stale (InvalidateJob).
+    pub invalidated_before: Option<SystemTime>,
+    /// The job's counters.
+    pub metrics: Arc<JobMetrics>,
+}
+
+impl JobEntry {
+    /// An item as a Get sees it: the job's invalidation applied.
+    fn seen(&self, item: Option<Item>) -> Option<Item> {
+        item.map(|mut i| {
+            i.times = policy::after_job_invalidation(i.times, self.invalidated_before);
+            i
+        })
+    }
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     workers: Workers,
     settings: EngineSettings,
-    jobs: RwLock<HashMap<JobName, JobConfig>>,
+    metrics: Metrics,
+    jobs: RwLock<HashMap<JobName, JobEntry>>,
     // A std Mutex: held only for map updates and short store calls, never across `.await`.
     table: Mutex<Table>,
 }
@@ -113,12 +140,34 @@ struct Backoff {
 impl Engine {
     /// An engine over `store`, loading the stored job configs.
     pub fn new(store: Arc<dyn Store>, settings: EngineSettings) -> Result<Engine, Error> {
-        let jobs = store.jobs()?.into_iter().collect();
+        Engine::with_metrics(store, settings, Metrics::new())
+    }
+
+    /// An engine over `store` that counts what it does in `metrics`.
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        metrics: Metrics,
+    ) -> Result<Engine, Error> {
+        let marks: HashMap<JobName, SystemTime> = store.invalidated_before()?.into_iter().collect();
+        let jobs = store
+            .jobs()?
+            .into_iter()
+            .map(|(job, config)| {
+                let entry = JobEntry {
+                    config,
+                    invalidated_before: marks.get(&job).copied(),
+                    metrics: metrics.job(&job),
+                };
+                (job, entry)
+            })
+            .collect();
         Ok(Engine {
             inner: Arc::new(Inner {
                 workers: Workers::new(settings.queue_capacity),
                 store,
                 settings,
+                metrics,
                 jobs: RwLock::new(jobs),
                 table: Mutex::new(Table::default()),
             }),
@@ -142,24 +191,116 @@ impl Engine {
 
     /// The config of `job`, or `UnknownJob`.
     pub fn job_config(&self, job: &JobName) -> Result<JobConfig, Error> {
+        self.job_entry(job).map(|e| e.config)
+    }
+
+    /// Everything known of `job`, or `UnknownJob`.
+    pub fn job_entry(&self, job: &JobName) -> Result<JobEntry, Error> {
         let jobs = self.inner.jobs.read().unwrap();
         jobs.get(job)
-            .copied()
+            .cloned()
             .ok_or_else(|| Error::UnknownJob(job.to_string()))
     }
 
     /// Every known job and its config.
     pub fn jobs(&self) -> Vec<(JobName, JobConfig)> {
         let jobs = self.inner.jobs.read().unwrap();
-        jobs.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        jobs.iter().map(|(k, v)| (k.clone(), v.config)).collect()
+    }
+
+    /// Every known job and everything known of it.
+    pub fn job_entries(&self) -> Vec<(JobName, JobEntry)> {
+        let jobs = self.inner.jobs.read().unwrap();
+        jobs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What a Register leaves unset.
+    pub fn job_defaults(&self) -> &JobConfig {
+        &self.inner.settings.job_defaults
     }
 
     /// Makes `config` the job's config (the latest registration wins) and stores it durably.
     pub async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
         self.inner.store.put_job(job, &config)?;
         self.flush().await?;
-        self.inner.jobs.write().unwrap().insert(job.clone(), config);
+        let mut jobs = self.inner.jobs.write().unwrap();
+        match jobs.get_mut(job) {
+            Some(entry) => entry.config = config,
+            None => {
+                let entry = JobEntry {
+                    config,
+                    invalidated_before: None,
+                    metrics: self.inner.metrics.job(job),
+                };
+                jobs.insert(job.clone(), entry);
+            }
+        }
         Ok(())
+    }
+
+    /// Marks every item of `job` stored until now stale, without touching any of them: Gets
+    /// apply the mark as they read, so each item refreshes on its next Get (no stampede).
+    /// Fetches in flight may have read old data: each is followed by one more refresh, as
+    /// for an Invalidate. Returns the mark.
+    pub async fn invalidate_job(&self, job: &JobName) -> Result<SystemTime, Error> {
+        self.job_entry(job)?;
+        let mark = policy::times_for_new(SystemTime::now(), Duration::ZERO).stored_at;
+        {
+            let mut table = self.inner.table.lock().unwrap();
+            self.inner.store.put_invalidated_before(job, mark)?;
+            let prefix = ItemKey::job_prefix(job);
+            for (key, flight) in table.flights.iter_mut() {
+                if key.as_bytes().starts_with(&prefix) {
+                    flight.reinvalidate = true;
+                }
+            }
+            let mut jobs = self.inner.jobs.write().unwrap();
+            if let Some(entry) = jobs.get_mut(job) {
+                entry.invalidated_before = Some(mark);
+            }
+        }
+        self.flush().await?;
+        Ok(mark)
+    }
+
+    /// Removes `job`: its config, its items and its mark; how many items went, or `None` if
+    /// the job was not known. Refused while workers of the job are connected, since they
+    /// would register it again at once. Fetches in flight finish, unstored.
+    pub async fn delete_job(&self, job: &JobName) -> Result<Option<u64>, Error> {
+        let workers = self.inner.workers.count(job);
+        if workers > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job:?} has {workers} worker(s) connected: stop them before deleting it"
+            )));
+        }
+        {
+            let mut table = self.inner.table.lock().unwrap();
+            let prefix = ItemKey::job_prefix(job);
+            for (key, flight) in table.flights.iter_mut() {
+                if key.as_bytes().starts_with(&prefix) {
+                    flight.superseded = true;
+                }
+            }
+            table
+                .backoff
+                .retain(|key, _| !key.as_bytes().starts_with(&prefix));
+            if self.inner.jobs.write().unwrap().remove(job).is_none() {
+                return Ok(None);
+            }
+        }
+        let store = self.inner.store.clone();
+        let name = job.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove_job(&name))
+            .await
+            .map_err(|e| Error::Store(format!("delete task failed: {e}")))??;
+        self.flush().await?;
+        self.inner.metrics.forget_job(job);
+        Ok(Some(removed))
     }
 
     /// Adds a registered worker's stream to the job's workers.
@@ -180,20 +321,22 @@ impl Engine {
         args: &[u8],
         fetch_on_miss: Option<bool>,
     ) -> Result<GetOutcome, Error> {
-        let config = self.job_config(job)?;
+        let entry = self.job_entry(job)?;
+        let config = entry.config;
         let key = ItemKey::new(job, args);
         let now = SystemTime::now();
         // The hot path: a fresh hit takes no lock.
-        let item = self.inner.store.get(&key)?;
+        let item = entry.seen(self.inner.store.get(&key)?);
         let times = item.as_ref().map(|i| i.times);
         if policy::freshness(times, &config, now) == Freshness::Fresh {
+            entry.metrics.gets_fresh.inc();
             return Ok(served(ItemState::Fresh, item, false));
         }
 
         let (plan, item, wait) = {
             let mut table = self.inner.table.lock().unwrap();
             // Look again under the lock: a write may have landed since.
-            let item = self.inner.store.get(&key)?;
+            let item = entry.seen(self.inner.store.get(&key)?);
             let now = SystemTime::now();
             let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
             let ctx = GetContext {
@@ -205,20 +348,34 @@ impl Engine {
                     .is_some_and(|b| b.until > Instant::now()),
             };
             let plan = policy::plan_get(freshness, &config, ctx);
+            let m = &entry.metrics;
             let wait = match plan {
                 GetPlan::ServeStale(Refresh::Start(reason))
                 | GetPlan::AnswerMiss(Refresh::Start(reason)) => {
-                    self.start_flight(&mut table, &key, job, &config, reason);
+                    m.refreshes_scheduled.inc();
+                    self.start_flight(&mut table, &key, job, &config, m, reason);
                     None
                 }
                 GetPlan::FetchSync { reason, .. } => Some(match table.flights.get(&key) {
                     Some(flight) => flight.done.clone(),
-                    None => self.start_flight(&mut table, &key, job, &config, reason),
+                    None => {
+                        m.sync_fetches.inc();
+                        self.start_flight(&mut table, &key, job, &config, m, reason)
+                    }
                 }),
                 _ => None,
             };
             (plan, item, wait)
         };
+        entry.metrics.count_get(match plan {
+            GetPlan::ServeFresh => Found::Fresh,
+            GetPlan::ServeStale(_)
+            | GetPlan::FetchSync {
+                stale_fallback: true,
+                ..
+            } => Found::Stale,
+            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } => Found::Miss,
+        });
 
         match plan {
             GetPlan::ServeFresh => Ok(served(ItemState::Fresh, item, false)),
@@ -286,7 +443,8 @@ impl Engine {
 
     /// Marks a present item stale now and schedules a refresh; an absent item is left alone.
     pub async fn invalidate(&self, job: &JobName, args: &[u8]) -> Result<InvalidateOutcome, Error> {
-        let config = self.job_config(job)?;
+        let entry = self.job_entry(job)?;
+        let config = entry.config;
         let key = ItemKey::new(job, args);
         let outcome = {
             let mut table = self.inner.table.lock().unwrap();
@@ -307,7 +465,15 @@ impl Engine {
             } else if table.backed_off(&key) {
                 false
             } else {
-                self.start_flight(&mut table, &key, job, &config, FetchReason::Invalidated);
+                entry.metrics.refreshes_scheduled.inc();
+                self.start_flight(
+                    &mut table,
+                    &key,
+                    job,
+                    &config,
+                    &entry.metrics,
+                    FetchReason::Invalidated,
+                );
                 true
             };
             InvalidateOutcome {
@@ -387,8 +553,12 @@ impl Engine {
         key: &ItemKey,
         job: &JobName,
         config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
         reason: FetchReason,
     ) -> watch::Receiver<Option<FlightResult>> {
+        if table.backoff.contains_key(key) {
+            metrics.fetches_retried.inc();
+        }
         let (tx, rx) = watch::channel(None);
         table.next_flight += 1;
         let id = table.next_flight;
@@ -402,9 +572,11 @@ impl Engine {
             },
         );
         let engine = self.clone();
-        let (key, job, config) = (key.clone(), job.clone(), *config);
+        let (key, job, config, metrics) = (key.clone(), job.clone(), *config, metrics.clone());
         tokio::spawn(async move {
-            let result = engine.drive(&key, &job, &config, reason, id).await;
+            let result = engine
+                .drive(&key, &job, &config, &metrics, reason, id)
+                .await;
             // Nobody may be waiting; that is fine.
             let _ = tx.send(Some(result));
         });
@@ -417,10 +589,13 @@ impl Engine {
         key: &ItemKey,
         job: &JobName,
         config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
         reason: FetchReason,
         id: u64,
     ) -> FlightResult {
         let timeout = config.refresh_timeout;
+        let started = Instant::now();
+        metrics.fetches_in_flight.inc();
         let outcome = self
             .inner
             .workers
@@ -434,10 +609,18 @@ impl Engine {
             )
             .await;
         let result = outcome.and_then(|f| self.check_fetched(f, config));
-        if let Err(e) = &result {
-            tracing::warn!(%job, ?reason, error = %e, "fetch failed");
-        }
-        let stored = self.finish_flight(key, job, config, id, &result);
+        metrics.fetches_in_flight.dec();
+        metrics
+            .fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics.fetches_succeeded.inc(),
+            Err(e) => {
+                tracing::warn!(%job, ?reason, error = %e, "fetch failed");
+                metrics.fetches_failed.inc()
+            }
+        };
+        let stored = self.finish_flight(key, job, config, metrics, id, &result);
         if stored {
             if let Err(e) = self.flush_if_always().await {
                 tracing::error!(error = %e, "flush after a fetch failed");
@@ -474,6 +657,7 @@ impl Engine {
         key: &ItemKey,
         job: &JobName,
         config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
         id: u64,
         result: &Result<Item, Error>,
     ) -> bool {
@@ -515,7 +699,15 @@ impl Engine {
             }
         }
         if flight.reinvalidate && !flight.superseded && !table.backed_off(key) {
-            self.start_flight(&mut table, key, job, config, FetchReason::Invalidated);
+            metrics.refreshes_scheduled.inc();
+            self.start_flight(
+                &mut table,
+                key,
+                job,
+                config,
+                metrics,
+                FetchReason::Invalidated,
+            );
         }
         stored
     }

@@ -233,7 +233,7 @@ impl WorkerStream {
         r: pb::Register,
     ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
         let job = JobName::parse(&r.job, self.engine.limits())?;
-        let config = config_from_proto(r.config.unwrap_or_default())?;
+        let config = config_from_proto(r.config.unwrap_or_default(), self.engine.job_defaults())?;
         let max_in_flight = match r.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,
             n if n > MAX_MAX_IN_FLIGHT => {
@@ -361,9 +361,9 @@ fn span(field: &str, d: prost_types::Duration, zero_ok: bool) -> Result<Duration
     Ok(std)
 }
 
-/// A registration's config with every default filled in.
-fn config_from_proto(c: pb::JobConfig) -> Result<JobConfig, Status> {
-    let d = JobConfig::default();
+/// A registration's config with every default (the daemon's `job_defaults`) filled in.
+fn config_from_proto(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig, Status> {
+    let d = *defaults;
     Ok(JobConfig {
         lifetime: match c.lifetime {
             Some(x) => span("JobConfig.lifetime", x, true)?,
@@ -374,10 +374,10 @@ fn config_from_proto(c: pb::JobConfig) -> Result<JobConfig, Status> {
             None => d.refresh_timeout,
         },
         fetch_on_miss: c.fetch_on_miss.unwrap_or(d.fetch_on_miss),
-        fetch_on_stale_threshold: c
-            .fetch_on_stale_threshold
-            .map(|x| span("JobConfig.fetch_on_stale_threshold", x, true))
-            .transpose()?,
+        fetch_on_stale_threshold: match c.fetch_on_stale_threshold {
+            Some(x) => Some(span("JobConfig.fetch_on_stale_threshold", x, true)?),
+            None => d.fetch_on_stale_threshold,
+        },
         cache_ttl: match c.cache_ttl {
             Some(x) => span("JobConfig.cache_ttl", x, false)?,
             None => d.cache_ttl,
