@@ -1,10 +1,15 @@
 //! The daemon's lifecycle: open the store, bind every listener, serve, and on shutdown drain
 //! in order — stop accepting, let in-flight calls finish within the grace period (workers stay
 //! connected so they can answer them), end every worker stream, flush the store.
+//!
+//! What an operator sees of it: systemd hears READY=1 only once the store is open and every
+//! listener (gRPC and metrics) is bound, and STOPPING=1 when the drain starts; gRPC health
+//! says SERVING in between and NOT_SERVING from the first moment of the drain.
 
-use std::sync::Arc;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use cachebackd_proto::v1::cacheback_admin_server::CachebackAdminServer;
 use cachebackd_proto::v1::cacheback_server::CachebackServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -13,11 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 
+use crate::admin::AdminService;
 use crate::config::{Config, ListenAddr};
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::service::CachebackService;
 use crate::store::{SledStore, Store};
+use crate::systemd::{self, PassedSocket};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +38,21 @@ pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: ListenAddr,
+        addr: String,
         /// Why.
         source: std::io::Error,
     },
+    /// A socket passed by systemd is not one the daemon can serve on.
+    #[error("socket {name:?} passed by systemd cannot be used: {source}")]
+    Passed {
+        /// Its FileDescriptorName.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 enum Bound {
@@ -42,6 +62,16 @@ enum Bound {
 
 /// Runs the daemon until `stop` is cancelled, then shuts down gracefully.
 pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonError> {
+    run_with_sockets(config, Vec::new(), stop).await
+}
+
+/// Runs the daemon on the sockets systemd passed (socket activation) when there are any,
+/// else on the configured listen addresses, until `stop` is cancelled.
+pub async fn run_with_sockets(
+    config: Config,
+    passed: Vec<PassedSocket>,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
     let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
     if let Some(aside) = &report.moved_aside {
         tracing::error!(
@@ -50,16 +80,12 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonEr
             "THE STORE COULD NOT BE OPENED: it was moved aside and cachebackd starts with an empty cache"
         );
     }
-    let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::new(store, config.engine_settings())?;
+    let store_moved_aside = report.moved_aside.is_some();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let metrics = Metrics::new();
+    let engine = Engine::with_metrics(store, config.engine_settings(), metrics.clone())?;
 
-    let mut bound = Vec::new();
-    for addr in &config.listen {
-        bound.push(bind(addr).await.map_err(|source| DaemonError::Bind {
-            addr: addr.clone(),
-            source,
-        })?);
-    }
+    let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
     let end_streams = CancellationToken::new();
     let calls = TaskTracker::new();
@@ -71,10 +97,29 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonEr
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let admin = CachebackAdminServer::new(AdminService::new(
+        engine.clone(),
+        store_moved_aside,
+        calls.clone(),
+    ));
+    let (health, health_service) = crate::health::service(end_streams.clone()).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cachebackd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cachebackd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let mut servers = JoinSet::new();
     for listener in bound {
-        let router = Server::builder().add_service(service.clone());
+        let router = Server::builder()
+            .add_service(service.clone())
+            .add_service(admin.clone())
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone());
         let signal = stop.clone().cancelled_owned();
         match listener {
             Bound::Tcp(l) => {
@@ -91,15 +136,31 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonEr
             }
         }
     }
+    let metrics_server = metrics_listener.map(|l| {
+        let registry = metrics.registry(engine.clone(), store_moved_aside);
+        tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
+    });
     let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = systemd::spawn_watchdog(watchdog_stop.clone());
+
+    crate::health::set_all(&health, ServingStatus::Serving).await;
+    let jobs = engine.jobs().len();
     tracing::info!(
-        listen = ?config.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        listen = ?serving_on,
+        metrics = ?config.metrics_listen,
         data_dir = %config.data_dir.display(),
-        jobs = engine.jobs().len(),
+        jobs,
         "cachebackd is serving"
     );
+    systemd::ready(&format!(
+        "serving on {}; {jobs} jobs known",
+        serving_on.join(", ")
+    ));
 
     stop.cancelled().await;
+    systemd::stopping("draining in-flight calls");
+    crate::health::set_all(&health, ServingStatus::NotServing).await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining in-flight calls");
     calls.close();
     let drained = tokio::time::timeout(config.drain_grace, calls.wait())
@@ -110,6 +171,9 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonEr
     }
     end_streams.cancel();
     let _ = sweeper.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     let wait_servers = async {
         while let Some(r) = servers.join_next().await {
             if let Ok(Err(e)) = r {
@@ -128,14 +192,106 @@ pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonEr
     }
     for addr in &config.listen {
         if let ListenAddr::Unix(path) = addr {
+            if !serving_on.iter().any(|s| s == &addr.to_string()) {
+                continue;
+            }
             let _ = std::fs::remove_file(path);
         }
+    }
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
     }
     tracing::info!("cachebackd stopped");
     Ok(())
 }
 
-async fn bind(addr: &ListenAddr) -> std::io::Result<Bound> {
+/// Binds the gRPC listeners (the passed sockets, else the configured addresses) and the
+/// metrics listener; what it serves on, for the log.
+async fn bind_all(
+    config: &Config,
+    passed: Vec<PassedSocket>,
+) -> Result<(Vec<Bound>, Option<TcpListener>, Vec<String>), DaemonError> {
+    let mut bound = Vec::new();
+    let mut serving_on = Vec::new();
+    let mut metrics_listener = None;
+    let socket_activated = passed.iter().any(|p| p.name != "metrics");
+    for socket in passed {
+        let (listener, addr) = adopt(socket.fd).map_err(|source| DaemonError::Passed {
+            name: socket.name.clone(),
+            source,
+        })?;
+        if socket.name == "metrics" {
+            let Bound::Tcp(l) = listener else {
+                return Err(DaemonError::Passed {
+                    name: socket.name,
+                    source: std::io::Error::other("the metrics socket must be a TCP socket"),
+                });
+            };
+            metrics_listener = Some(l);
+            continue;
+        }
+        tracing::info!(socket = %socket.name, %addr, "serving on a socket passed by systemd");
+        serving_on.push(addr);
+        bound.push(listener);
+    }
+    if socket_activated {
+        if !config.listen.is_empty() {
+            tracing::info!(
+                ignored = ?config.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "socket activation: listen addresses from flags or file are not bound"
+            );
+        }
+    } else {
+        for addr in &config.listen {
+            let listener =
+                bind(addr, config.socket_mode.0)
+                    .await
+                    .map_err(|source| DaemonError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            serving_on.push(match (&listener, addr) {
+                (Bound::Tcp(l), _) => l.local_addr().map_or(addr.to_string(), |a| a.to_string()),
+                (Bound::Unix(_), _) => addr.to_string(),
+            });
+            bound.push(listener);
+        }
+    }
+    if metrics_listener.is_none() {
+        if let Some(addr) = config.metrics_listen {
+            metrics_listener =
+                Some(
+                    crate::metrics::bind(addr)
+                        .await
+                        .map_err(|source| DaemonError::Bind {
+                            addr: format!("{addr} (metrics)"),
+                            source,
+                        })?,
+                );
+        }
+    }
+    Ok((bound, metrics_listener, serving_on))
+}
+
+/// Turns a socket systemd passed into a listener: TCP or Unix, whichever it is.
+fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<(Bound, String)> {
+    let tcp = std::net::TcpListener::from(fd);
+    if let Ok(addr) = tcp.local_addr() {
+        tcp.set_nonblocking(true)?;
+        return Ok((Bound::Tcp(TcpListener::from_std(tcp)?), addr.to_string()));
+    }
+    let unix = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(tcp));
+    let addr = unix.local_addr()?;
+    unix.set_nonblocking(true)?;
+    let name = match addr.as_pathname() {
+        Some(p) => format!("unix:{}", p.display()),
+        None => "unix:(unnamed)".into(),
+    };
+    Ok((Bound::Unix(UnixListener::from_std(unix)?), name))
+}
+
+async fn bind(addr: &ListenAddr, socket_mode: u32) -> std::io::Result<Bound> {
     match addr {
         ListenAddr::Tcp(a) => Ok(Bound::Tcp(TcpListener::bind(a).await?)),
         ListenAddr::Unix(path) => {
@@ -147,7 +303,9 @@ async fn bind(addr: &ListenAddr) -> std::io::Result<Bound> {
                     std::fs::remove_file(path)?;
                 }
             }
-            Ok(Bound::Unix(UnixListener::bind(path)?))
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+            Ok(Bound::Unix(listener))
         }
     }
 }

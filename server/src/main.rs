@@ -1,23 +1,60 @@
-//! The `cachebackd` binary: parse the command line, log to stderr, run until SIGTERM/SIGINT.
+//! The `cachebackd` binary: read the settings (defaults, `--config FILE`, flags), log to
+//! stderr, serve until SIGTERM/SIGINT. Also `cachebackd check-config FILE` and
+//! `cachebackd ctl …`.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
-use cachebackd::config::Config;
+use cachebackd::config::{Cli, Command, Config, LogFormat, SettingsArgs};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// The exit code of a configuration error (sysexits' EX_CONFIG). The systemd unit names it
+/// in `RestartPreventExitStatus=`, so a bad config is not restarted in a loop.
+const EX_CONFIG: u8 = 78;
+
 fn main() -> ExitCode {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Ctl(args)) => cachebackd::ctl::main(args),
+        None => serve(&cli.settings),
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::from_file(file) {
+        Ok(config) => {
+            eprintln!("{}: ok", file.display());
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cachebackd: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+fn serve(args: &SettingsArgs) -> ExitCode {
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cachebackd: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // SAFETY: no other thread exists yet (the runtime starts below).
+    let passed = match unsafe { cachebackd::systemd::take_passed_sockets() } {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cachebackd: cannot take the sockets systemd passed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,7 +85,7 @@ fn main() -> ExitCode {
             }
             on_signal.cancel();
         });
-        match cachebackd::daemon::run(config, stop).await {
+        match cachebackd::daemon::run_with_sockets(config, passed, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cachebackd cannot run");
@@ -57,4 +94,18 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Logs to stderr: plain text (colours only on a terminal, so the journal gets clean lines)
+/// or JSON. RUST_LOG, when set, overrides `log_level`.
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

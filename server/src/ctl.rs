@@ -1,0 +1,474 @@
+//! `cachebackd ctl`: a command-line client for operators, over the main service (`get`,
+//! `set`, `invalidate`, `delete`), the admin service (`jobs`, `stats`, `invalidate-job`,
+//! `delete-job`) and gRPC health (`health`). Text for people, `--json` for scripts: one JSON
+//! document on stdout per command.
+//!
+//! ARGS are the item's encoded args exactly as clients send them (PROTOCOL.md, "Client
+//! conventions": a compact JSON array, as in `'["alice",2]'`); the daemon treats them as
+//! bytes, so `'["alice", 2]'` (with a space) is another item.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use cachebackd_proto::v1::{
+    self as pb, cacheback_admin_client::CachebackAdminClient, cacheback_client::CachebackClient,
+};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint};
+
+/// How to reach the daemon, and what to ask it.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The daemon's address: host:port, http://host:port, or unix:/path/to.sock.
+    #[arg(
+        long,
+        short = 'a',
+        value_name = "ADDR",
+        env = "CACHEBACKD_ADDR",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub addr: String,
+
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Give up on the call after this long.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// What `cachebackd ctl` can do.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Read an item (fetching it on a miss as its job says, unless --no-fetch).
+    Get {
+        /// The job.
+        job: String,
+        /// The encoded args, as in '["alice"]'.
+        args: String,
+        /// Answer MISS at once on a miss instead of waiting for a fetch.
+        #[arg(long)]
+        no_fetch: bool,
+    },
+    /// Store data for an item directly.
+    Set {
+        /// The job.
+        job: String,
+        /// The encoded args.
+        args: String,
+        /// The data (clients store JSON, as in '{"n":1}').
+        data: String,
+        /// Fresh for this long instead of the job's lifetime.
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        lifetime: Option<Duration>,
+    },
+    /// Mark an item stale now and schedule a refresh.
+    Invalidate {
+        /// The job.
+        job: String,
+        /// The encoded args.
+        args: String,
+    },
+    /// Remove an item.
+    Delete {
+        /// The job.
+        job: String,
+        /// The encoded args.
+        args: String,
+    },
+    /// List the jobs: config, workers, items, counters.
+    Jobs,
+    /// Daemon-wide figures: uptime, store size, totals.
+    Stats,
+    /// Mark every item of a job stale; each refreshes on its next Get.
+    InvalidateJob {
+        /// The job.
+        job: String,
+    },
+    /// Remove a job with all its items (refused while its workers are connected).
+    DeleteJob {
+        /// The job.
+        job: String,
+    },
+    /// The daemon's gRPC health: SERVING or NOT_SERVING.
+    Health,
+}
+
+/// Runs one command; the process's exit code (1 for any error, said on stderr).
+pub fn main(args: CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cachebackd ctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(out) => {
+            if args.json {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cachebackd ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's answer, both ways.
+struct Output {
+    text: String,
+    json: Value,
+}
+
+async fn channel(addr: &str) -> Result<Channel, String> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        return Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"));
+    }
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("{addr:?} is not an address: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+fn status_error(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn run(args: &CtlArgs) -> Result<Output, String> {
+    let ch = channel(&args.addr).await?;
+    let limit = 64 * 1024 * 1024;
+    let mut main = CachebackClient::new(ch.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let mut admin = CachebackAdminClient::new(ch.clone());
+    match &args.command {
+        CtlCommand::Get {
+            job,
+            args: a,
+            no_fetch,
+        } => {
+            let r = main
+                .get(timed(
+                    args.timeout,
+                    pb::GetRequest {
+                        job: job.clone(),
+                        args: a.clone().into_bytes(),
+                        fetch_on_miss: no_fetch.then_some(false),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let state = pb::ItemState::try_from(r.state)
+                .map(|s| s.as_str_name().trim_start_matches("ITEM_STATE_").to_owned())
+                .unwrap_or_else(|_| r.state.to_string());
+            let mut json = json!({
+                "state": state,
+                "stored_at": r.stored_at.map(|t| rfc3339(t.try_into().ok())),
+                "expires_at": r.expires_at.map(|t| rfc3339(t.try_into().ok())),
+                "refresh_scheduled": r.refresh_scheduled,
+                "fetched": r.fetched,
+            });
+            let data = match String::from_utf8(r.data.clone()) {
+                Ok(s) => {
+                    json["data"] = Value::String(s.clone());
+                    s
+                }
+                Err(_) => {
+                    let hex = hex(&r.data);
+                    json["data_hex"] = Value::String(hex.clone());
+                    format!("(not UTF-8; hex) {hex}")
+                }
+            };
+            let mut text = format!(
+                "state: {state}\nrefresh_scheduled: {}\nfetched: {}\n",
+                r.refresh_scheduled, r.fetched
+            );
+            if let Some(t) = &json["stored_at"].as_str() {
+                text += &format!("stored_at: {t}\n");
+            }
+            if let Some(t) = &json["expires_at"].as_str() {
+                text += &format!("expires_at: {t}\n");
+            }
+            if state != "MISS" {
+                text += &format!("data: {data}\n");
+            }
+            Ok(Output { text, json })
+        }
+        CtlCommand::Set {
+            job,
+            args: a,
+            data,
+            lifetime,
+        } => {
+            let r = main
+                .set(timed(
+                    args.timeout,
+                    pb::SetRequest {
+                        job: job.clone(),
+                        args: a.clone().into_bytes(),
+                        data: data.clone().into_bytes(),
+                        lifetime: lifetime.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let expires = rfc3339(r.expires_at.and_then(|t| t.try_into().ok()));
+            Ok(Output {
+                text: format!("stored; fresh until {expires}\n"),
+                json: json!({ "expires_at": expires }),
+            })
+        }
+        CtlCommand::Invalidate { job, args: a } => {
+            let r = main
+                .invalidate(timed(
+                    args.timeout,
+                    pb::InvalidateRequest {
+                        job: job.clone(),
+                        args: a.clone().into_bytes(),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Ok(Output {
+                text: format!(
+                    "found: {}\nrefresh_scheduled: {}\n",
+                    r.found, r.refresh_scheduled
+                ),
+                json: json!({ "found": r.found, "refresh_scheduled": r.refresh_scheduled }),
+            })
+        }
+        CtlCommand::Delete { job, args: a } => {
+            let r = main
+                .delete(timed(
+                    args.timeout,
+                    pb::DeleteRequest {
+                        job: job.clone(),
+                        args: a.clone().into_bytes(),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Ok(Output {
+                text: format!("found: {}\n", r.found),
+                json: json!({ "found": r.found }),
+            })
+        }
+        CtlCommand::Jobs => {
+            let r = admin
+                .list_jobs(timed(args.timeout, pb::ListJobsRequest {}))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let jobs: Vec<Value> = r.jobs.iter().map(job_json).collect();
+            let mut text = format!(
+                "{:<32} {:>7} {:>10} {:>12} {:>10} {:>10}\n",
+                "JOB", "WORKERS", "ITEMS", "BYTES", "LIFETIME", "HIT%"
+            );
+            for j in &r.jobs {
+                let c = j.counters.unwrap_or_default();
+                let gets = c.gets_fresh + c.gets_stale + c.gets_miss;
+                let hit = if gets == 0 {
+                    "-".to_owned()
+                } else {
+                    format!(
+                        "{:.1}",
+                        100.0 * (c.gets_fresh + c.gets_stale) as f64 / gets as f64
+                    )
+                };
+                let lifetime = j
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.lifetime)
+                    .map(span)
+                    .unwrap_or_default();
+                text += &format!(
+                    "{:<32} {:>7} {:>10} {:>12} {:>10} {:>10}\n",
+                    j.name, j.workers, j.items, j.bytes, lifetime, hit
+                );
+            }
+            Ok(Output {
+                text,
+                json: json!({ "jobs": jobs }),
+            })
+        }
+        CtlCommand::Stats => {
+            let r = admin
+                .stats(timed(args.timeout, pb::StatsRequest {}))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let totals = counters_json(&r.totals.unwrap_or_default());
+            let json = json!({
+                "version": r.version,
+                "started_at": rfc3339(r.started_at.and_then(|t| t.try_into().ok())),
+                "uptime_seconds": r.uptime.map(|d| d.seconds as f64 + d.nanos as f64 / 1e9),
+                "store_bytes": r.store_bytes,
+                "jobs": r.jobs,
+                "workers": r.workers,
+                "items": r.items,
+                "corrupt_records": r.corrupt_records,
+                "store_moved_aside": r.store_moved_aside,
+                "totals": totals,
+            });
+            let mut text = String::new();
+            for (k, v) in json.as_object().into_iter().flatten() {
+                match v {
+                    Value::Object(inner) => {
+                        for (k2, v2) in inner {
+                            text += &format!("{k}.{k2}: {v2}\n");
+                        }
+                    }
+                    Value::String(s) => text += &format!("{k}: {s}\n"),
+                    v => text += &format!("{k}: {v}\n"),
+                }
+            }
+            Ok(Output { text, json })
+        }
+        CtlCommand::InvalidateJob { job } => {
+            let r = admin
+                .invalidate_job(timed(
+                    args.timeout,
+                    pb::InvalidateJobRequest { job: job.clone() },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mark = rfc3339(r.invalidated_before.and_then(|t| t.try_into().ok()));
+            Ok(Output {
+                text: format!("job {job}: items stored until {mark} are stale now\n"),
+                json: json!({ "invalidated_before": mark }),
+            })
+        }
+        CtlCommand::DeleteJob { job } => {
+            let r = admin
+                .delete_job(timed(
+                    args.timeout,
+                    pb::DeleteJobRequest { job: job.clone() },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Ok(Output {
+                text: match r.found {
+                    true => format!("job {job} deleted with {} items\n", r.items_removed),
+                    false => format!("job {job} was not known\n"),
+                },
+                json: json!({ "found": r.found, "items_removed": r.items_removed }),
+            })
+        }
+        CtlCommand::Health => {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+            let r = health
+                .check(timed(
+                    args.timeout,
+                    tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| r.status.to_string());
+            Ok(Output {
+                text: format!("{status}\n"),
+                json: json!({ "status": status }),
+            })
+        }
+    }
+}
+
+/// A request that gives up after `timeout`.
+fn timed<T>(timeout: Duration, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(timeout);
+    r
+}
+
+fn job_json(j: &pb::JobInfo) -> Value {
+    let c = j.config.unwrap_or_default();
+    json!({
+        "name": j.name,
+        "config": {
+            "lifetime": c.lifetime.map(span),
+            "refresh_timeout": c.refresh_timeout.map(span),
+            "fetch_on_miss": c.fetch_on_miss,
+            "fetch_on_stale_threshold": c.fetch_on_stale_threshold.map(span),
+            "cache_ttl": c.cache_ttl.map(span),
+        },
+        "workers": j.workers,
+        "items": j.items,
+        "bytes": j.bytes,
+        "invalidated_before": j.invalidated_before.map(|t| rfc3339(t.try_into().ok())),
+        "counters": counters_json(&j.counters.unwrap_or_default()),
+    })
+}
+
+fn counters_json(c: &pb::JobCounters) -> Value {
+    json!({
+        "gets_fresh": c.gets_fresh,
+        "gets_stale": c.gets_stale,
+        "gets_miss": c.gets_miss,
+        "sync_fetches": c.sync_fetches,
+        "refreshes_scheduled": c.refreshes_scheduled,
+        "fetches_succeeded": c.fetches_succeeded,
+        "fetches_failed": c.fetches_failed,
+        "fetches_retried": c.fetches_retried,
+        "fetches_in_flight": c.fetches_in_flight,
+    })
+}
+
+/// A protobuf duration as humantime writes it (`5m`, `1h 30m`).
+fn span(d: prost_types::Duration) -> String {
+    Duration::try_from(d)
+        .map(|d| humantime::format_duration(d).to_string())
+        .unwrap_or_else(|_| format!("{}s", d.seconds))
+}
+
+fn rfc3339(t: Option<SystemTime>) -> String {
+    match t {
+        Some(t) => humantime::format_rfc3339_micros(t).to_string(),
+        None => "-".into(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
