@@ -44,7 +44,7 @@ pub enum Error {
     },
 
     /// The daemon answered the call with a non-OK status (boxed: a `Status` is large).
-    #[error("cachebackd refused {rpc} of job {job:?}: {status}")]
+    #[error("cachebackd refused {rpc} of job {job:?}: {:?}: {}", .status.code(), .status.message())]
     Status {
         /// The RPC: `Get`, `Set`, `Invalidate`, `Delete` or `RegisterJob`.
         rpc: &'static str,
@@ -149,3 +149,18 @@ impl Error {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_code_and_message() {
+        let error = Error::status_of("Get", "tweets", tonic::Status::not_found("no such job"));
+        assert_eq!(
+            error.to_string(),
+            r#"cachebackd refused Get of job "tweets": NotFound: no such job"#
+        );
+        assert_eq!(error.code(), Some(tonic::Code::NotFound));
+    }
+}

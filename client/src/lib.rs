@@ -36,6 +36,8 @@
 //! Args and data are encoded with the convention every cachebackd client shares
 //! (see [`encode_args`]), so a Rust reader and a Python worker use the same items.
 
+#![warn(missing_docs)]
+
 mod client;
 mod codec;
 mod error;

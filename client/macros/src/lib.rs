@@ -1,6 +1,8 @@
 //! The `#[cacheback]` attribute: django-cacheback's `@cacheback()` decorator for an
 //! `async fn`. Use it through the `cacheback` crate, which re-exports it.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};
