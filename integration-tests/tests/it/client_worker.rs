@@ -52,6 +52,35 @@ async fn a_worker_registers_again_after_the_daemon_restarts() {
 }
 
 #[tokio::test]
+async fn a_worker_registers_again_after_its_connection_drops() {
+    let mut daemon = Daemon::start().await;
+    let client = connect(&daemon).await;
+    let probe = Probe::default();
+    let worker = start(quick_worker(client.clone()).serve(Tweets(probe.clone()))).await;
+
+    // SIGKILL: no goodbye on the stream, the connection just drops.
+    daemon.kill().await;
+    daemon.start_again().await;
+    within(
+        "the worker to register again",
+        worker.handle.wait_for_registrations(2),
+    )
+    .await
+    .unwrap();
+
+    let job = Tweets(probe.clone());
+    let item = client
+        .job(&job)
+        .get_item(&"carol".to_owned())
+        .await
+        .unwrap();
+    assert!(item.fetched);
+    assert_eq!(item.data.unwrap(), ["carol #1"]);
+    assert_eq!(probe.fetches(), 1);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn two_workers_share_a_job() {
     let daemon = Daemon::start().await;
     let (a, b) = (Probe::default(), Probe::default());
