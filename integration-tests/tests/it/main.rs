@@ -1,1 +1,19 @@
+//! Integration tests: each test starts the real `cachebackd` binary and drives it over
+//! gRPC, one test per rule of PROTOCOL.md, named after the rule. One test binary (a lean
+//! build); one module per area.
 
+mod harness;
+
+mod client_attribute;
+mod client_interop;
+mod client_jobs;
+mod client_support;
+mod client_worker;
+mod durability;
+mod errors;
+mod fetching;
+mod listeners;
+mod reads;
+mod registration;
+mod workers;
+mod writes;
