@@ -1,0 +1,316 @@
+//! The one table (Markdown, so that docs/BENCHMARKS.md can hold it as printed) and the JSON.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::hits;
+use crate::load::{Histogram, Throughput};
+use crate::memory::{Memory, ITEM_BYTES};
+use crate::redis_bench::RedisMemory;
+use crate::refresh::{Mode, Refresh, WINDOW};
+use crate::storm::Storm;
+
+/// Everything one run measured.
+#[derive(Default)]
+pub struct Report {
+    /// The header lines (machine, load, settings).
+    pub header: Vec<(String, Value)>,
+    /// Get hits.
+    pub hits: Vec<hits::Row>,
+    /// Miss storms against the daemon.
+    pub storm: Vec<Storm>,
+    /// The same storm against the baseline.
+    pub storm_baseline: Option<Storm>,
+    /// Refresh runs against the daemon, each with its ping-pong baseline.
+    pub refresh: Vec<(Refresh, Refresh)>,
+    /// Memory and disk.
+    pub memory: Option<Memory>,
+    /// Redis's memory for the same items.
+    pub redis_memory: Option<RedisMemory>,
+    /// Why Redis was not measured, if it was not.
+    pub redis_skipped: Option<String>,
+}
+
+impl Report {
+    /// The table, in Markdown.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 6]> = Vec::new();
+        let redis_na = || match &self.redis_skipped {
+            Some(_) => "skipped".to_string(),
+            None => "—".to_string(),
+        };
+        for row in &self.hits {
+            rows.push([
+                "Get hit".into(),
+                row.setting.label(),
+                throughput(&row.daemon),
+                throughput(&row.baseline),
+                format!("**{:.2}×**", row.ratio()),
+                row.redis.as_ref().map_or_else(redis_na, throughput),
+            ]);
+        }
+        for daemon in &self.storm {
+            let setting = format!(
+                "{} Gets of 1 missing key, fetch {}",
+                thousands(daemon.gets as f64),
+                duration_s(daemon.fetch_delay.as_secs_f64())
+            );
+            rows.push([
+                "miss storm: fetches issued".into(),
+                setting.clone(),
+                daemon.fetches.map_or("?".into(), |f| format!("**{f}**")),
+                "1 (required)".into(),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push([
+                "miss storm: Get latency".into(),
+                setting,
+                format!(
+                    "{} ({} ok, {} joined the fetch, {} failed)",
+                    percentiles(&daemon.latency, true),
+                    daemon.ok,
+                    daemon.waited,
+                    daemon.errors
+                ),
+                self.storm_baseline.as_ref().map_or(String::new(), |b| {
+                    format!(
+                        "{} (the same storm of no-op Gets)",
+                        percentiles(&b.latency, true)
+                    )
+                }),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (daemon, baseline) in &self.refresh {
+            rows.push([
+                "refresh (stale items/s)".into(),
+                format!(
+                    "{}, {} stream{}, window {WINDOW}",
+                    daemon.mode.map_or("", Mode::label),
+                    daemon.streams,
+                    if daemon.streams == 1 { "" } else { "s" }
+                ),
+                format!(
+                    "{}/s ({} items, {} fetches)",
+                    thousands(daemon.per_sec()),
+                    daemon.items,
+                    daemon.fetches
+                ),
+                format!("{}/s bidi ping-pong", thousands(baseline.per_sec())),
+                format!(
+                    "**{:.2}×**",
+                    daemon.per_sec() / baseline.per_sec().max(f64::MIN_POSITIVE)
+                ),
+                String::new(),
+            ]);
+        }
+        if let Some(m) = &self.memory {
+            let setting = format!("{} items × {} B", thousands(m.items as f64), ITEM_BYTES);
+            let redis_rss = self.redis_memory.as_ref().map_or_else(redis_na, |r| {
+                let used = r.used_memory.1.saturating_sub(r.used_memory.0) as f64 / r.items as f64;
+                let rss = r.rss.1.saturating_sub(r.rss.0) as f64 / r.items as f64;
+                format!(
+                    "{} B (RSS); {} B (used_memory)",
+                    thousands(rss),
+                    thousands(used)
+                )
+            });
+            rows.push([
+                "memory: RSS per item".into(),
+                setting.clone(),
+                format!(
+                    "{} B (RSS {} → {})",
+                    thousands(m.rss_per_item()),
+                    bytes(m.rss_empty),
+                    bytes(m.rss_loaded)
+                ),
+                format!("{ITEM_BYTES} B raw"),
+                format!("{:.2}×", m.rss_per_item() / ITEM_BYTES as f64),
+                redis_rss,
+            ]);
+            rows.push([
+                "disk per item".into(),
+                setting.clone(),
+                format!(
+                    "{} B ({} allocated, {} apparent)",
+                    thousands(m.disk_per_item()),
+                    bytes(m.disk.1),
+                    bytes(m.disk.0)
+                ),
+                format!("{ITEM_BYTES} B raw"),
+                format!("{:.2}×", m.disk_per_item() / ITEM_BYTES as f64),
+                "— (persistence off)".into(),
+            ]);
+            rows.push([
+                "start to first Get".into(),
+                format!("{setting} on disk"),
+                format!(
+                    "{} (RSS then {})",
+                    duration_s(m.first_get_loaded.as_secs_f64()),
+                    bytes(m.rss_restarted)
+                ),
+                format!(
+                    "{} on an empty store",
+                    duration_s(m.first_get_empty.as_secs_f64())
+                ),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push([
+                "Set (loading those items)".into(),
+                "1 KiB, c=64, 4 ch".into(),
+                throughput(&m.sets),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        if let Some(why) = &self.redis_skipped {
+            rows.push([
+                "Redis".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("skipped: {why}"),
+            ]);
+        }
+
+        let head = [
+            "figure",
+            "setting",
+            "cachebackd",
+            "baseline",
+            "ratio",
+            "Redis (context)",
+        ];
+        let mut out = String::new();
+        for (k, v) in &self.header {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(out, "{k}: {v}  ");
+        }
+        out.push('\n');
+        let _ = writeln!(out, "| {} |", head.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+        for r in rows {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
+        out
+    }
+
+    /// The same figures, raw, as JSON.
+    pub fn json(&self) -> Value {
+        let header: serde_json::Map<String, Value> = self.header.iter().cloned().collect();
+        json!({
+            "run": header,
+            "get_hits": self.hits.iter().map(hits::Row::to_json).collect::<Vec<_>>(),
+            "miss_storm": {
+                "cachebackd": self.storm.iter().map(Storm::to_json).collect::<Vec<_>>(),
+                "baseline": self.storm_baseline.as_ref().map(Storm::to_json),
+            },
+            "refresh": self.refresh.iter().map(|(d, b)| json!({
+                "streams": d.streams,
+                "mode": d.mode.map(Mode::label),
+                "window": WINDOW,
+                "cachebackd": d.to_json(),
+                "ping_pong": b.to_json(),
+                "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
+            })).collect::<Vec<_>>(),
+            "memory": self.memory.as_ref().map(Memory::to_json),
+            "redis": {
+                "skipped": self.redis_skipped,
+                "memory": self.redis_memory.as_ref().map(|r| json!({
+                    "items": r.items,
+                    "rss_bytes": [r.rss.0, r.rss.1],
+                    "used_memory_bytes": [r.used_memory.0, r.used_memory.1],
+                })),
+            },
+        })
+    }
+}
+
+/// `12,345/s (p50 …, p99 …, p999 …)`.
+fn throughput(t: &Throughput) -> String {
+    let mut s = format!(
+        "{}/s ({})",
+        thousands(t.per_sec()),
+        percentiles(&t.latency, false)
+    );
+    if t.errors > 0 {
+        let _ = write!(s, " {} errors", t.errors);
+    }
+    s
+}
+
+fn percentiles(h: &Histogram, with_max: bool) -> String {
+    let q = |q: f64| duration_ns(h.value_at_quantile(q));
+    let mut s = format!("p50 {} · p99 {} · p999 {}", q(0.5), q(0.99), q(0.999));
+    if with_max {
+        let _ = write!(s, " · max {}", duration_ns(h.max()));
+    }
+    s
+}
+
+fn duration_ns(ns: u64) -> String {
+    duration_s(ns as f64 / 1e9)
+}
+
+fn duration_s(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 0.01 {
+        format!("{:.2} ms", s * 1e3)
+    } else if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+/// `12345.6` as `12,346`.
+fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_as_a_person_writes_them() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(duration_s(0.000412), "412 µs");
+        assert_eq!(duration_s(0.0523), "52.3 ms");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+}
