@@ -175,7 +175,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Check a config file (every key and value) without serving; print the settings it
-    /// gives on stdout; exit 1 with the key and line of the first problem.
+    /// gives on stdout; exit 78 (EX_CONFIG) with the key and line of the first problem.
     CheckConfig {
         /// The TOML file.
         file: PathBuf,

@@ -121,7 +121,7 @@ struct Table {
     backoff: HashMap<ItemKey, Backoff>,
 }
 
-type FlightResult = Arc<Result<Item, String>>;
+type FlightResult = Arc<Result<Item, Error>>;
 
 struct Flight {
     id: u64,
@@ -342,10 +342,9 @@ impl Engine {
             let ctx = GetContext {
                 fetch_on_miss_override: fetch_on_miss,
                 in_flight: table.flights.contains_key(&key),
-                backed_off: table
-                    .backoff
-                    .get(&key)
-                    .is_some_and(|b| b.until > Instant::now()),
+                // A full wait queue holds asynchronous fetches back like backoff does:
+                // the item is served as it is rather than refused.
+                backed_off: table.backed_off(&key) || self.inner.workers.queue_full(job),
             };
             let plan = policy::plan_get(freshness, &config, ctx);
             let m = &entry.metrics;
@@ -400,7 +399,7 @@ impl Engine {
                     }),
                     // Stale beats an error.
                     (Err(_), true, Some(stale)) => Ok(served(ItemState::Stale, Some(stale), false)),
-                    (Err(message), _, _) => Err(Error::FetchFailed(message.clone())),
+                    (Err(e), _, _) => Err(e.clone()),
                 }
             }
         }
@@ -462,7 +461,7 @@ impl Engine {
                 // That fetch may have read the old data: one more refresh follows it.
                 flight.reinvalidate = true;
                 true
-            } else if table.backed_off(&key) {
+            } else if table.backed_off(&key) || self.inner.workers.queue_full(job) {
                 false
             } else {
                 entry.metrics.refreshes_scheduled.inc();
@@ -626,7 +625,7 @@ impl Engine {
                 tracing::error!(error = %e, "flush after a fetch failed");
             }
         }
-        Arc::new(result.map_err(|e| e.to_string()))
+        Arc::new(result)
     }
 
     /// Checks a worker's answer against the limits and gives it its times.
@@ -681,6 +680,8 @@ impl Engine {
                     }
                 }
             }
+            // A full queue says nothing of the origin: no backoff for it.
+            Err(Error::QueueFull { .. }) => {}
             Err(_) => {
                 let failures = table.backoff.get(key).map_or(0, |b| b.failures) + 1;
                 let delay = policy::backoff_delay(

@@ -87,7 +87,7 @@ pub enum Refresh {
     Start(FetchReason),
     /// One is in flight already; nothing more starts.
     InFlight,
-    /// Backoff after a failure holds it back.
+    /// Held back: backoff after a failure, or the job's wait queue is full.
     HeldBack,
     /// Nothing to refresh.
     None,
@@ -126,7 +126,8 @@ pub struct GetContext {
     pub fetch_on_miss_override: Option<bool>,
     /// A fetch of this item is in flight.
     pub in_flight: bool,
-    /// Backoff after a failed fetch is still running for this item.
+    /// Asynchronous fetches of this item are held back: backoff after a failed fetch is
+    /// still running, or the job's wait queue is full.
     pub backed_off: bool,
 }
 

@@ -147,6 +147,14 @@ impl Workers {
         jobs.get(job).map_or(0, |j| j.workers.len())
     }
 
+    /// Whether `job`'s queue of fetches waiting for a worker is full: a fetch started now
+    /// would be refused.
+    pub fn queue_full(&self, job: &JobName) -> bool {
+        let jobs = self.shared.jobs.lock().unwrap();
+        jobs.get(job)
+            .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
+    }
+
     /// Adds a worker for `job` that takes at most `max_in_flight` fetches at once; queued
     /// fetches go to it at once. `tx` is its stream.
     pub fn register(

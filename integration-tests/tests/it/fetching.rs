@@ -251,6 +251,10 @@ async fn full_queue_answers_resource_exhausted() {
         .await
         .expect_err("the queue is full");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // An asynchronous miss is not refused, but promises no refresh it could not queue.
+    let r = get_no_wait(&mut c, JOB, b"[\"d\"]").await;
+    assert_eq!(r.state(), ItemState::Miss);
+    assert!(!r.refresh_scheduled, "nothing could be queued");
 
     // Nothing queued was lost, and there is room again once a worker drains the queue.
     let mut w = TestWorker::register(&d, JOB, job_config(300.0, 30.0)).await;
