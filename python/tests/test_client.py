@@ -9,7 +9,7 @@ import pytest
 
 from cachebackd import CachebackError, Client, ItemState, Job, Worker
 from conftest import Daemon
-from support import WAIT
+from support import WAIT, Calls, Tweets
 
 
 class Echo(Job):
@@ -112,3 +112,19 @@ def test_the_target_defaults_to_the_environment_then_localhost(
     assert Client().target == "127.0.0.2:7071"
     monkeypatch.setenv("CACHEBACKD_TARGET", "unix:/tmp/x.sock")
     assert Client().target == "unix:/tmp/x.sock"
+
+
+def test_the_clients_deadline_fails_the_call_but_not_the_shared_fetch(
+    daemon: Daemon, client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(Tweets(calls))
+    calls.gate.clear()  # the fetch cannot finish before the impatient client's deadline
+    with Client(daemon.target, timeout=0.5) as impatient:
+        with pytest.raises(CachebackError) as raised:
+            Tweets(calls, impatient).get("bob")
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    calls.wait_for(1, running=1)
+    calls.gate.set()
+    # The fetch went on: a patient reader gets its result (joining it or from the cache).
+    assert Tweets(calls, client).get("bob") == ["bob tweet 1"]
+    assert calls.args == [("bob",)]
