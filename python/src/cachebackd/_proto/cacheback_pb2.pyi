@@ -4,10 +4,11 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -193,3 +194,107 @@ class FetchRequest(_message.Message):
     reason: FetchReason
     deadline: _timestamp_pb2.Timestamp
     def __init__(self, request_id: _Optional[str] = ..., args: _Optional[bytes] = ..., reason: _Optional[_Union[FetchReason, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("name", "config", "workers", "items", "bytes", "invalidated_before", "counters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    config: JobConfig
+    workers: int
+    items: int
+    bytes: int
+    invalidated_before: _timestamp_pb2.Timestamp
+    counters: JobCounters
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., invalidated_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[JobCounters, _Mapping]] = ...) -> None: ...
+
+class JobCounters(_message.Message):
+    __slots__ = ("gets_fresh", "gets_stale", "gets_miss", "sync_fetches", "refreshes_scheduled", "fetches_succeeded", "fetches_failed", "fetches_retried", "fetches_in_flight")
+    GETS_FRESH_FIELD_NUMBER: _ClassVar[int]
+    GETS_STALE_FIELD_NUMBER: _ClassVar[int]
+    GETS_MISS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FETCHES_FIELD_NUMBER: _ClassVar[int]
+    REFRESHES_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    FETCHES_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FETCHES_FAILED_FIELD_NUMBER: _ClassVar[int]
+    FETCHES_RETRIED_FIELD_NUMBER: _ClassVar[int]
+    FETCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    gets_fresh: int
+    gets_stale: int
+    gets_miss: int
+    sync_fetches: int
+    refreshes_scheduled: int
+    fetches_succeeded: int
+    fetches_failed: int
+    fetches_retried: int
+    fetches_in_flight: int
+    def __init__(self, gets_fresh: _Optional[int] = ..., gets_stale: _Optional[int] = ..., gets_miss: _Optional[int] = ..., sync_fetches: _Optional[int] = ..., refreshes_scheduled: _Optional[int] = ..., fetches_succeeded: _Optional[int] = ..., fetches_failed: _Optional[int] = ..., fetches_retried: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("version", "started_at", "uptime", "store_bytes", "jobs", "workers", "items", "corrupt_records", "store_moved_aside", "totals")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_MOVED_ASIDE_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    started_at: _timestamp_pb2.Timestamp
+    uptime: _duration_pb2.Duration
+    store_bytes: int
+    jobs: int
+    workers: int
+    items: int
+    corrupt_records: int
+    store_moved_aside: bool
+    totals: JobCounters
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., store_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., corrupt_records: _Optional[int] = ..., store_moved_aside: _Optional[bool] = ..., totals: _Optional[_Union[JobCounters, _Mapping]] = ...) -> None: ...
+
+class InvalidateJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class InvalidateJobResponse(_message.Message):
+    __slots__ = ("invalidated_before",)
+    INVALIDATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    invalidated_before: _timestamp_pb2.Timestamp
+    def __init__(self, invalidated_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("found", "items_removed")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    items_removed: int
+    def __init__(self, found: _Optional[bool] = ..., items_removed: _Optional[int] = ...) -> None: ...

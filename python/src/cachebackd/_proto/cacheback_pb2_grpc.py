@@ -277,3 +277,231 @@ class Cacheback:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CachebackAdminStub:
+    """---------------------------------------------------------------------------------------
+    Operating a running daemon (cachebackd ctl). Not part of the client contract: clients and
+    workers never need it.
+    ---------------------------------------------------------------------------------------
+
+    Inspect and manage a running daemon: its jobs, its counters, whole-job invalidation and
+    removal.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListJobs = channel.unary_unary(
+                '/cacheback.v1.CachebackAdmin/ListJobs',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/cacheback.v1.CachebackAdmin/Stats',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.StatsRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.InvalidateJob = channel.unary_unary(
+                '/cacheback.v1.CachebackAdmin/InvalidateJob',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobResponse.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/cacheback.v1.CachebackAdmin/DeleteJob',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+
+
+class CachebackAdminServicer:
+    """---------------------------------------------------------------------------------------
+    Operating a running daemon (cachebackd ctl). Not part of the client contract: clients and
+    workers never need it.
+    ---------------------------------------------------------------------------------------
+
+    Inspect and manage a running daemon: its jobs, its counters, whole-job invalidation and
+    removal.
+    """
+
+    def ListJobs(self, request, context):
+        """Every known job with its config, connected workers, stored items and counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Daemon-wide figures: uptime, store size, totals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvalidateJob(self, request, context):
+        """Mark every item of a job stale now. Nothing is fetched at once: each item refreshes on
+        its next Get, as a stale hit does, so a large job causes no stampede.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Remove a job: its config, its items and its invalidation mark. Refused while workers of
+        the job are connected (they would register it again at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CachebackAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.ListJobsRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.StatsRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.StatsResponse.SerializeToString,
+            ),
+            'InvalidateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateJob,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.DeleteJobRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.DeleteJobResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cacheback.v1.CachebackAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cacheback.v1.CachebackAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CachebackAdmin:
+    """---------------------------------------------------------------------------------------
+    Operating a running daemon (cachebackd ctl). Not part of the client contract: clients and
+    workers never need it.
+    ---------------------------------------------------------------------------------------
+
+    Inspect and manage a running daemon: its jobs, its counters, whole-job invalidation and
+    removal.
+    """
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.CachebackAdmin/ListJobs',
+            cacheback_dot_v1_dot_cacheback__pb2.ListJobsRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.CachebackAdmin/Stats',
+            cacheback_dot_v1_dot_cacheback__pb2.StatsRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.CachebackAdmin/InvalidateJob',
+            cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.InvalidateJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.CachebackAdmin/DeleteJob',
+            cacheback_dot_v1_dot_cacheback__pb2.DeleteJobRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
