@@ -111,6 +111,7 @@ def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tup
 
 
 def get_request(job: str, args: bytes, fetch_on_miss: Optional[bool]) -> pb.GetRequest:
+    """A GetRequest; `fetch_on_miss` None leaves the job's setting in force."""
     request = pb.GetRequest(job=job, args=args)
     if fetch_on_miss is not None:
         request.fetch_on_miss = fetch_on_miss
@@ -118,6 +119,7 @@ def get_request(job: str, args: bytes, fetch_on_miss: Optional[bool]) -> pb.GetR
 
 
 def item_from_reply(reply: pb.GetResponse) -> Item:
+    """A GetResponse as an Item (raw data; None and no timestamps on a MISS)."""
     state = ItemState(reply.state)
     hit = state is not ItemState.MISS
     return Item(
@@ -131,6 +133,7 @@ def item_from_reply(reply: pb.GetResponse) -> Item:
 
 
 def set_request(job: str, args: bytes, data: bytes, lifetime: Optional[Seconds]) -> pb.SetRequest:
+    """A SetRequest; `lifetime` None leaves the job's lifetime in force."""
     request = pb.SetRequest(job=job, args=args, data=data)
     if lifetime is not None:
         request.lifetime.CopyFrom(to_duration(lifetime))

@@ -189,9 +189,10 @@ class Worker:
         def left() -> float:
             return max(deadline - time.monotonic(), 0.0)
 
-        self._stopping.set()
-        streams = list(self._streams.values())
         with self._cond:
+            # Set under the lock, so that no fetch starts and no stream opens unseen.
+            self._stopping.set()
+            streams = list(self._streams.values())
             self._cond.wait_for(lambda: all(s.in_flight == 0 for s in streams), left())
             outboxes = [s.outbox for s in streams if s.outbox is not None]
         # Half-close each stream after the results already queued; the daemon then ends it.
@@ -262,9 +263,13 @@ class _JobStream:
         outbox: queue.Queue[Any] = queue.Queue()
         outbox.put(pb.WorkerMessage(register=register))
         registered = False
+        with worker._cond:
+            if worker._stopping.is_set():
+                return False
+            self.outbox = outbox  # from now on stop() half-closes it
         call = worker.client.stub.RegisterJob(_outgoing(outbox))
         with worker._cond:
-            self.outbox, self.call = outbox, call
+            self.call = call
         try:
             for message in call:
                 kind = message.WhichOneof("kind")
@@ -301,9 +306,9 @@ class _JobStream:
             self.worker._cond.notify_all()
 
     def _dispatch(self, request: pb.FetchRequest, outbox: "queue.Queue[Any]") -> None:
-        if self.worker._stopping.is_set():
-            return  # unanswered: the daemon gives it to another worker when the stream ends
         with self.worker._cond:
+            if self.worker._stopping.is_set():
+                return  # unanswered: the daemon gives it to another worker when the stream ends
             self.in_flight += 1
         try:
             self.executor.submit(self._fetch, request, outbox)
