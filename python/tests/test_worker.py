@@ -178,3 +178,29 @@ def test_serving_a_job_twice_is_refused(client: Client) -> None:
         worker.serve(Flaky())
     with pytest.raises(TypeError):
         worker.serve(object())  # type: ignore[arg-type]
+
+
+def test_two_workers_share_a_job_and_one_carries_on_when_the_other_stops(
+    client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    first = make_worker(Tweets(calls), name="first")
+    make_worker(Tweets(calls), name="second")
+    tweets = Tweets(calls, client)
+    calls.gate.clear()
+    results: list[Any] = []
+    readers = [
+        threading.Thread(target=lambda u=u: results.append(tweets.get(u))) for u in ("a", "b")
+    ]
+    for reader in readers:
+        reader.start()
+    calls.wait_for(2, running=2)
+    calls.gate.set()
+    for reader in readers:
+        reader.join(WAIT)
+    assert sorted(tweet for [tweet] in results) in (
+        ["a tweet 1", "b tweet 2"],
+        ["a tweet 2", "b tweet 1"],  # the fetches are numbered in the order they started
+    )
+    first.stop()
+    assert tweets.get("c") == ["c tweet 3"]
+    assert sorted(args for args in calls.args) == [("a",), ("b",), ("c",)]
