@@ -1,10 +1,9 @@
 """Items are shared across languages: same job name + same args bytes = same item.
 
-Stopgap: the Rust client has no interop example binary yet, so the peer here is a
-"foreign" client written directly on the generated stubs, with every args and data
-byte written out by hand as PROTOCOL.md's convention says, independent of the
-package's codec. test_interop_rust.py runs the same checks against the Rust client
-once its example exists.
+The peer here is a "foreign" client written directly on the generated stubs, with every
+args and data byte written out by hand as PROTOCOL.md's convention says, independent of
+the package's codec: any language that follows the convention shares items.
+test_interop_rust.py runs the same checks against the Rust client, both ways.
 """
 
 from __future__ import annotations

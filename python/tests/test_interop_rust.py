@@ -4,13 +4,13 @@ the Python client under the same key.
 The Rust side is the Rust client's own `user_tweets` example (the seed's UserTweets,
 job `examples.UserTweets`): it runs its worker and its timeline against the test daemon,
 leaving its items behind; then the Python example's `UserTweets`, which names the same
-job, reads them. The other direction (a Python worker serving a Rust reader) needs a
-Rust reader that does not also serve the job; until the Rust client has one,
-test_interop.py checks it against a stub-level peer.
+job, reads them. The other direction: a Python worker serves the Rust client's
+`read_tweets` example, a reader that registers no worker of its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cachebackd import Client, ItemState
+from cachebackd import Client, ItemState, Job, Worker
 from conftest import REPO, Daemon
 from support import WAIT
 
@@ -29,16 +29,20 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="session")
-def rust_user_tweets() -> Path:
-    """The Rust client's user_tweets example, built like the daemon."""
+def rust_examples() -> Path:
+    """The Rust client's examples used here, built like the daemon."""
     given = os.environ.get("CACHEBACK_RUST_EXAMPLES")
     if given:
-        return Path(given) / "user_tweets"
-    subprocess.run(
-        ["cargo", "build", "-p", "cacheback", "--example", "user_tweets"], cwd=REPO, check=True
-    )
+        return Path(given)
+    build = ["cargo", "build", "-p", "cacheback", "--example", "user_tweets"]
+    subprocess.run([*build, "--example", "read_tweets"], cwd=REPO, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / "debug" / "examples" / "user_tweets"
+    return target / "debug" / "examples"
+
+
+@pytest.fixture(scope="session")
+def rust_user_tweets(rust_examples: Path) -> Path:
+    return rust_examples / "user_tweets"
 
 
 def is_rust_tweets(username: str, data: Any) -> bool:
@@ -82,3 +86,63 @@ def test_items_fetched_by_the_rust_worker_are_read_by_python(
     assert (celeb.state in (ItemState.FRESH, ItemState.STALE), celeb.fetched) == (True, False)
     assert is_rust_tweets("celeb_ada", celeb.data)
     assert celeb.expires_at - celeb.stored_at == timedelta(seconds=3)
+
+
+class PythonTweets(Job):
+    """A Python worker for the Rust example's job."""
+
+    name = "examples.UserTweets"
+    lifetime = 600
+
+    def __init__(self, calls: list[str], client: Client | None = None) -> None:
+        super().__init__(client)
+        self.calls = calls
+
+    def fetch(self, username: str) -> list[str]:
+        self.calls.append(username)
+        return [f"@{username}: from the Python worker"]
+
+
+def read_with_rust(reader: Path, daemon: Daemon, *usernames: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [str(reader), *usernames],
+        env={**os.environ, "CACHEBACKD_URL": f"http://{daemon.target}"},
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 4,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_a_python_worker_serves_a_rust_reader(
+    daemon: Daemon, client: Client, rust_examples: Path
+) -> None:
+    calls: list[str] = []
+    with Worker(client).serve(PythonTweets(calls)) as worker:
+        worker.wait_until_registered(timeout=WAIT)
+        reader = rust_examples / "read_tweets"
+        first = read_with_rust(reader, daemon, "bob", "caf\u00e9")
+        assert first == [
+            {
+                "username": "bob",
+                "state": "FRESH",
+                "fetched": True,
+                "data": ["@bob: from the Python worker"],
+            },
+            {
+                "username": "caf\u00e9",
+                "state": "FRESH",
+                "fetched": True,
+                "data": ["@caf\u00e9: from the Python worker"],
+            },
+        ]
+        assert calls == ["bob", "caf\u00e9"]
+        # Read again: a cache hit, under the key the Python client uses too.
+        again = read_with_rust(reader, daemon, "bob")
+        assert (again[0]["state"], again[0]["fetched"]) == ("FRESH", False)
+        assert calls == ["bob", "caf\u00e9"]
+        # And the Python client reads the very same item.
+        mine = PythonTweets([], client).raw_get("bob")
+        assert (mine.state, mine.fetched) == (ItemState.FRESH, False)
+        assert mine.data == ["@bob: from the Python worker"]
