@@ -112,6 +112,9 @@ pub async fn run_with_sockets(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // Everything is ready: the store is open and every listener bound. Health says so before
+    // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
+    crate::health::set_all(&health, ServingStatus::Serving).await;
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
@@ -144,7 +147,6 @@ pub async fn run_with_sockets(
     let watchdog_stop = CancellationToken::new();
     let watchdog = systemd::spawn_watchdog(watchdog_stop.clone());
 
-    crate::health::set_all(&health, ServingStatus::Serving).await;
     let jobs = engine.jobs().len();
     tracing::info!(
         listen = ?serving_on,

@@ -43,11 +43,16 @@ async fn list_jobs_and_stats_describe_the_daemon() {
     set(&mut client, "ops-admin-list", b"[2]", b"678".to_vec(), None).await;
     get(&mut client, "ops-admin-list", b"[1]").await;
 
-    let info = job_info(&mut admin, "ops-admin-list")
-        .await
-        .expect("listed");
+    // The worker joins the job's workers just after its Registered is sent.
+    let info = eventually(WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let info = job_info(&mut admin, "ops-admin-list").await?;
+            (info.workers == 1).then_some(info)
+        }
+    })
+    .await;
     assert_eq!(info.config, w.registered.config);
-    assert_eq!(info.workers, 1);
     assert_eq!(info.items, 2);
     assert_eq!(info.bytes, 8);
     assert_eq!(info.invalidated_before, None);
@@ -159,6 +164,12 @@ async fn delete_job_removes_config_and_items_but_not_while_workers_are_connected
     let mut client = d.client();
     set(&mut client, JOB, b"[1]", b"1".to_vec(), None).await;
     set(&mut client, JOB, b"[2]", b"2".to_vec(), None).await;
+    // The worker joins the job's workers just after its Registered is sent.
+    eventually(WAIT, || {
+        let mut admin = admin.clone();
+        async move { (job_info(&mut admin, JOB).await?.workers == 1).then_some(()) }
+    })
+    .await;
 
     let err = admin
         .delete_job(DeleteJobRequest { job: JOB.into() })

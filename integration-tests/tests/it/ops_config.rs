@@ -170,3 +170,35 @@ async fn check_config_validates_without_serving() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn logs_are_plain_without_colours_off_a_terminal_or_json() {
+    // The readiness line may follow the first answered call by a moment.
+    let serving_logged = |d: &Daemon| {
+        let log = d.stderr_log();
+        let found = log.contains("cachebackd is serving");
+        async move { found.then_some(log) }
+    };
+    let plain = Daemon::start().await;
+    let log = eventually(WAIT, || serving_logged(&plain)).await;
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escapes in the journal: {log:?}"
+    );
+
+    let json = Daemon::builder()
+        .args(["--log-format", "json"])
+        .start()
+        .await;
+    let log = eventually(WAIT, || serving_logged(&json)).await;
+    let serving = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("a JSON log line ({e}): {l:?}"))
+        })
+        .find(|v| v["fields"]["message"] == "cachebackd is serving")
+        .unwrap_or_else(|| panic!("no serving line in {log}"));
+    assert_eq!(serving["level"], "INFO");
+    assert!(serving["timestamp"].is_string());
+}
