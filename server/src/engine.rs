@@ -68,7 +68,7 @@ pub struct GetOutcome {
 }
 
 /// What an Invalidate answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InvalidateOutcome {
     /// The item was present.
     pub found: bool,
@@ -727,15 +727,6 @@ impl Table {
         self.backoff
             .get(key)
             .is_some_and(|b| b.until > Instant::now())
-    }
-}
-
-impl Default for InvalidateOutcome {
-    fn default() -> Self {
-        InvalidateOutcome {
-            found: false,
-            refresh_scheduled: false,
-        }
     }
 }
 

@@ -195,27 +195,29 @@ impl WorkerStream {
             }
             Ok(None) | Err(_) => return,
         };
-        let (job, worker_id, max_in_flight) = match self.register(register).await {
-            Ok((job, config, worker_id, max_in_flight)) => {
-                let registered = pb::DaemonMessage {
-                    kind: Some(daemon_message::Kind::Registered(pb::Registered {
-                        worker_id: worker_id.to_string(),
-                        config: Some(config_to_proto(&config)),
-                    })),
-                };
-                if reg_tx.send(Ok(registered)).await.is_err() {
-                    return;
-                }
-                (job, worker_id, max_in_flight)
-            }
+        let (job, config, worker_id, max_in_flight) = match self.register(register).await {
+            Ok(registration) => registration,
             Err(status) => {
                 let _ = reg_tx.send(Err(status)).await;
                 return;
             }
         };
-        drop(reg_tx);
+        // Counted as a worker of the job before it hears Registered, so that whoever sees
+        // the registration also sees the worker. Its fetches cannot overtake Registered:
+        // the response stream reads them only once `reg_tx` is dropped.
         self.engine
             .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
+        let registered = pb::DaemonMessage {
+            kind: Some(daemon_message::Kind::Registered(pb::Registered {
+                worker_id: worker_id.to_string(),
+                config: Some(config_to_proto(&config)),
+            })),
+        };
+        if reg_tx.send(Ok(registered)).await.is_err() {
+            self.engine.workers().unregister(&job, worker_id);
+            return;
+        }
+        drop(reg_tx);
         tracing::info!(%job, worker = %worker_id, max_in_flight, "worker registered");
         let end = self.serve(inbound, &job, worker_id).await;
         self.engine.workers().unregister(&job, worker_id);
