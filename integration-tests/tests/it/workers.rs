@@ -123,7 +123,15 @@ async fn least_loaded_worker_gets_the_fetch() {
     f2_worker
         .reply_value(&f2.request_id, b"2".to_vec(), None)
         .await;
-    // The answer is in before this Get's fetch is scheduled (same stream, in order)...
+    // The answer travels on the worker's stream, the next Get on another connection: wait
+    // until the daemon has taken the answer in (its item is stored) before asking again.
+    eventually(WAIT, || {
+        let mut c = c.clone();
+        async move {
+            (get(&mut c, JOB, b"[2]").await.state() == ItemState::Fresh).then_some(())
+        }
+    })
+    .await;
     f2_worker.assert_no_fetch(&c, JOB).await;
     get(&mut c, JOB, b"[3]").await;
     let f3 = f2_worker.next_fetch().await;
