@@ -1,18 +1,13 @@
 //! What a Get does: on a miss, a fresh hit, a stale hit, and a stale hit past the
 //! threshold (PROTOCOL.md, "Get on a miss", "Get on a fresh hit", "Get on a stale hit").
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use cachebackd_proto::v1::{FetchReason, ItemState, JobConfig};
 use tokio::task::JoinSet;
 
 use crate::harness::*;
+use crate::ops_support::scrape;
 
 const JOB: &str = "reads";
 
@@ -60,33 +55,32 @@ async fn miss_with_fetch_on_miss_waits_for_one_fetch_and_returns_fresh() {
 
 #[tokio::test]
 async fn concurrent_gets_of_a_missing_item_share_one_fetch() {
-    let d = Daemon::start().await;
+    // The daemon's miss counter is the signal that every Get has reached it.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::builder()
+        .args(["--metrics-listen", &metrics])
+        .start()
+        .await;
     let mut w = TestWorker::register(&d, JOB, job_config(300.0, 30.0)).await;
     // Four connections, so 200 calls stay well under any per-connection stream limit.
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(d.connect().await);
     }
-    let sent = Arc::new(AtomicUsize::new(0));
     let mut calls = JoinSet::new();
     for i in 0..200 {
         let mut c = clients[i % 4].clone();
-        let sent = sent.clone();
-        calls.spawn(async move {
-            sent.fetch_add(1, Ordering::SeqCst);
-            try_get(&mut c, JOB, b"[\"hot\"]", None).await
-        });
+        calls.spawn(async move { try_get(&mut c, JOB, b"[\"hot\"]", None).await });
     }
     let fetch = w.next_fetch().await;
     assert_eq!(fetch.args, b"[\"hot\"]");
-    // Nothing signals that the other calls have reached the daemon: hold the answer until
-    // all of them have been issued, and then a while longer.
+    // Hold the answer until all 200 Gets have found the item missing.
+    let misses = format!("cachebackd_gets_total{{job=\"{JOB}\",outcome=\"miss\"}}");
     eventually(WAIT, || {
-        let sent = sent.clone();
-        async move { (sent.load(Ordering::SeqCst) == 200).then_some(()) }
+        let (metrics, misses) = (metrics.clone(), misses.clone());
+        async move { (scrape(&metrics).await.get(&misses) == 200.0).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     w.reply_value(&fetch.request_id, b"\"shared\"".to_vec(), None)
         .await;
 
