@@ -446,11 +446,9 @@ impl Config {
         }
     }
 
-    /// Largest gRPC message the daemon must carry: data plus args plus framing.
+    /// Largest gRPC message the daemon must carry (see [`Limits::max_message_bytes`]).
     pub fn max_message_bytes(&self) -> usize {
-        self.max_data_bytes
-            .saturating_add(self.max_args_bytes)
-            .saturating_add(64 * 1024)
+        self.limits().max_message_bytes()
     }
 
     /// The settings as a TOML document that `from_toml` reads back to the same settings

@@ -28,6 +28,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Largest gRPC message the daemon must carry: data plus args plus framing.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_data_bytes
+            .saturating_add(self.max_args_bytes)
+            .saturating_add(64 * 1024)
+    }
+
     /// Checks `args` against the limit.
     pub fn check_args(&self, args: &[u8]) -> Result<(), Error> {
         if args.len() > self.max_args_bytes {

@@ -5,14 +5,17 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1::{
-    self as pb, cacheback_server::Cacheback, daemon_message, fetch_result, worker_message,
+    self as pb, cacheback_server::Cacheback, daemon_message, fetch_result, get_result,
+    worker_message,
 };
+use futures_util::future::join_all;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::engine::{Engine, GetOutcome};
@@ -22,6 +25,8 @@ use crate::workers::{Answered, Fetched, Outbound, WorkerId};
 
 /// Fetches a worker takes at once when its Register says 0.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
+/// Most Gets one GetMany may carry.
+pub const MAX_GET_MANY: usize = 1000;
 /// The most a worker may ask for: bounds the memory of its stream.
 pub const MAX_MAX_IN_FLIGHT: u32 = 65_536;
 
@@ -63,6 +68,21 @@ impl CachebackService {
         Ok(JobName::parse(name, self.engine.limits())?)
     }
 
+    /// One Get, as the `Get` RPC and each item of `GetMany` do it.
+    async fn get_one(
+        &self,
+        req: &pb::GetRequest,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<pb::GetResponse, Status> {
+        let job = self.item(&req.job, &req.args)?;
+        let outcome = within(
+            deadline,
+            self.engine.get(&job, &req.args, req.fetch_on_miss),
+        )
+        .await?;
+        Ok(get_response(outcome))
+    }
+
     fn item(&self, job: &str, args: &[u8]) -> Result<JobName, Status> {
         let job = self.job(job)?;
         self.engine.limits().check_args(args)?;
@@ -77,14 +97,65 @@ impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let _call = self.calls.token();
         let deadline = caller_deadline(&req);
-        let req = req.into_inner();
-        let job = self.item(&req.job, &req.args)?;
-        let outcome = within(
-            deadline,
-            self.engine.get(&job, &req.args, req.fetch_on_miss),
-        )
-        .await?;
-        Ok(Response::new(get_response(outcome)))
+        let response = self.get_one(&req.into_inner(), deadline).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_many(
+        &self,
+        req: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let _call = self.calls.token();
+        let deadline = caller_deadline(&req);
+        let requests = req.into_inner().requests;
+        if requests.len() > MAX_GET_MANY {
+            return Err(Status::invalid_argument(format!(
+                "GetMany carries {} requests, over the limit of {MAX_GET_MANY}",
+                requests.len()
+            )));
+        }
+        let outcomes = join_all(requests.iter().map(|r| self.get_one(r, deadline))).await;
+        // Items past the response's size budget fail alone: the rest are still answered.
+        // Sizes are exact encoded lengths, and room is kept for the error entry of every
+        // item still to come, so the response always fits the encoding limit.
+        let entry = |r: &pb::GetResult| {
+            let len = r.encoded_len();
+            1 + prost::length_delimiter_len(len) + len
+        };
+        let too_large = pb::GetResult {
+            outcome: Some(get_result::Outcome::Error(pb::ItemError {
+                code: Code::ResourceExhausted as i32,
+                message: "too large to fit in the GetMany response: Get it alone".into(),
+            })),
+        };
+        let error_size = entry(&too_large);
+        let budget = self.engine.limits().max_message_bytes();
+        let mut used = 0;
+        let count = outcomes.len();
+        let results = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| {
+                let result = pb::GetResult {
+                    outcome: Some(match outcome {
+                        Ok(r) => get_result::Outcome::Response(r),
+                        Err(status) => get_result::Outcome::Error(pb::ItemError {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        }),
+                    }),
+                };
+                let reserve = (count - i - 1) * error_size;
+                let result = if used + entry(&result) + reserve > budget {
+                    too_large.clone()
+                } else {
+                    result
+                };
+                used += entry(&result);
+                result
+            })
+            .collect();
+        Ok(Response::new(pb::GetManyResponse { results }))
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {

@@ -12,6 +12,7 @@ mod client_worker;
 mod durability;
 mod errors;
 mod fetching;
+mod get_many;
 mod listeners;
 mod ops_admin;
 mod ops_config;

@@ -127,9 +127,7 @@ async fn least_loaded_worker_gets_the_fetch() {
     // until the daemon has taken the answer in (its item is stored) before asking again.
     eventually(WAIT, || {
         let mut c = c.clone();
-        async move {
-            (get(&mut c, JOB, b"[2]").await.state() == ItemState::Fresh).then_some(())
-        }
+        async move { (get(&mut c, JOB, b"[2]").await.state() == ItemState::Fresh).then_some(()) }
     })
     .await;
     f2_worker.assert_no_fetch(&c, JOB).await;

@@ -75,6 +75,34 @@ class GetResponse(_message.Message):
     fetched: bool
     def __init__(self, state: _Optional[_Union[ItemState, str]] = ..., data: _Optional[bytes] = ..., stored_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_scheduled: _Optional[bool] = ..., fetched: _Optional[bool] = ...) -> None: ...
 
+class GetManyRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[GetRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ...) -> None: ...
+
+class GetManyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GetResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[GetResult, _Mapping]]] = ...) -> None: ...
+
+class GetResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: GetResponse
+    error: ItemError
+    def __init__(self, response: _Optional[_Union[GetResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class SetRequest(_message.Message):
     __slots__ = ("job", "args", "data", "lifetime")
     JOB_FIELD_NUMBER: _ClassVar[int]

@@ -62,6 +62,11 @@ class CachebackStub:
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.WorkerMessage.SerializeToString,
                 response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.DaemonMessage.FromString,
                 _registered_method=True)
+        self.GetMany = channel.unary_unary(
+                '/cacheback.v1.Cacheback/GetMany',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
+                _registered_method=True)
 
 
 class CachebackServicer:
@@ -103,6 +108,15 @@ class CachebackServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMany(self, request, context):
+        """Many Gets in one call: each behaves exactly as its own Get would, and they run
+        concurrently. For readers of many items at once (a page of users), where one call
+        per item would cost more in transport than in cache work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CachebackServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_CachebackServicer_to_server(servicer, server):
                     servicer.RegisterJob,
                     request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.WorkerMessage.FromString,
                     response_serializer=cacheback_dot_v1_dot_cacheback__pb2.DaemonMessage.SerializeToString,
+            ),
+            'GetMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMany,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class Cacheback:
             '/cacheback.v1.Cacheback/RegisterJob',
             cacheback_dot_v1_dot_cacheback__pb2.WorkerMessage.SerializeToString,
             cacheback_dot_v1_dot_cacheback__pb2.DaemonMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.Cacheback/GetMany',
+            cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
