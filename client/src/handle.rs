@@ -145,11 +145,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
     /// # Ok(()) }
     /// ```
     pub async fn get_item(&self, args: &J::Args) -> Result<Item<J::Output>> {
-        let request = v1::GetRequest {
-            job: self.name().to_owned(),
-            args: self.encode(args)?,
-            fetch_on_miss: Some(self.job.should_missing_item_be_fetched_synchronously(args)),
-        };
+        let request = self.get_request(args)?;
         let response = self
             .client
             .raw()
@@ -157,6 +153,83 @@ impl<'j, J: Job> JobHandle<'j, J> {
             .await
             .map_err(|status| Error::status_of("Get", self.name(), status))?
             .into_inner();
+        self.item_from(response)
+    }
+
+    /// Many [`get`](Self::get)s in one call (the daemon's `GetMany`): one result per
+    /// args, in order, each exactly what its own `get` would have returned. For pages
+    /// that read many items at once, where one call per item would cost more than the
+    /// cache work.
+    ///
+    /// ```no_run
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let users = ["bob".to_string(), "alice".to_string()];
+    /// for (user, tweets) in users.iter().zip(client.job(&UserTweets).get_many(&users).await?) {
+    ///     println!("{user}: {:?}", tweets?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many(&self, args: &[J::Args]) -> Result<Vec<Result<Option<J::Output>>>> {
+        let items = self.get_many_items(args).await?;
+        Ok(items.into_iter().map(|i| i.map(|i| i.data)).collect())
+    }
+
+    /// Like [`get_many`](Self::get_many), with each item's state and times.
+    pub async fn get_many_items(&self, args: &[J::Args]) -> Result<Vec<Result<Item<J::Output>>>> {
+        let mut items = Vec::with_capacity(args.len());
+        // The daemon takes at most 1,000 Gets a call.
+        for chunk in args.chunks(1000) {
+            let requests = chunk
+                .iter()
+                .map(|a| self.get_request(a))
+                .collect::<Result<Vec<_>>>()?;
+            let response = self
+                .client
+                .raw()
+                .get_many(self.client.request(v1::GetManyRequest { requests }))
+                .await
+                .map_err(|status| Error::status_of("GetMany", self.name(), status))?
+                .into_inner();
+            if response.results.len() != chunk.len() {
+                return Err(Error::Protocol(format!(
+                    "GetMany of job {:?} answered {} results for {} requests",
+                    self.name(),
+                    response.results.len(),
+                    chunk.len()
+                )));
+            }
+            items.extend(response.results.into_iter().map(|r| match r.outcome {
+                Some(v1::get_result::Outcome::Response(response)) => self.item_from(response),
+                Some(v1::get_result::Outcome::Error(e)) => Err(Error::status_of(
+                    "GetMany",
+                    self.name(),
+                    tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
+                )),
+                None => Err(Error::Protocol(format!(
+                    "GetMany of job {:?} answered an empty result",
+                    self.name()
+                ))),
+            }));
+        }
+        Ok(items)
+    }
+
+    fn get_request(&self, args: &J::Args) -> Result<v1::GetRequest> {
+        Ok(v1::GetRequest {
+            job: self.name().to_owned(),
+            args: self.encode(args)?,
+            fetch_on_miss: Some(self.job.should_missing_item_be_fetched_synchronously(args)),
+        })
+    }
+
+    fn item_from(&self, response: v1::GetResponse) -> Result<Item<J::Output>> {
         let state = match response.state() {
             v1::ItemState::Fresh => ItemState::Fresh,
             v1::ItemState::Stale => ItemState::Stale,

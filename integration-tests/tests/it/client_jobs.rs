@@ -292,3 +292,57 @@ async fn a_job_never_registered_is_not_found_with_the_daemons_status() {
         matches!(&error, cacheback::Error::Status { rpc: "Get", job, .. } if job == Tweets::NAME)
     );
 }
+
+#[tokio::test]
+async fn get_many_reads_many_items_in_one_call() {
+    let daemon = Daemon::start().await;
+    let client = connect(&daemon).await;
+    let probe = Probe::default();
+    let worker = start(Worker::new(client.clone()).serve(Tweets(probe.clone()))).await;
+    let job = Tweets(probe.clone());
+    let tweets = client.job(&job);
+    tweets
+        .set(&"cached".to_owned(), &vec!["set by hand".to_owned()])
+        .await
+        .unwrap();
+
+    let users: Vec<String> = ["cached", "bob", "cached", "alice"]
+        .map(String::from)
+        .to_vec();
+    let items = tweets.get_many_items(&users).await.unwrap();
+    let seen: Vec<(ItemState, bool, Vec<String>)> = items
+        .into_iter()
+        .map(|i| {
+            let i = i.unwrap();
+            (i.state, i.fetched, i.data.unwrap())
+        })
+        .collect();
+    let hand = vec!["set by hand".to_owned()];
+    assert_eq!(seen[0], (ItemState::Fresh, false, hand.clone()));
+    assert_eq!(seen[2], (ItemState::Fresh, false, hand));
+    // The two misses were fetched concurrently, in either order.
+    let mut fetched: Vec<String> = [&seen[1], &seen[3]]
+        .iter()
+        .map(|(state, fetched, data)| {
+            assert_eq!((*state, *fetched, data.len()), (ItemState::Fresh, true, 1));
+            data[0].clone()
+        })
+        .collect();
+    assert!(fetched[0].starts_with("bob #") && fetched[1].starts_with("alice #"));
+    fetched.sort();
+    assert!(
+        fetched == ["alice #1", "bob #2"] || fetched == ["alice #2", "bob #1"],
+        "{fetched:?}"
+    );
+    assert_eq!(probe.fetches(), 2);
+
+    // 1,500 args: two calls under the hood, one result per args, in order.
+    let many: Vec<String> = (0..1500).map(|_| "cached".to_owned()).collect();
+    let all = tweets.get_many(&many).await.unwrap();
+    assert_eq!(all.len(), 1500);
+    assert!(all
+        .iter()
+        .all(|r| r.as_ref().unwrap().as_deref() == Some(&["set by hand".to_owned()][..])));
+    assert_eq!(probe.fetches(), 2);
+    worker.stop().await.unwrap();
+}
