@@ -7,7 +7,7 @@ from typing import Any, Callable
 import grpc
 import pytest
 
-from cachebackd import CachebackError, Client, ItemState, Job, Worker
+from cachebackd import CachebackError, Client, Item, ItemState, Job, Worker
 from conftest import Daemon
 from support import WAIT, Calls, Tweets
 
@@ -128,3 +128,34 @@ def test_the_clients_deadline_fails_the_call_but_not_the_shared_fetch(
     # The fetch went on: a patient reader gets its result (joining it or from the cache).
     assert Tweets(calls, client).get("bob") == ["bob tweet 1"]
     assert calls.args == [("bob",)]
+
+
+def test_get_many_reads_many_items_in_one_call(
+    client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    make_worker(Echo)
+    echo = Echo(client)
+    echo.set("cached", data=["set by hand"])
+
+    assert echo.get_many([("cached",), ("a", 1), ("cached",)]) == [
+        ["set by hand"],
+        ["a", 1],
+        ["set by hand"],
+    ]
+    raw = echo.raw_get_many([("a", 1), ("b",)])
+    assert isinstance(raw[0], Item) and (raw[0].state, raw[0].fetched) == (ItemState.FRESH, False)
+    assert isinstance(raw[1], Item) and (raw[1].state, raw[1].fetched) == (ItemState.FRESH, True)
+    assert raw[1].data == ["b"]
+    # Over 1,000 args: several calls under the hood, one result per args, in order.
+    assert echo.get_many([("cached",)] * 1500) == [["set by hand"]] * 1500
+
+
+def test_get_many_gives_each_failed_item_its_own_error(client: Client) -> None:
+    items = client.get_many("never.registered", [b"[1]", b"[2]"])
+    assert [i.code for i in items if isinstance(i, CachebackError)] == [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.NOT_FOUND,
+    ]
+    with pytest.raises(CachebackError) as raised:
+        Echo(client).get_many([("x",)])
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND

@@ -132,6 +132,9 @@ def item_from_reply(reply: pb.GetResponse) -> Item:
     )
 
 
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def set_request(job: str, args: bytes, data: bytes, lifetime: Optional[Seconds]) -> pb.SetRequest:
     """A SetRequest; `lifetime` None leaves the job's lifetime in force."""
     request = pb.SetRequest(job=job, args=args, data=data)
@@ -207,6 +210,38 @@ class Client:
         """
         request = get_request(job, args, fetch_on_miss)
         return item_from_reply(self._call(self.stub.Get, request, timeout))
+
+    def get_many(
+        self,
+        job: str,
+        args: Sequence[bytes],
+        *,
+        fetch_on_miss: Optional[Sequence[Optional[bool]]] = None,
+        timeout: Any = _DEFAULT,
+    ) -> list[Item | CachebackError]:
+        """Many Gets of `job` in few calls (the daemon's GetMany, 1,000 a call): one result
+        per args, in order, each what its own `get` would have returned, or the
+        CachebackError it would have raised.
+
+        `fetch_on_miss`, if given, holds one override (or None) per args.
+        """
+        overrides = list(fetch_on_miss) if fetch_on_miss is not None else [None] * len(args)
+        if len(overrides) != len(args):
+            raise ValueError("fetch_on_miss needs one entry per args")
+        results: list[Item | CachebackError] = []
+        for start in range(0, len(args), 1000):
+            requests = [
+                get_request(job, a, f)
+                for a, f in zip(args[start : start + 1000], overrides[start : start + 1000])
+            ]
+            reply = self._call(self.stub.GetMany, pb.GetManyRequest(requests=requests), timeout)
+            for result in reply.results:
+                if result.HasField("response"):
+                    results.append(item_from_reply(result.response))
+                else:
+                    code = _STATUS_CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
+                    results.append(CachebackError(code, result.error.message))
+        return results
 
     def set(
         self,

@@ -13,11 +13,22 @@ import functools
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Generic, Optional, ParamSpec, TypeVar, Union, overload
+from typing import (
+    Any,
+    Callable,
+    Generic,
+    Optional,
+    ParamSpec,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from ._codec import Seconds, decode_json, encode_args, encode_json, to_duration, to_timedelta
 from ._proto import cacheback_pb2 as pb
 from .client import Client, Invalidated, Item, default_client
+from .errors import CachebackError
 
 #: Job names the daemon accepts (PROTOCOL.md, "Errors").
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -139,6 +150,29 @@ class Job:
         fetch_on_miss = bool(self.should_missing_item_be_fetched_synchronously(*args))
         item = self.client.get(self.name, encode_args(args), fetch_on_miss=fetch_on_miss)
         return item.decoded(self.decode)
+
+    def get_many(self, arg_lists: Sequence[Sequence[Any]]) -> list[Any]:
+        """`get` for many items in few calls: one entry per args list, in order.
+
+        `tweets.get_many([("bob",), ("alice",)])`. Raises the first item's CachebackError,
+        as its own `get` would; `raw_get_many` gives every item's outcome instead.
+        """
+        items = self.raw_get_many(arg_lists)
+        for item in items:
+            if isinstance(item, CachebackError):
+                raise item
+        return [item.data if item.hit else None for item in items if isinstance(item, Item)]
+
+    def raw_get_many(self, arg_lists: Sequence[Sequence[Any]]) -> list[Item | CachebackError]:
+        """Like `get_many`, but each item's whole answer, or its error, in order."""
+        items = self.client.get_many(
+            self.name,
+            [encode_args(tuple(a)) for a in arg_lists],
+            fetch_on_miss=[
+                bool(self.should_missing_item_be_fetched_synchronously(*a)) for a in arg_lists
+            ],
+        )
+        return [i if isinstance(i, CachebackError) else i.decoded(self.decode) for i in items]
 
     def set(self, *args: Any, **kwargs: Any) -> datetime:
         """Store data for `args` directly: `set(*args, data)` or `set(*args, data=...)`.
