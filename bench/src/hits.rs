@@ -1,11 +1,13 @@
 //! Get hits: the daemon's fresh-hit path against the no-op baseline (and Redis GET), at each
 //! payload, concurrency and channel count, the servers taking turns round by round so that
-//! both see the same noise on a shared machine.
+//! both see the same noise on a shared machine. The same for GetMany (a batch of distinct
+//! items per call) against the baseline's GetMany and Redis MGET.
 
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::load::{self, Spec, Throughput};
+use crate::marks;
 use crate::redis_bench::{RedisGet, RedisTarget};
 use crate::rpc::{self, GetCaller};
 
@@ -21,27 +23,56 @@ pub struct Setting {
     pub concurrency: usize,
     /// Connections they share.
     pub channels: usize,
+    /// Items per call: 1 is a Get, more a GetMany (Redis: MGET) of that many distinct items.
+    pub batch: usize,
 }
 
 impl Setting {
-    /// The grid of issue 5: payloads of 100 B and 10 KiB, concurrency 1, 16 and 64, over 1
-    /// and 4 channels (one call in flight uses one channel, so c=1 is run over one only).
-    pub fn grid() -> Vec<Setting> {
+    /// The grid of issue 5 by default: payloads of 100 B and 10 KiB, concurrency 1, 16 and
+    /// 64, over 1 and 4 channels (one call in flight uses one channel, so c=1 is run over one
+    /// only).
+    pub fn grid(payloads: &[usize], concurrency: &[usize], channels: &[usize]) -> Vec<Setting> {
         let mut out = Vec::new();
-        for payload in [100, 10 * 1024] {
-            for concurrency in [1, 16, 64] {
-                for channels in [1, 4] {
+        for &payload in payloads {
+            for &concurrency in concurrency {
+                for &channels in channels {
                     if channels <= concurrency {
                         out.push(Setting {
                             payload,
                             concurrency,
                             channels,
+                            batch: 1,
                         });
                     }
                 }
             }
         }
         out
+    }
+
+    /// GetMany of `batch` items of 100 B: one call in flight, then 16 and 64 over 4 channels.
+    pub fn get_many_grid(batch: usize) -> Vec<Setting> {
+        [(1, 1), (16, 4), (64, 4)]
+            .into_iter()
+            .map(|(concurrency, channels)| Setting {
+                payload: 100,
+                concurrency,
+                channels,
+                batch,
+            })
+            .collect()
+    }
+
+    /// The args of the items one call reads: `[payload]` for a Get, `[payload,i]` for the
+    /// items of a batch (the baseline answers the first number's worth of bytes).
+    pub fn item_args(&self) -> Vec<Vec<u8>> {
+        if self.batch == 1 {
+            vec![rpc::args(self.payload as u64)]
+        } else {
+            (0..self.batch)
+                .map(|i| format!("[{},{i}]", self.payload).into_bytes())
+                .collect()
+        }
     }
 
     /// As the table shows it.
@@ -51,7 +82,12 @@ impl Setting {
         } else {
             format!("{} B", self.payload)
         };
-        format!("{size}, c={}, {} ch", self.concurrency, self.channels)
+        let base = format!("{size}, c={}, {} ch", self.concurrency, self.channels);
+        if self.batch == 1 {
+            base
+        } else {
+            format!("GetMany ×{}, {base}", self.batch)
+        }
     }
 }
 
@@ -79,6 +115,12 @@ impl Row {
             "payload_bytes": self.setting.payload,
             "concurrency": self.setting.concurrency,
             "channels": self.setting.channels,
+            "batch": self.setting.batch,
+            "items_per_sec": {
+                "cachebackd": self.daemon.per_sec() * self.setting.batch as f64,
+                "baseline": self.baseline.per_sec() * self.setting.batch as f64,
+                "redis": self.redis.as_ref().map(|r| r.per_sec() * self.setting.batch as f64),
+            },
             "cachebackd": self.daemon.to_json(),
             "baseline": self.baseline.to_json(),
             "ratio": self.ratio(),
@@ -87,23 +129,38 @@ impl Row {
     }
 }
 
-/// Sets the items the hits read: item `[n]` of [`JOB`] holds `n` bytes, as the baseline's
-/// Get answers `n` bytes for args `[n]`.
-pub async fn prepare(daemon: &[Channel], payloads: &[usize]) -> Result<(), String> {
+/// Sets the items the hits read (see [`Setting::item_args`]): each holds as many bytes as
+/// its args' first number, as the baseline answers.
+pub async fn prepare(daemon: &[Channel], settings: &[Setting]) -> Result<(), String> {
     rpc::register(daemon[0].clone(), JOB, rpc::job_config(24.0 * 3600.0)).await?;
     let mut client = rpc::client(daemon[0].clone());
-    for &n in payloads {
-        client
-            .set(cachebackd_proto::v1::SetRequest {
-                job: JOB.into(),
-                args: rpc::args(n as u64),
-                data: vec![b'x'; n],
-                lifetime: None,
-            })
-            .await
-            .map_err(|s| format!("Set {JOB} [{n}]: {s}"))?;
+    let mut done = std::collections::HashSet::new();
+    for setting in settings {
+        for args in setting.item_args() {
+            if !done.insert(args.clone()) {
+                continue;
+            }
+            client
+                .set(cachebackd_proto::v1::SetRequest {
+                    job: JOB.into(),
+                    args,
+                    data: vec![b'x'; setting.payload],
+                    lifetime: None,
+                })
+                .await
+                .map_err(|s| format!("Set {JOB}: {s}"))?;
+        }
     }
     Ok(())
+}
+
+/// Whether the daemon serves GetMany (an older binary answers UNIMPLEMENTED).
+pub async fn serves_get_many(daemon: &[Channel]) -> bool {
+    let mut client = rpc::client(daemon[0].clone());
+    let r = client
+        .get_many(cachebackd_proto::v1::GetManyRequest { requests: vec![] })
+        .await;
+    !matches!(r, Err(s) if s.code() == tonic::Code::Unimplemented)
 }
 
 /// Measures every setting: `rounds` rounds each, the servers in turn, merged.
@@ -127,7 +184,7 @@ pub async fn run(
                     GetCaller::new(
                         channels[i % setting.channels].clone(),
                         JOB,
-                        rpc::args(setting.payload as u64),
+                        setting.item_args(),
                         setting.payload,
                     )
                 })
@@ -139,21 +196,26 @@ pub async fn run(
         for round in 0..rounds {
             // Alternate who goes first, so that neither always runs on a warmer machine.
             for turn in 0..2 {
+                let t0 = marks::now();
                 if (round + turn) % 2 == 0 {
                     add(
                         &mut daemon_total,
                         load::closed_loop(spec, grpc(daemon)).await,
                     );
+                    let label = format!("hits {} cachebackd", setting.label());
+                    marks::mark(&label, t0, marks::now());
                 } else {
                     add(
                         &mut baseline_total,
                         load::closed_loop(spec, grpc(baseline)).await,
                     );
+                    let label = format!("hits {} baseline", setting.label());
+                    marks::mark(&label, t0, marks::now());
                 }
             }
             if let Some(target) = redis {
                 let callers: Vec<RedisGet> = (0..setting.concurrency)
-                    .map(|i| target.getter(i % setting.channels, setting.payload))
+                    .map(|i| target.getter(i % setting.channels, &setting))
                     .collect();
                 add(&mut redis_total, load::closed_loop(spec, callers).await);
             }
@@ -169,11 +231,12 @@ pub async fn run(
                 return Err(format!("{who} Get at {}: {e}", setting.label()));
             }
         }
+        let items = setting.batch as f64;
         eprintln!(
-            "  Get hit {:<22} cachebackd {:>9.0}/s  baseline {:>9.0}/s  ratio {:.2}",
+            "  {:<38} cachebackd {:>9.0}/s  baseline {:>9.0}/s  ratio {:.2} (items/s)",
             setting.label(),
-            row.daemon.per_sec(),
-            row.baseline.per_sec(),
+            row.daemon.per_sec() * items,
+            row.baseline.per_sec() * items,
             row.ratio()
         );
         rows.push(row);

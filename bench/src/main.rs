@@ -8,6 +8,7 @@
 
 mod hits;
 mod load;
+mod marks;
 mod memory;
 mod noop;
 mod procs;
@@ -53,6 +54,11 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
 
+    /// Print the CLOCK_MONOTONIC window of every timed phase (`mark START END label`), to cut
+    /// a profile recorded with `perf record -k CLOCK_MONOTONIC` to one phase.
+    #[arg(long)]
+    marks: bool,
+
     /// Leave Redis out even when redis-server is on PATH.
     #[arg(long)]
     no_redis: bool,
@@ -64,6 +70,22 @@ struct Cli {
     /// Seconds measured per Get-hit run (default 3; 0.5 with --quick).
     #[arg(long, value_name = "SECS")]
     measure: Option<f64>,
+
+    /// Get-hit payload sizes, bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 10 * 1024])]
+    payload: Vec<usize>,
+
+    /// Get-hit concurrency levels.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    concurrency: Vec<usize>,
+
+    /// Get-hit channel (connection) counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+    channels: Vec<usize>,
+
+    /// Items per GetMany in the GetMany rows (0 or 1 leaves them out).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    get_many_batch: usize,
 
     /// Rounds per Get-hit setting, the servers taking turns (default 2; 1 with --quick).
     #[arg(long, value_name = "N")]
@@ -141,6 +163,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let plan = Plan::new(&cli);
+    if cli.marks {
+        marks::enable();
+    }
     let wants = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
     let bin = procs::daemon_bin(cli.daemon_bin.clone())?;
     let dir = tempfile::Builder::new()
@@ -191,21 +216,29 @@ async fn run(cli: Cli) -> Result<(), String> {
             daemon.pid(),
             baseline.pid()
         );
-        let daemon_ch = rpc::channels(daemon_at, 4).await?;
-        let baseline_ch = rpc::channels(baseline_at, 4).await?;
+        let conns = cli.channels.iter().copied().max().unwrap_or(1).max(4);
+        let daemon_ch = rpc::channels(daemon_at, conns).await?;
+        let baseline_ch = rpc::channels(baseline_at, conns).await?;
 
         if wants(Scenario::Hits) {
-            let grid = hits::Setting::grid();
-            let payloads: Vec<usize> = {
-                let mut p: Vec<usize> = grid.iter().map(|s| s.payload).collect();
-                p.dedup();
-                p
-            };
-            hits::prepare(&daemon_ch, &payloads).await?;
+            let mut grid = hits::Setting::grid(&cli.payload, &cli.concurrency, &cli.channels);
+            if cli.get_many_batch > 1 {
+                if hits::serves_get_many(&daemon_ch).await {
+                    grid.extend(hits::Setting::get_many_grid(cli.get_many_batch));
+                } else {
+                    report
+                        .notes
+                        .push("GetMany: the daemon does not serve it (UNIMPLEMENTED)".into());
+                }
+            }
+            if grid.is_empty() {
+                return Err("--payload/--concurrency/--channels leave no Get-hit setting".into());
+            }
+            hits::prepare(&daemon_ch, &grid).await?;
             let redis = match &redis_bin {
                 Some(bin) => {
-                    let target = redis_bench::RedisTarget::start(bin, dir.path(), 4).await?;
-                    target.prepare(&payloads).await?;
+                    let target = redis_bench::RedisTarget::start(bin, dir.path(), conns).await?;
+                    target.prepare(&grid).await?;
                     Some(target)
                 }
                 None => None,
@@ -228,11 +261,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         if wants(Scenario::Storm) {
             eprintln!("miss storm ({} Gets)", plan.storm_gets);
             report.storm_baseline =
-                Some(storm::against_baseline(&baseline_ch, plan.storm_gets).await);
+                Some(storm::against_baseline(&baseline_ch[..4], plan.storm_gets).await);
             // 50 ms as issue 5 asks; 2 s so that every Get arrives while the fetch is in
             // flight, however slowly the transport delivers the storm.
             for delay in [Duration::from_millis(50), Duration::from_secs(2)] {
-                let s = storm::against_daemon(&daemon_ch, plan.storm_gets, delay).await?;
+                let s = storm::against_daemon(&daemon_ch[..4], plan.storm_gets, delay).await?;
                 eprintln!(
                     "  fetch {delay:?}: fetches issued {:?}, {} ok ({} waited), {} failed",
                     s.fetches, s.ok, s.waited, s.errors
@@ -259,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     {
                         let r = refresh::against_daemon(
                             daemon_at,
-                            &daemon_ch,
+                            &daemon_ch[..4],
                             streams,
                             plan.refresh_items,
                             mode,

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1::{
     self as pb, cacheback_server::Cacheback, cacheback_server::CachebackServer, daemon_message,
-    worker_message,
+    get_result, worker_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,21 +85,13 @@ impl Noop {
     }
 }
 
-/// The payload size a request's args name: `[100]` asks for 100 bytes.
-pub fn payload_size(args: &[u8]) -> Option<usize> {
-    let s = std::str::from_utf8(args).ok()?;
-    s.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
-}
-
-type DaemonStream = Pin<Box<dyn Stream<Item = Result<pb::DaemonMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Cacheback for Noop {
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let n = payload_size(&req.get_ref().args)
+impl Noop {
+    /// A FRESH response of the size `args` names.
+    fn response(&self, args: &[u8]) -> Result<pb::GetResponse, Status> {
+        let n = payload_size(args)
             .filter(|&n| n <= MAX_PAYLOAD)
             .ok_or_else(|| Status::invalid_argument("args must be [size]"))?;
-        Ok(Response::new(pb::GetResponse {
+        Ok(pb::GetResponse {
             state: pb::ItemState::Fresh as i32,
             // One copy, as any server that owns its data and hands prost a Vec makes.
             data: self.payload[..n].to_vec(),
@@ -107,7 +99,45 @@ impl Cacheback for Noop {
             expires_at: Some(self.expires_at),
             refresh_scheduled: false,
             fetched: false,
-        }))
+        })
+    }
+}
+
+/// The payload size a request's args name: `[100]` (or `[100,7]`, item 7 of a batch) asks
+/// for 100 bytes.
+pub fn payload_size(args: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(args).ok()?;
+    let list = s.strip_prefix('[')?.strip_suffix(']')?;
+    list.split(',').next()?.parse().ok()
+}
+
+type DaemonStream = Pin<Box<dyn Stream<Item = Result<pb::DaemonMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cacheback for Noop {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        Ok(Response::new(self.response(&req.get_ref().args)?))
+    }
+
+    async fn get_many(
+        &self,
+        req: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let results = req
+            .get_ref()
+            .requests
+            .iter()
+            .map(|r| pb::GetResult {
+                outcome: Some(match self.response(&r.args) {
+                    Ok(response) => get_result::Outcome::Response(response),
+                    Err(status) => get_result::Outcome::Error(pb::ItemError {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::GetManyResponse { results }))
     }
 
     async fn set(&self, _: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
@@ -201,6 +231,7 @@ mod tests {
     fn payload_size_reads_the_bracketed_number() {
         assert_eq!(payload_size(b"[100]"), Some(100));
         assert_eq!(payload_size(b"[10240]"), Some(10240));
+        assert_eq!(payload_size(b"[100,7]"), Some(100));
         assert_eq!(payload_size(b"100"), None);
         assert_eq!(request_id(7).len(), 36);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
+use crate::hits::Setting;
 use crate::load::Caller;
 use crate::procs::{self, Proc};
 
@@ -63,26 +64,28 @@ impl RedisTarget {
         Ok(RedisTarget { proc, conns: out })
     }
 
-    /// SETs the items the GETs read: `bench:N` holds N bytes.
-    pub async fn prepare(&self, payloads: &[usize]) -> Result<(), String> {
+    /// SETs the items the GETs read, under the same args as the daemon's.
+    pub async fn prepare(&self, settings: &[Setting]) -> Result<(), String> {
         let mut conn = self.conns[0].clone();
-        for &n in payloads {
-            redis::cmd("SET")
-                .arg(key(n))
-                .arg(vec![b'x'; n])
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| format!("redis SET: {e}"))?;
+        for setting in settings {
+            for args in setting.item_args() {
+                redis::cmd("SET")
+                    .arg(key(&args))
+                    .arg(vec![b'x'; setting.payload])
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| format!("redis SET: {e}"))?;
+            }
         }
         Ok(())
     }
 
-    /// A GET caller of the `payload`-byte item over connection `conn`.
-    pub fn getter(&self, conn: usize, payload: usize) -> RedisGet {
+    /// A caller of the setting's items (GET of one, MGET of a batch) over connection `conn`.
+    pub fn getter(&self, conn: usize, setting: &Setting) -> RedisGet {
         RedisGet {
             conn: self.conns[conn].clone(),
-            key: key(payload),
-            expect_len: payload,
+            keys: setting.item_args().iter().map(|a| key(a)).collect(),
+            expect_len: setting.payload,
         }
     }
 
@@ -135,8 +138,8 @@ pub fn item_data(i: u64, size: usize) -> Vec<u8> {
     out
 }
 
-fn key(payload: usize) -> String {
-    format!("bench:[{payload}]")
+fn key(args: &[u8]) -> String {
+    format!("bench:{}", String::from_utf8_lossy(args))
 }
 
 async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64, String> {
@@ -151,27 +154,45 @@ async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64, String> {
         .ok_or_else(|| "redis INFO has no used_memory".into())
 }
 
-/// One GET of a fixed key, expected to hold `expect_len` bytes.
+/// One GET of a fixed key (or one MGET of fixed keys), each expected to hold `expect_len`
+/// bytes.
 pub struct RedisGet {
     conn: MultiplexedConnection,
-    key: String,
+    keys: Vec<String>,
     expect_len: usize,
 }
 
 impl Caller for RedisGet {
     async fn call(&mut self) -> Result<(), String> {
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(|e| format!("redis GET: {e}"))?;
-        match value {
-            Some(v) if v.len() == self.expect_len => Ok(()),
-            other => Err(format!(
-                "redis GET answered {:?} bytes, expected {}",
-                other.map(|v| v.len()),
-                self.expect_len
-            )),
+        let values: Vec<Option<Vec<u8>>> = if let [one] = self.keys.as_slice() {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(one)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| format!("redis GET: {e}"))?;
+            vec![value]
+        } else {
+            redis::cmd("MGET")
+                .arg(&self.keys)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| format!("redis MGET: {e}"))?
+        };
+        if values.len() != self.keys.len() {
+            return Err(format!("redis answered {} values", values.len()));
         }
+        for v in values {
+            match v {
+                Some(v) if v.len() == self.expect_len => {}
+                other => {
+                    return Err(format!(
+                        "redis answered {:?} bytes, expected {}",
+                        other.map(|v| v.len()),
+                        self.expect_len
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }

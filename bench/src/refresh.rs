@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::marks;
 use crate::rpc;
 use crate::worker::{self, Tally, Worker};
 
@@ -141,10 +142,12 @@ pub async fn against_daemon(
     tokio::time::sleep(Duration::from_millis(2)).await;
 
     let mut start = Instant::now();
+    let mut mark_start = marks::now();
     let not_scheduled = trigger(clients, &job, items, mode == Mode::Driven, &permits).await?;
     if mode == Mode::Queued {
         workers = start_workers(&worker_channels, &job, &gate, &tally).await?;
         start = Instant::now();
+        mark_start = marks::now();
         let _ = open.send(true);
     }
     let expected = items - not_scheduled;
@@ -152,6 +155,8 @@ pub async fn against_daemon(
         .wait_answered(expected, Duration::from_secs(120))
         .await;
     let secs = start.elapsed().as_secs_f64();
+    let label = format!("refresh {} {streams} streams cachebackd", mode.label());
+    marks::mark(&label, mark_start, marks::now());
     drop(workers);
     Ok(Refresh {
         streams,
@@ -237,11 +242,14 @@ pub async fn ping_pong(
         workers.push(Worker::start(channel, spec, tally.clone()).await?);
     }
     let start = Instant::now();
+    let mark_start = marks::now();
     let _ = open.send(true);
     tally
         .wait_answered(messages, Duration::from_secs(120))
         .await;
     let secs = start.elapsed().as_secs_f64();
+    let label = format!("refresh ping-pong {streams} streams baseline");
+    marks::mark(&label, mark_start, marks::now());
     drop(workers);
     Ok(Refresh {
         streams,

@@ -30,6 +30,8 @@ pub struct Report {
     pub redis_memory: Option<RedisMemory>,
     /// Why Redis was not measured, if it was not.
     pub redis_skipped: Option<String>,
+    /// Anything else left out, and why.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -41,13 +43,29 @@ impl Report {
             None => "—".to_string(),
         };
         for row in &self.hits {
+            let batch = row.setting.batch;
+            let (figure, redis) = if batch == 1 {
+                (
+                    "Get hit",
+                    row.redis
+                        .as_ref()
+                        .map_or_else(redis_na, |r| throughput(r, 1)),
+                )
+            } else {
+                (
+                    "GetMany hits (items/s)",
+                    row.redis
+                        .as_ref()
+                        .map_or_else(redis_na, |r| format!("MGET: {}", throughput(r, batch))),
+                )
+            };
             rows.push([
-                "Get hit".into(),
+                figure.into(),
                 row.setting.label(),
-                throughput(&row.daemon),
-                throughput(&row.baseline),
+                throughput(&row.daemon, batch),
+                throughput(&row.baseline, batch),
                 format!("**{:.2}×**", row.ratio()),
-                row.redis.as_ref().map_or_else(redis_na, throughput),
+                redis,
             ]);
         }
         for daemon in &self.storm {
@@ -162,7 +180,17 @@ impl Report {
             rows.push([
                 "Set (loading those items)".into(),
                 "1 KiB, c=64, 4 ch".into(),
-                throughput(&m.sets),
+                throughput(&m.sets, 1),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for note in &self.notes {
+            rows.push([
+                "note".into(),
+                String::new(),
+                note.clone(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -223,6 +251,7 @@ impl Report {
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
             })).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(Memory::to_json),
+            "notes": self.notes,
             "redis": {
                 "skipped": self.redis_skipped,
                 "memory": self.redis_memory.as_ref().map(|r| json!({
@@ -235,11 +264,12 @@ impl Report {
     }
 }
 
-/// `12,345/s (p50 …, p99 …, p999 …)`.
-fn throughput(t: &Throughput) -> String {
+/// `12,345/s (p50 …, p99 …, p999 …)`: calls per second times `items` per call, and the
+/// calls' latency.
+fn throughput(t: &Throughput, items: usize) -> String {
     let mut s = format!(
         "{}/s ({})",
-        thousands(t.per_sec()),
+        thousands(t.per_sec() * items as f64),
         percentiles(&t.latency, false)
     );
     if t.errors > 0 {

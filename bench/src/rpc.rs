@@ -74,36 +74,32 @@ pub fn args(i: u64) -> Vec<u8> {
     format!("[{i}]").into_bytes()
 }
 
-/// One Get of a fixed item, expected FRESH with `expect_len` bytes of data.
+/// One Get of a fixed item (or one GetMany of a fixed batch), every item expected FRESH with
+/// `expect_len` bytes of data.
 pub struct GetCaller {
     client: CachebackClient<Channel>,
-    request: pb::GetRequest,
+    requests: Vec<pb::GetRequest>,
     expect_len: usize,
 }
 
 impl GetCaller {
-    /// A caller of `job`'s item `args` over `channel`.
-    pub fn new(channel: Channel, job: &str, args: Vec<u8>, expect_len: usize) -> GetCaller {
+    /// A caller of `job`'s items `args` over `channel`: a Get for one, a GetMany for more.
+    pub fn new(channel: Channel, job: &str, args: Vec<Vec<u8>>, expect_len: usize) -> GetCaller {
         GetCaller {
             client: client(channel),
-            request: pb::GetRequest {
-                job: job.to_owned(),
-                args,
-                fetch_on_miss: None,
-            },
+            requests: args
+                .into_iter()
+                .map(|args| pb::GetRequest {
+                    job: job.to_owned(),
+                    args,
+                    fetch_on_miss: None,
+                })
+                .collect(),
             expect_len,
         }
     }
-}
 
-impl Caller for GetCaller {
-    async fn call(&mut self) -> Result<(), String> {
-        let response = self
-            .client
-            .get(self.request.clone())
-            .await
-            .map_err(|s| format!("Get: {s}"))?
-            .into_inner();
+    fn check(&self, response: &pb::GetResponse) -> Result<(), String> {
         if response.state != pb::ItemState::Fresh as i32 || response.data.len() != self.expect_len {
             return Err(format!(
                 "Get answered state {} with {} bytes, expected FRESH with {}",
@@ -111,6 +107,43 @@ impl Caller for GetCaller {
                 response.data.len(),
                 self.expect_len
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Caller for GetCaller {
+    async fn call(&mut self) -> Result<(), String> {
+        if let [one] = self.requests.as_slice() {
+            let response = self
+                .client
+                .get(one.clone())
+                .await
+                .map_err(|s| format!("Get: {s}"))?
+                .into_inner();
+            return self.check(&response);
+        }
+        let many = pb::GetManyRequest {
+            requests: self.requests.clone(),
+        };
+        let response = self
+            .client
+            .get_many(many)
+            .await
+            .map_err(|s| format!("GetMany: {s}"))?
+            .into_inner();
+        if response.results.len() != self.requests.len() {
+            return Err(format!(
+                "GetMany answered {} results for {} requests",
+                response.results.len(),
+                self.requests.len()
+            ));
+        }
+        for result in &response.results {
+            match &result.outcome {
+                Some(pb::get_result::Outcome::Response(r)) => self.check(r)?,
+                other => return Err(format!("GetMany item: {other:?}")),
+            }
         }
         Ok(())
     }
