@@ -109,6 +109,12 @@ impl Row {
         self.daemon.per_sec() / self.baseline.per_sec().max(f64::MIN_POSITIVE)
     }
 
+    /// Daemon CPU per call over the baseline's: the overhead of the daemon's own work, less
+    /// sensitive to a busy machine than throughput.
+    pub fn cpu_ratio(&self) -> Option<f64> {
+        Some(self.daemon.cpu_per_call_us()? / self.baseline.cpu_per_call_us()?)
+    }
+
     /// For the JSON report.
     pub fn to_json(&self) -> Value {
         json!({
@@ -124,6 +130,7 @@ impl Row {
             "cachebackd": self.daemon.to_json(),
             "baseline": self.baseline.to_json(),
             "ratio": self.ratio(),
+            "cpu_per_call_ratio": self.cpu_ratio(),
             "redis": self.redis.as_ref().map(Throughput::to_json),
         })
     }
@@ -163,8 +170,18 @@ pub async fn serves_get_many(daemon: &[Channel]) -> bool {
     !matches!(r, Err(s) if s.code() == tonic::Code::Unimplemented)
 }
 
+/// The server processes whose CPU time the runs watch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pids {
+    /// The daemon.
+    pub daemon: Option<u32>,
+    /// The baseline.
+    pub baseline: Option<u32>,
+}
+
 /// Measures every setting: `rounds` rounds each, the servers in turn, merged.
 pub async fn run(
+    pids: Pids,
     settings: &[Setting],
     daemon: &[Channel],
     baseline: &[Channel],
@@ -200,14 +217,14 @@ pub async fn run(
                 if (round + turn) % 2 == 0 {
                     add(
                         &mut daemon_total,
-                        load::closed_loop(spec, grpc(daemon)).await,
+                        load::closed_loop(spec, grpc(daemon), pids.daemon).await,
                     );
                     let label = format!("hits {} cachebackd", setting.label());
                     marks::mark(&label, t0, marks::now());
                 } else {
                     add(
                         &mut baseline_total,
-                        load::closed_loop(spec, grpc(baseline)).await,
+                        load::closed_loop(spec, grpc(baseline), pids.baseline).await,
                     );
                     let label = format!("hits {} baseline", setting.label());
                     marks::mark(&label, t0, marks::now());
@@ -217,7 +234,10 @@ pub async fn run(
                 let callers: Vec<RedisGet> = (0..setting.concurrency)
                     .map(|i| target.getter(i % setting.channels, &setting))
                     .collect();
-                add(&mut redis_total, load::closed_loop(spec, callers).await);
+                add(
+                    &mut redis_total,
+                    load::closed_loop(spec, callers, Some(target.pid())).await,
+                );
             }
         }
         let row = Row {

@@ -51,6 +51,8 @@ pub struct Throughput {
     pub secs: f64,
     /// Latencies of the recorded calls.
     pub latency: Histogram,
+    /// CPU seconds the server process spent over the measured window, if it was watched.
+    pub server_cpu: Option<f64>,
 }
 
 impl Throughput {
@@ -61,6 +63,12 @@ impl Throughput {
         } else {
             0.0
         }
+    }
+
+    /// Server CPU per call, in microseconds.
+    pub fn cpu_per_call_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.calls > 0).then(|| cpu * 1e6 / self.calls as f64)
     }
 
     /// Adds another run of the same setting (rounds taken in turn with the other servers).
@@ -85,6 +93,8 @@ impl Throughput {
             "secs": self.secs,
             "per_sec": self.per_sec(),
             "latency_us": latency_json(&self.latency),
+            "server_cpu_secs": self.server_cpu,
+            "server_cpu_per_call_us": self.cpu_per_call_us(),
         })
     }
 }
@@ -103,8 +113,29 @@ pub fn latency_json(h: &Histogram) -> Value {
     })
 }
 
-/// Runs `spec.concurrency` closed-loop tasks, task `i` calling through `callers[i]`.
-pub async fn closed_loop<C: Caller>(spec: Spec, callers: Vec<C>) -> Throughput {
+/// CPU time process `pid` has spent, in seconds: the sum of its threads' run time
+/// (`/proc/PID/task/*/schedstat`, nanoseconds).
+pub fn process_cpu(pid: u32) -> Option<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok();
+        ns += stat
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// Runs `spec.concurrency` closed-loop tasks, task `i` calling through `callers[i]`; with
+/// `server`, also the CPU time that process spends over the measured window.
+pub async fn closed_loop<C: Caller>(
+    spec: Spec,
+    callers: Vec<C>,
+    server: Option<u32>,
+) -> Throughput {
     assert_eq!(callers.len(), spec.concurrency);
     let start = Instant::now();
     let measure_from = start + spec.warmup;
@@ -144,12 +175,19 @@ pub async fn closed_loop<C: Caller>(spec: Spec, callers: Vec<C>) -> Throughput {
             (hist, errors, first_error, last_end)
         }));
     }
+    let cpu_at_start = server.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from).await;
+            process_cpu(pid)
+        })
+    });
     let mut total = Throughput {
         calls: 0,
         errors: 0,
         first_error: None,
         secs: 0.0,
         latency: histogram(),
+        server_cpu: None,
     };
     let mut last_end = measure_from;
     for task in tasks {
@@ -160,6 +198,10 @@ pub async fn closed_loop<C: Caller>(spec: Spec, callers: Vec<C>) -> Throughput {
             total.first_error = first_error;
         }
         last_end = last_end.max(end);
+    }
+    if let (Some(pid), Some(start)) = (server, cpu_at_start) {
+        let start = start.await.ok().flatten();
+        total.server_cpu = start.zip(process_cpu(pid)).map(|(a, b)| b - a);
     }
     total.calls = total.latency.len();
     total.secs = (last_end - measure_from).as_secs_f64();

@@ -244,7 +244,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => None,
             };
             eprintln!("Get hits ({} settings)", grid.len());
+            let pids = hits::Pids {
+                daemon: Some(daemon.pid()),
+                baseline: Some(baseline.pid()),
+            };
             report.hits = hits::run(
+                pids,
                 &grid,
                 &daemon_ch,
                 &baseline_ch,
@@ -275,13 +280,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
 
         if wants(Scenario::Refresh) {
-            for streams in [1, 4] {
-                eprintln!("refresh through {streams} stream(s)");
+            for shape in refresh::Shape::ALL {
+                eprintln!("refresh, {}", shape.label());
+                // About as long a run at every window.
+                let messages = plan.ping_pong_messages.min(u64::from(shape.window) * 5_000);
                 let mut pp: Option<refresh::Refresh> = None;
                 let mut modes: Vec<refresh::Refresh> = Vec::new();
                 for round in 0..plan.rounds {
                     let r =
-                        refresh::ping_pong(baseline_at, streams, plan.ping_pong_messages).await?;
+                        refresh::ping_pong(baseline.pid(), baseline_at, shape, messages).await?;
                     match &mut pp {
                         Some(p) => p.merge(&r),
                         None => pp = Some(r),
@@ -291,9 +298,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                         .enumerate()
                     {
                         let r = refresh::against_daemon(
+                            daemon.pid(),
                             daemon_at,
                             &daemon_ch[..4],
-                            streams,
+                            shape,
                             plan.refresh_items,
                             mode,
                             round,

@@ -117,6 +117,11 @@ impl RedisTarget {
         })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Stops redis-server.
     pub async fn stop(self) {
         drop(self.conns);

@@ -18,12 +18,44 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::load::process_cpu;
 use crate::marks;
 use crate::rpc;
 use crate::worker::{self, Tally, Worker};
 
-/// Fetches a worker stream takes at once, on the daemon and on the baseline.
-pub const WINDOW: u32 = 64;
+/// How many worker streams, and how many fetches each takes at once (its `max_in_flight`;
+/// the baseline's ping-pong keeps as many exchanges in flight).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Worker streams, each on its own connection.
+    pub streams: usize,
+    /// Fetches in flight per stream.
+    pub window: u32,
+}
+
+impl Shape {
+    /// The shapes measured: 1 and 4 streams with a window of 64, and strict ping-pong.
+    pub const ALL: [Shape; 3] = [
+        Shape {
+            streams: 1,
+            window: 64,
+        },
+        Shape {
+            streams: 4,
+            window: 64,
+        },
+        Shape {
+            streams: 1,
+            window: 1,
+        },
+    ];
+
+    /// As the table shows it.
+    pub fn label(&self) -> String {
+        let s = if self.streams == 1 { "" } else { "s" };
+        format!("{} stream{s}, window {}", self.streams, self.window)
+    }
+}
 /// Refreshes the driver lets be outstanding at once.
 const BACKLOG: usize = 4096;
 /// Gets in flight while triggering refreshes.
@@ -34,8 +66,8 @@ const DATA: usize = 100;
 /// What one refresh run did (or several, merged).
 #[derive(Debug, Clone)]
 pub struct Refresh {
-    /// Worker streams.
-    pub streams: usize,
+    /// Streams and window.
+    pub shape: Shape,
     /// How the daemon's refreshes were asked for (`None`: the ping-pong baseline).
     pub mode: Option<Mode>,
     /// Items made stale and read.
@@ -46,8 +78,10 @@ pub struct Refresh {
     pub fetches: u64,
     /// Gets that did not report a scheduled refresh.
     pub not_scheduled: u64,
-    /// Seconds from the first Get to the last answer.
+    /// Seconds timed (see [`Mode`]).
     pub secs: f64,
+    /// CPU seconds the server process spent in that time.
+    pub server_cpu: Option<f64>,
 }
 
 impl Refresh {
@@ -56,8 +90,15 @@ impl Refresh {
         self.answered as f64 / self.secs.max(f64::MIN_POSITIVE)
     }
 
+    /// Server CPU per refresh (or per ping-pong exchange), in microseconds.
+    pub fn cpu_per_answer_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.answered > 0).then(|| cpu * 1e6 / self.answered as f64)
+    }
+
     /// Adds another round of the same run.
     pub fn merge(&mut self, other: &Refresh) {
+        self.server_cpu = self.server_cpu.zip(other.server_cpu).map(|(a, b)| a + b);
         self.items += other.items;
         self.answered += other.answered;
         self.fetches += other.fetches;
@@ -68,7 +109,8 @@ impl Refresh {
     /// For the JSON report.
     pub fn to_json(&self) -> Value {
         json!({
-            "streams": self.streams,
+            "streams": self.shape.streams,
+            "window": self.shape.window,
             "mode": self.mode.map(Mode::label),
             "items": self.items,
             "answered": self.answered,
@@ -76,6 +118,8 @@ impl Refresh {
             "gets_not_scheduling": self.not_scheduled,
             "secs": self.secs,
             "per_sec": self.per_sec(),
+            "server_cpu_secs": self.server_cpu,
+            "server_cpu_per_answer_us": self.cpu_per_answer_us(),
         })
     }
 }
@@ -109,14 +153,16 @@ pub const MAX_QUEUED: u64 = 9_000;
 /// The daemon: `items` stale items refreshed through `streams` workers (each on its own
 /// connection, as separate app servers would be). `clients` carry the Sets and Gets.
 pub async fn against_daemon(
+    pid: u32,
     workers_at: std::net::SocketAddr,
     clients: &[Channel],
-    streams: usize,
+    shape: Shape,
     items: u64,
     mode: Mode,
     round: usize,
 ) -> Result<Refresh, String> {
-    let job = format!("bench.refresh.{mode:?}.{streams}.{round}").to_lowercase();
+    let streams = shape.streams;
+    let job = format!("bench.refresh.{mode:?}.{streams}x{}.{round}", shape.window).to_lowercase();
     let items = match mode {
         Mode::Driven => items,
         Mode::Queued => MAX_QUEUED,
@@ -130,7 +176,9 @@ pub async fn against_daemon(
     let worker_channels = rpc::channels(workers_at, streams).await?;
     let mut workers = Vec::new();
     match mode {
-        Mode::Driven => workers = start_workers(&worker_channels, &job, &gate, &tally).await?,
+        Mode::Driven => {
+            workers = start_workers(&worker_channels, &job, shape.window, &gate, &tally).await?
+        }
         Mode::Queued => {
             rpc::register(clients[0].clone(), &job, rpc::job_config(24.0 * 3600.0)).await?
         }
@@ -143,11 +191,13 @@ pub async fn against_daemon(
 
     let mut start = Instant::now();
     let mut mark_start = marks::now();
+    let mut cpu_start = process_cpu(pid);
     let not_scheduled = trigger(clients, &job, items, mode == Mode::Driven, &permits).await?;
     if mode == Mode::Queued {
-        workers = start_workers(&worker_channels, &job, &gate, &tally).await?;
+        workers = start_workers(&worker_channels, &job, shape.window, &gate, &tally).await?;
         start = Instant::now();
         mark_start = marks::now();
+        cpu_start = process_cpu(pid);
         let _ = open.send(true);
     }
     let expected = items - not_scheduled;
@@ -155,17 +205,19 @@ pub async fn against_daemon(
         .wait_answered(expected, Duration::from_secs(120))
         .await;
     let secs = start.elapsed().as_secs_f64();
-    let label = format!("refresh {} {streams} streams cachebackd", mode.label());
+    let server_cpu = cpu_start.zip(process_cpu(pid)).map(|(a, b)| b - a);
+    let label = format!("refresh {} {} cachebackd", mode.label(), shape.label());
     marks::mark(&label, mark_start, marks::now());
     drop(workers);
     Ok(Refresh {
-        streams,
+        shape,
         mode: Some(mode),
         items,
         answered: tally.answered.load(Ordering::Relaxed),
         fetches: tally.fetches.load(Ordering::Relaxed),
         not_scheduled,
         secs,
+        server_cpu,
     })
 }
 
@@ -227,8 +279,9 @@ async fn trigger(
 /// pairs in all, with the same window and payload; the clock starts once every stream is
 /// registered.
 pub async fn ping_pong(
+    pid: u32,
     baseline_at: std::net::SocketAddr,
-    streams: usize,
+    shape: Shape,
     messages: u64,
 ) -> Result<Refresh, String> {
     let tally = Arc::new(Tally {
@@ -237,50 +290,54 @@ pub async fn ping_pong(
     });
     let (open, gate) = watch::channel(false);
     let mut workers = Vec::new();
-    for channel in rpc::channels(baseline_at, streams).await? {
-        let spec = spec("bench.pingpong", Some(gate.clone()));
+    for channel in rpc::channels(baseline_at, shape.streams).await? {
+        let spec = spec("bench.pingpong", shape.window, Some(gate.clone()));
         workers.push(Worker::start(channel, spec, tally.clone()).await?);
     }
     let start = Instant::now();
     let mark_start = marks::now();
+    let cpu_start = process_cpu(pid);
     let _ = open.send(true);
     tally
         .wait_answered(messages, Duration::from_secs(120))
         .await;
     let secs = start.elapsed().as_secs_f64();
-    let label = format!("refresh ping-pong {streams} streams baseline");
+    let server_cpu = cpu_start.zip(process_cpu(pid)).map(|(a, b)| b - a);
+    let label = format!("refresh ping-pong {} baseline", shape.label());
     marks::mark(&label, mark_start, marks::now());
     drop(workers);
     Ok(Refresh {
-        streams,
+        shape,
         mode: None,
         items: messages,
         answered: tally.answered.load(Ordering::Relaxed),
         fetches: tally.fetches.load(Ordering::Relaxed),
         not_scheduled: 0,
         secs,
+        server_cpu,
     })
 }
 
 async fn start_workers(
     channels: &[Channel],
     job: &str,
+    window: u32,
     gate: &watch::Receiver<bool>,
     tally: &Arc<Tally>,
 ) -> Result<Vec<Worker>, String> {
     let mut workers = Vec::new();
     for channel in channels {
-        let spec = spec(job, Some(gate.clone()));
+        let spec = spec(job, window, Some(gate.clone()));
         workers.push(Worker::start(channel.clone(), spec, tally.clone()).await?);
     }
     Ok(workers)
 }
 
-fn spec(job: &str, gate: Option<watch::Receiver<bool>>) -> worker::Spec {
+fn spec(job: &str, window: u32, gate: Option<watch::Receiver<bool>>) -> worker::Spec {
     worker::Spec {
         job: job.to_owned(),
         config: rpc::job_config(24.0 * 3600.0),
-        max_in_flight: WINDOW,
+        max_in_flight: window,
         delay: Duration::ZERO,
         data: Arc::new(vec![b'r'; DATA]),
         gate,

@@ -8,7 +8,7 @@ use crate::hits;
 use crate::load::{Histogram, Throughput};
 use crate::memory::{Memory, ITEM_BYTES};
 use crate::redis_bench::RedisMemory;
-use crate::refresh::{Mode, Refresh, WINDOW};
+use crate::refresh::{Mode, Refresh};
 use crate::storm::Storm;
 
 /// Everything one run measured.
@@ -64,7 +64,10 @@ impl Report {
                 row.setting.label(),
                 throughput(&row.daemon, batch),
                 throughput(&row.baseline, batch),
-                format!("**{:.2}×**", row.ratio()),
+                match row.cpu_ratio() {
+                    Some(cpu) => format!("**{:.2}×** (CPU/call {cpu:.2}×)", row.ratio()),
+                    None => format!("**{:.2}×**", row.ratio()),
+                },
                 redis,
             ]);
         }
@@ -106,18 +109,22 @@ impl Report {
             rows.push([
                 "refresh (stale items/s)".into(),
                 format!(
-                    "{}, {} stream{}, window {WINDOW}",
+                    "{}, {}",
                     daemon.mode.map_or("", Mode::label),
-                    daemon.streams,
-                    if daemon.streams == 1 { "" } else { "s" }
+                    daemon.shape.label()
                 ),
                 format!(
-                    "{}/s ({} items, {} fetches)",
+                    "{}/s ({} items, {} fetches){}",
                     thousands(daemon.per_sec()),
                     daemon.items,
-                    daemon.fetches
+                    daemon.fetches,
+                    cpu_note(daemon.cpu_per_answer_us(), "refresh")
                 ),
-                format!("{}/s bidi ping-pong", thousands(baseline.per_sec())),
+                format!(
+                    "{}/s bidi ping-pong{}",
+                    thousands(baseline.per_sec()),
+                    cpu_note(baseline.cpu_per_answer_us(), "exchange")
+                ),
                 format!(
                     "**{:.2}×**",
                     daemon.per_sec() / baseline.per_sec().max(f64::MIN_POSITIVE)
@@ -243,9 +250,9 @@ impl Report {
                 "baseline": self.storm_baseline.as_ref().map(Storm::to_json),
             },
             "refresh": self.refresh.iter().map(|(d, b)| json!({
-                "streams": d.streams,
+                "streams": d.shape.streams,
+                "window": d.shape.window,
                 "mode": d.mode.map(Mode::label),
-                "window": WINDOW,
                 "cachebackd": d.to_json(),
                 "ping_pong": b.to_json(),
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
@@ -272,10 +279,17 @@ fn throughput(t: &Throughput, items: usize) -> String {
         thousands(t.per_sec() * items as f64),
         percentiles(&t.latency, false)
     );
+    if let Some(cpu) = t.cpu_per_call_us() {
+        let _ = write!(s, " · CPU {cpu:.1} µs/call");
+    }
     if t.errors > 0 {
         let _ = write!(s, " {} errors", t.errors);
     }
     s
+}
+
+fn cpu_note(us: Option<f64>, per: &str) -> String {
+    us.map_or(String::new(), |us| format!(" · CPU {us:.1} µs/{per}"))
 }
 
 fn percentiles(h: &Histogram, with_max: bool) -> String {

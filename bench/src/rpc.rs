@@ -199,5 +199,6 @@ pub async fn set_items(
         first_error: None,
         secs: start.elapsed().as_secs_f64(),
         latency,
+        server_cpu: None,
     })
 }
