@@ -3,9 +3,11 @@
 //! `delete-job`) and gRPC health (`health`). Text for people, `--json` for scripts: one JSON
 //! document on stdout per command.
 //!
-//! ARGS are the item's encoded args exactly as clients send them (PROTOCOL.md, "Client
-//! conventions": a compact JSON array, as in `'["alice",2]'`); the daemon treats them as
-//! bytes, so `'["alice", 2]'` (with a space) is another item.
+//! ARGS are the item's positional arguments as a JSON array, as in `'["alice", 2]'`; they
+//! are re-encoded the way every standard client encodes them (PROTOCOL.md, "Client
+//! conventions": compact, keys sorted, non-ASCII escaped), so the item is the one the
+//! clients read, however the array was typed. `--raw-args` sends the bytes as typed, for
+//! jobs whose clients use another encoding.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,10 @@ pub struct CtlArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Send ARGS as typed instead of re-encoding the JSON array canonically.
+    #[arg(long, global = true)]
+    pub raw_args: bool,
+
     /// Give up on the call after this long.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -51,7 +57,7 @@ pub enum CtlCommand {
     Get {
         /// The job.
         job: String,
-        /// The encoded args, as in '["alice"]'.
+        /// The positional arguments as a JSON array, as in '["alice"]'.
         args: String,
         /// Answer MISS at once on a miss instead of waiting for a fetch.
         #[arg(long)]
@@ -61,7 +67,7 @@ pub enum CtlCommand {
     Set {
         /// The job.
         job: String,
-        /// The encoded args.
+        /// The positional arguments as a JSON array.
         args: String,
         /// The data (clients store JSON, as in '{"n":1}').
         data: String,
@@ -73,14 +79,14 @@ pub enum CtlCommand {
     Invalidate {
         /// The job.
         job: String,
-        /// The encoded args.
+        /// The positional arguments as a JSON array.
         args: String,
     },
     /// Remove an item.
     Delete {
         /// The job.
         job: String,
-        /// The encoded args.
+        /// The positional arguments as a JSON array.
         args: String,
     },
     /// List the jobs: config, workers, items, counters.
@@ -99,6 +105,24 @@ pub enum CtlCommand {
     },
     /// The daemon's gRPC health: SERVING or NOT_SERVING.
     Health,
+}
+
+/// The args bytes of an item: the JSON array re-encoded canonically, or as typed with
+/// `--raw-args`.
+fn item_args(typed: &str, raw: bool) -> Result<Vec<u8>, String> {
+    if raw {
+        return Ok(typed.as_bytes().to_vec());
+    }
+    let not_an_array = || {
+        format!(
+            "ARGS must be a JSON array of the positional arguments, as in '[\"alice\",2]', \
+             not {typed:?} (--raw-args sends other bytes as typed)"
+        )
+    };
+    match serde_json::from_str::<Value>(typed) {
+        Ok(array @ Value::Array(_)) => cacheback::encode_args(&array).map_err(|e| e.to_string()),
+        _ => Err(not_an_array()),
+    }
 }
 
 /// Runs one command; the process's exit code (1 for any error, said on stderr).
@@ -184,7 +208,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                     args.timeout,
                     pb::GetRequest {
                         job: job.clone(),
-                        args: a.clone().into_bytes(),
+                        args: item_args(a, args.raw_args)?,
                         fetch_on_miss: no_fetch.then_some(false),
                     },
                 ))
@@ -238,7 +262,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                     args.timeout,
                     pb::SetRequest {
                         job: job.clone(),
-                        args: a.clone().into_bytes(),
+                        args: item_args(a, args.raw_args)?,
                         data: data.clone().into_bytes(),
                         lifetime: lifetime.and_then(|d| prost_types::Duration::try_from(d).ok()),
                     },
@@ -258,7 +282,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                     args.timeout,
                     pb::InvalidateRequest {
                         job: job.clone(),
-                        args: a.clone().into_bytes(),
+                        args: item_args(a, args.raw_args)?,
                     },
                 ))
                 .await
@@ -278,7 +302,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                     args.timeout,
                     pb::DeleteRequest {
                         job: job.clone(),
-                        args: a.clone().into_bytes(),
+                        args: item_args(a, args.raw_args)?,
                     },
                 ))
                 .await
@@ -471,4 +495,27 @@ fn rfc3339(t: Option<SystemTime>) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::item_args;
+
+    #[test]
+    fn args_are_re_encoded_as_every_client_encodes_them() {
+        assert_eq!(
+            item_args(r#"[ "alice", 2 ]"#, false).unwrap(),
+            br#"["alice",2]"#
+        );
+        assert_eq!(
+            item_args(r#"[{"z":1,"a":"caf\u00e9"}]"#, false).unwrap(),
+            br#"[{"a":"caf\u00e9","z":1}]"#
+        );
+        assert_eq!(item_args("[]", false).unwrap(), b"[]");
+        assert!(item_args("alice", false)
+            .unwrap_err()
+            .contains("JSON array"));
+        assert!(item_args(r#"{"a":1}"#, false).is_err());
+        assert_eq!(item_args("alice, 2", true).unwrap(), b"alice, 2");
+    }
 }

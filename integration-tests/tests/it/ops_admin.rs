@@ -239,6 +239,18 @@ async fn ctl_round_trips_through_the_daemon() {
     assert_eq!(got["state"], "FRESH");
     assert_eq!(got["data"], "{\"n\":1}");
     assert_eq!(got["fetched"], false);
+    // ARGS are re-encoded as the clients encode them: spaces make no other item, and a
+    // Get over gRPC with the canonical bytes finds what ctl stored.
+    let spaced = ctl_json(&addr, &["get", JOB, "[ \"a\" ]"]).await;
+    assert_eq!(
+        (&spaced["state"], &spaced["data"]),
+        (&got["state"], &got["data"])
+    );
+    let mut c = d.client();
+    assert_eq!(get(&mut c, JOB, b"[\"a\"]").await.data, b"{\"n\":1}");
+    let out = ctl(&addr, &["get", JOB, "a"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JSON array"));
 
     // A miss fetched through the worker.
     let got = ctl_json(&addr, &["get", JOB, "[\"b\"]"]).await;
