@@ -53,6 +53,8 @@ pub struct Throughput {
     pub latency: Histogram,
     /// CPU seconds the server process spent over the measured window, if it was watched.
     pub server_cpu: Option<f64>,
+    /// CPU seconds this process (the client) spent over the same window.
+    pub client_cpu: Option<f64>,
 }
 
 impl Throughput {
@@ -95,6 +97,7 @@ impl Throughput {
             "latency_us": latency_json(&self.latency),
             "server_cpu_secs": self.server_cpu,
             "server_cpu_per_call_us": self.cpu_per_call_us(),
+            "client_cpu_secs": self.client_cpu,
         })
     }
 }
@@ -178,7 +181,7 @@ pub async fn closed_loop<C: Caller>(
     let cpu_at_start = server.map(|pid| {
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from).await;
-            process_cpu(pid)
+            (process_cpu(pid), process_cpu(std::process::id()))
         })
     });
     let mut total = Throughput {
@@ -188,6 +191,7 @@ pub async fn closed_loop<C: Caller>(
         secs: 0.0,
         latency: histogram(),
         server_cpu: None,
+        client_cpu: None,
     };
     let mut last_end = measure_from;
     for task in tasks {
@@ -200,8 +204,10 @@ pub async fn closed_loop<C: Caller>(
         last_end = last_end.max(end);
     }
     if let (Some(pid), Some(start)) = (server, cpu_at_start) {
-        let start = start.await.ok().flatten();
-        total.server_cpu = start.zip(process_cpu(pid)).map(|(a, b)| b - a);
+        let (server_start, client_start) = start.await.unwrap_or((None, None));
+        total.server_cpu = server_start.zip(process_cpu(pid)).map(|(a, b)| b - a);
+        let me = process_cpu(std::process::id());
+        total.client_cpu = client_start.zip(me).map(|(a, b)| b - a);
     }
     total.calls = total.latency.len();
     total.secs = (last_end - measure_from).as_secs_f64();

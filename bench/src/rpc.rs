@@ -200,5 +200,6 @@ pub async fn set_items(
         secs: start.elapsed().as_secs_f64(),
         latency,
         server_cpu: None,
+        client_cpu: None,
     })
 }
