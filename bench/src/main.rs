@@ -181,6 +181,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             json!(if cli.quick { "quick" } else { "full" }),
         ),
         ("daemon".into(), json!(bin.display().to_string())),
+        ("commit".into(), json!(commit())),
         ("cpus".into(), json!(cpus)),
         ("load average before".into(), json!(loadavg())),
         (
@@ -360,6 +361,31 @@ async fn run(cli: Cli) -> Result<(), String> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The workspace's commit (and whether its tree differs from it), if git can tell.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(procs::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head} (with uncommitted changes)")
+            } else {
+                head
+            }
+        }
+        None => "unknown".into(),
+    }
 }
 
 /// The 1, 5 and 15 minute load averages.
