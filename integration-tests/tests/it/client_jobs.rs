@@ -89,7 +89,7 @@ async fn the_lifetime_decides_freshness() {
     assert_eq!(stale.stored_at, fetched.stored_at);
     assert!(stale.refresh_scheduled);
     assert!(!stale.fetched);
-    probe.started(1).await;
+    probe.started(2).await;
     assert_eq!(probe.fetches(), 2);
     probe.release(1);
     worker.stop().await.unwrap();
@@ -189,7 +189,7 @@ async fn invalidate_serves_stale_data_and_refreshes_in_the_background() {
     let outcome = tweets.invalidate(&bob).await.unwrap();
     assert!(outcome.found);
     assert!(outcome.refresh_scheduled);
-    probe.started(1).await;
+    probe.started(2).await;
 
     // The refresh is held: readers get the old data at once.
     let stale = tweets.get_item(&bob).await.unwrap();

@@ -7,7 +7,10 @@ use std::sync::{
 };
 
 use cacheback::{Client, Job, Worker, WorkerHandle};
-use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio::{
+    sync::{watch, Semaphore},
+    task::JoinHandle,
+};
 
 use crate::harness::{within, Daemon};
 
@@ -66,7 +69,8 @@ struct ProbeState {
     peak: AtomicUsize,
     held: AtomicBool,
     gate: Semaphore,
-    started: Semaphore,
+    /// Fetches started so far, awaitable.
+    started: watch::Sender<usize>,
 }
 
 impl Default for Probe {
@@ -77,7 +81,7 @@ impl Default for Probe {
             peak: AtomicUsize::new(0),
             held: AtomicBool::new(false),
             gate: Semaphore::new(0),
-            started: Semaphore::new(0),
+            started: watch::Sender::new(0),
         }))
     }
 }
@@ -104,12 +108,12 @@ impl Probe {
         self.0.gate.add_permits(n);
     }
 
-    /// Waits until `n` more fetches have started (capped at the harness's WAIT).
-    pub async fn started(&self, n: u32) {
-        within("fetches to start", self.0.started.acquire_many(n))
+    /// Waits until `n` fetches in all have started (capped at the harness's WAIT).
+    pub async fn started(&self, n: usize) {
+        let mut started = self.0.started.subscribe();
+        within("fetches to start", started.wait_for(|&count| count >= n))
             .await
-            .expect("semaphore open")
-            .forget();
+            .expect("the probe is alive");
     }
 
     /// Called first thing by a fetch: counts it, reports it, waits at the gate if held.
@@ -124,7 +128,7 @@ impl Probe {
             probe: self.clone(),
         };
         let held = state.held.load(Ordering::SeqCst);
-        state.started.add_permits(1);
+        state.started.send_modify(|count| *count += 1);
         if held {
             state.gate.acquire().await.expect("gate open").forget();
         }

@@ -77,7 +77,14 @@ async fn reflection_lists_and_describes_the_services() {
     let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
     assert_eq!(
         methods,
-        ["Get", "Set", "Invalidate", "Delete", "RegisterJob"]
+        [
+            "Get",
+            "Set",
+            "Invalidate",
+            "Delete",
+            "RegisterJob",
+            "GetMany"
+        ]
     );
     assert!(file.message_type.iter().any(|m| m.name() == "GetRequest"));
 
