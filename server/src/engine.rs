@@ -8,7 +8,9 @@
 //! result then answers its waiters but is not stored.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -110,13 +112,19 @@ struct Inner {
     settings: EngineSettings,
     metrics: Metrics,
     jobs: RwLock<HashMap<JobName, JobEntry>>,
-    // A std Mutex: held only for map updates and short store calls, never across `.await`.
-    table: Mutex<Table>,
+    // The single-flight table, sharded by item so that answers for different items do not
+    // queue behind each other's store write. std Mutexes: held only for map updates and
+    // short store calls, never across `.await`. A path that needs every shard locks them
+    // in index order; every other path holds one shard at a time.
+    tables: Box<[Mutex<Table>]>,
+    next_flight: AtomicU64,
 }
+
+/// How many shards the single-flight table has.
+const SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Table {
-    next_flight: u64,
     flights: HashMap<ItemKey, Flight>,
     backoff: HashMap<ItemKey, Backoff>,
 }
@@ -169,7 +177,8 @@ impl Engine {
                 settings,
                 metrics,
                 jobs: RwLock::new(jobs),
-                table: Mutex::new(Table::default()),
+                tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                next_flight: AtomicU64::new(0),
             }),
         })
     }
@@ -251,10 +260,11 @@ impl Engine {
         self.job_entry(job)?;
         let mark = policy::times_for_new(SystemTime::now(), Duration::ZERO).stored_at;
         {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut tables = self.lock_all();
             self.inner.store.put_invalidated_before(job, mark)?;
             let prefix = ItemKey::job_prefix(job);
-            for (key, flight) in table.flights.iter_mut() {
+            let flights = tables.iter_mut().flat_map(|t| t.flights.iter_mut());
+            for (key, flight) in flights {
                 if key.as_bytes().starts_with(&prefix) {
                     flight.reinvalidate = true;
                 }
@@ -279,16 +289,18 @@ impl Engine {
             )));
         }
         {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut tables = self.lock_all();
             let prefix = ItemKey::job_prefix(job);
-            for (key, flight) in table.flights.iter_mut() {
-                if key.as_bytes().starts_with(&prefix) {
-                    flight.superseded = true;
+            for table in tables.iter_mut() {
+                for (key, flight) in table.flights.iter_mut() {
+                    if key.as_bytes().starts_with(&prefix) {
+                        flight.superseded = true;
+                    }
                 }
+                table
+                    .backoff
+                    .retain(|key, _| !key.as_bytes().starts_with(&prefix));
             }
-            table
-                .backoff
-                .retain(|key, _| !key.as_bytes().starts_with(&prefix));
             if self.inner.jobs.write().unwrap().remove(job).is_none() {
                 return Ok(None);
             }
@@ -334,7 +346,7 @@ impl Engine {
         }
 
         let (plan, item, wait) = {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut table = self.shard(&key).lock().unwrap();
             // Look again under the lock: a write may have landed since.
             let item = entry.seen(self.inner.store.get(&key)?);
             let now = SystemTime::now();
@@ -417,7 +429,7 @@ impl Engine {
         let key = ItemKey::new(job, args);
         let times = policy::times_for_new(SystemTime::now(), lifetime.unwrap_or(config.lifetime));
         {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut table = self.shard(&key).lock().unwrap();
             self.inner.store.put(&key, &Item { times, data })?;
             table.write_wins(&key);
         }
@@ -430,7 +442,7 @@ impl Engine {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
         let found = {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut table = self.shard(&key).lock().unwrap();
             let present = self.present(&key, &config)?;
             self.inner.store.remove(&key)?;
             table.write_wins(&key);
@@ -446,7 +458,7 @@ impl Engine {
         let config = entry.config;
         let key = ItemKey::new(job, args);
         let outcome = {
-            let mut table = self.inner.table.lock().unwrap();
+            let mut table = self.shard(&key).lock().unwrap();
             let now = SystemTime::now();
             let Some(mut item) = self.inner.store.get(&key)? else {
                 return Ok(InvalidateOutcome::default());
@@ -518,8 +530,22 @@ impl Engine {
     fn prune_backoff(&self) {
         const KEEP: Duration = Duration::from_secs(600);
         let now = Instant::now();
-        let mut table = self.inner.table.lock().unwrap();
-        table.backoff.retain(|_, b| b.until + KEEP > now);
+        for table in self.inner.tables.iter() {
+            let mut table = table.lock().unwrap();
+            table.backoff.retain(|_, b| b.until + KEEP > now);
+        }
+    }
+
+    /// The shard of the single-flight table that holds `key`.
+    fn shard(&self, key: &ItemKey) -> &Mutex<Table> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.inner.tables[hasher.finish() as usize % SHARDS]
+    }
+
+    /// Every shard, locked in index order (the one order, so no deadlock).
+    fn lock_all(&self) -> Vec<MutexGuard<'_, Table>> {
+        self.inner.tables.iter().map(|t| t.lock().unwrap()).collect()
     }
 
     /// Makes every acknowledged write durable.
@@ -559,8 +585,7 @@ impl Engine {
             metrics.fetches_retried.inc();
         }
         let (tx, rx) = watch::channel(None);
-        table.next_flight += 1;
-        let id = table.next_flight;
+        let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed) + 1;
         table.flights.insert(
             key.clone(),
             Flight {
@@ -660,7 +685,7 @@ impl Engine {
         id: u64,
         result: &Result<Item, Error>,
     ) -> bool {
-        let mut table = self.inner.table.lock().unwrap();
+        let mut table = self.shard(key).lock().unwrap();
         let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
             return false;
         };
