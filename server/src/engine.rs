@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -113,9 +115,10 @@ struct Inner {
     metrics: Metrics,
     jobs: RwLock<HashMap<JobName, JobEntry>>,
     // The single-flight table, sharded by item so that answers for different items do not
-    // queue behind each other's store write. std Mutexes: held only for map updates and
-    // short store calls, never across `.await`. A path that needs every shard locks them
-    // in index order; every other path holds one shard at a time.
+    // queue behind each other's store write. Blocking mutexes, held only for map updates
+    // and short store calls, never across `.await` (parking_lot's: no poisoning, so one
+    // panic cannot wedge every later call). A path that needs every shard locks them in
+    // index order; every other path holds one shard at a time.
     tables: Box<[Mutex<Table>]>,
     next_flight: AtomicU64,
 }
@@ -205,7 +208,7 @@ impl Engine {
 
     /// Everything known of `job`, or `UnknownJob`.
     pub fn job_entry(&self, job: &JobName) -> Result<JobEntry, Error> {
-        let jobs = self.inner.jobs.read().unwrap();
+        let jobs = self.inner.jobs.read();
         jobs.get(job)
             .cloned()
             .ok_or_else(|| Error::UnknownJob(job.to_string()))
@@ -213,13 +216,13 @@ impl Engine {
 
     /// Every known job and its config.
     pub fn jobs(&self) -> Vec<(JobName, JobConfig)> {
-        let jobs = self.inner.jobs.read().unwrap();
+        let jobs = self.inner.jobs.read();
         jobs.iter().map(|(k, v)| (k.clone(), v.config)).collect()
     }
 
     /// Every known job and everything known of it.
     pub fn job_entries(&self) -> Vec<(JobName, JobEntry)> {
-        let jobs = self.inner.jobs.read().unwrap();
+        let jobs = self.inner.jobs.read();
         jobs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
@@ -237,7 +240,7 @@ impl Engine {
     pub async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
         self.inner.store.put_job(job, &config)?;
         self.flush().await?;
-        let mut jobs = self.inner.jobs.write().unwrap();
+        let mut jobs = self.inner.jobs.write();
         match jobs.get_mut(job) {
             Some(entry) => entry.config = config,
             None => {
@@ -269,7 +272,7 @@ impl Engine {
                     flight.reinvalidate = true;
                 }
             }
-            let mut jobs = self.inner.jobs.write().unwrap();
+            let mut jobs = self.inner.jobs.write();
             if let Some(entry) = jobs.get_mut(job) {
                 entry.invalidated_before = Some(mark);
             }
@@ -301,7 +304,7 @@ impl Engine {
                     .backoff
                     .retain(|key, _| !key.as_bytes().starts_with(&prefix));
             }
-            if self.inner.jobs.write().unwrap().remove(job).is_none() {
+            if self.inner.jobs.write().remove(job).is_none() {
                 return Ok(None);
             }
         }
@@ -346,7 +349,7 @@ impl Engine {
         }
 
         let (plan, item, wait) = {
-            let mut table = self.shard(&key).lock().unwrap();
+            let mut table = self.shard(&key).lock();
             // Look again under the lock: a write may have landed since.
             let item = entry.seen(self.inner.store.get(&key)?);
             let now = SystemTime::now();
@@ -429,7 +432,7 @@ impl Engine {
         let key = ItemKey::new(job, args);
         let times = policy::times_for_new(SystemTime::now(), lifetime.unwrap_or(config.lifetime));
         {
-            let mut table = self.shard(&key).lock().unwrap();
+            let mut table = self.shard(&key).lock();
             self.inner.store.put(&key, &Item { times, data })?;
             table.write_wins(&key);
         }
@@ -442,7 +445,7 @@ impl Engine {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
         let found = {
-            let mut table = self.shard(&key).lock().unwrap();
+            let mut table = self.shard(&key).lock();
             let present = self.present(&key, &config)?;
             self.inner.store.remove(&key)?;
             table.write_wins(&key);
@@ -458,7 +461,7 @@ impl Engine {
         let config = entry.config;
         let key = ItemKey::new(job, args);
         let outcome = {
-            let mut table = self.shard(&key).lock().unwrap();
+            let mut table = self.shard(&key).lock();
             let now = SystemTime::now();
             let Some(mut item) = self.inner.store.get(&key)? else {
                 return Ok(InvalidateOutcome::default());
@@ -531,7 +534,7 @@ impl Engine {
         const KEEP: Duration = Duration::from_secs(600);
         let now = Instant::now();
         for table in self.inner.tables.iter() {
-            let mut table = table.lock().unwrap();
+            let mut table = table.lock();
             table.backoff.retain(|_, b| b.until + KEEP > now);
         }
     }
@@ -545,7 +548,7 @@ impl Engine {
 
     /// Every shard, locked in index order (the one order, so no deadlock).
     fn lock_all(&self) -> Vec<MutexGuard<'_, Table>> {
-        self.inner.tables.iter().map(|t| t.lock().unwrap()).collect()
+        self.inner.tables.iter().map(|t| t.lock()).collect()
     }
 
     /// Makes every acknowledged write durable.
@@ -685,7 +688,7 @@ impl Engine {
         id: u64,
         result: &Result<Item, Error>,
     ) -> bool {
-        let mut table = self.shard(key).lock().unwrap();
+        let mut table = self.shard(key).lock();
         let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
             return false;
         };

@@ -10,7 +10,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
@@ -88,7 +90,7 @@ pub struct Workers {
 }
 
 struct Shared {
-    // A std Mutex: no `.await` happens while it is held (sends are `try_send`).
+    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held (sends are `try_send`).
     jobs: Mutex<HashMap<JobName, JobWorkers>>,
     queue_capacity: usize,
     stats: WorkerStats,
@@ -143,14 +145,14 @@ impl Workers {
 
     /// How many workers serve `job` now.
     pub fn count(&self, job: &JobName) -> usize {
-        let jobs = self.shared.jobs.lock().unwrap();
+        let jobs = self.shared.jobs.lock();
         jobs.get(job).map_or(0, |j| j.workers.len())
     }
 
     /// Whether `job`'s queue of fetches waiting for a worker is full: a fetch started now
     /// would be refused.
     pub fn queue_full(&self, job: &JobName) -> bool {
-        let jobs = self.shared.jobs.lock().unwrap();
+        let jobs = self.shared.jobs.lock();
         jobs.get(job)
             .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
     }
@@ -164,7 +166,7 @@ impl Workers {
         max_in_flight: usize,
         tx: mpsc::Sender<Outbound>,
     ) {
-        let mut jobs = self.shared.jobs.lock().unwrap();
+        let mut jobs = self.shared.jobs.lock();
         let entry = jobs.entry(job.clone()).or_default();
         entry.workers.push(Slot {
             id,
@@ -178,7 +180,7 @@ impl Workers {
     /// Removes a worker whose stream ended; its live fetches go to the other workers of the
     /// job at once (or back to the head of the queue).
     pub fn unregister(&self, job: &JobName, id: WorkerId) {
-        let mut jobs = self.shared.jobs.lock().unwrap();
+        let mut jobs = self.shared.jobs.lock();
         let Some(entry) = jobs.get_mut(job) else {
             return;
         };
@@ -220,7 +222,7 @@ impl Workers {
         let (reply, rx) = oneshot::channel();
         let dispatched = Arc::new(AtomicBool::new(false));
         {
-            let mut jobs = self.shared.jobs.lock().unwrap();
+            let mut jobs = self.shared.jobs.lock();
             let entry = jobs.entry(job.clone()).or_default();
             if entry.queue.len() >= self.shared.queue_capacity {
                 return Err(Error::QueueFull {
@@ -260,7 +262,7 @@ impl Workers {
         request_id: &str,
         outcome: Outcome,
     ) -> Answered {
-        let mut jobs = self.shared.jobs.lock().unwrap();
+        let mut jobs = self.shared.jobs.lock();
         let pending = Uuid::parse_str(request_id).ok().and_then(|rid| {
             let entry = jobs.get_mut(job)?;
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
