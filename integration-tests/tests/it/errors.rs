@@ -259,3 +259,122 @@ async fn late_answer_is_dropped_and_stream_stays_open() {
     assert_eq!(r.state(), ItemState::Miss, "the late answer was not stored");
     assert!(!s.w.is_closed());
 }
+
+#[tokio::test]
+async fn register_with_bad_durations_or_max_in_flight_is_invalid_argument() {
+    let mut s = setup().await;
+    let negative = prost_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    };
+    let century_and_a_day = dur(100.0 * 365.0 * 24.0 * 3600.0 + 86_400.0);
+    let bad_configs = [
+        (
+            "negative lifetime",
+            JobConfig {
+                lifetime: Some(negative),
+                ..JobConfig::default()
+            },
+        ),
+        (
+            "zero refresh_timeout",
+            JobConfig {
+                refresh_timeout: Some(dur(0.0)),
+                ..JobConfig::default()
+            },
+        ),
+        (
+            "zero cache_ttl",
+            JobConfig {
+                cache_ttl: Some(dur(0.0)),
+                ..JobConfig::default()
+            },
+        ),
+        (
+            "negative threshold",
+            JobConfig {
+                fetch_on_stale_threshold: Some(negative),
+                ..JobConfig::default()
+            },
+        ),
+        (
+            "lifetime over a century",
+            JobConfig {
+                lifetime: Some(century_and_a_day),
+                ..JobConfig::default()
+            },
+        ),
+    ];
+    for (what, config) in bad_configs {
+        let result = TestWorker::builder("errors.durations")
+            .config(config)
+            .try_connect(&s.d.endpoint())
+            .await;
+        match result {
+            Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}"),
+            Ok(_) => panic!("{what}: registered"),
+        }
+    }
+    let too_many = TestWorker::builder("errors.durations")
+        .config(JobConfig::default())
+        .max_in_flight(65_537)
+        .try_connect(&s.d.endpoint())
+        .await;
+    assert_code(
+        too_many.map(|_| ()),
+        Code::InvalidArgument,
+        "max_in_flight 65,537",
+    );
+    // None of them registered the job.
+    assert_code(
+        try_get(&mut s.c, "errors.durations", b"[]", None).await,
+        Code::NotFound,
+        "Get of the refused job",
+    );
+    s.assert_intact().await;
+}
+
+#[tokio::test]
+async fn set_with_a_negative_lifetime_is_invalid_argument() {
+    let mut s = setup().await;
+    let negative = prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    };
+    assert_code(
+        try_set(
+            &mut s.c,
+            JOB,
+            CANARY_ARGS,
+            b"\"over\"".to_vec(),
+            Some(negative),
+        )
+        .await,
+        Code::InvalidArgument,
+        "Set with lifetime -5 s",
+    );
+    s.assert_intact().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_port_is_dropped_and_the_daemon_serves_on() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut s = setup().await;
+    let addr = format!("127.0.0.1:{}", s.d.port());
+    // Not HTTP/2 at all; then the HTTP/2 preface followed by nonsense frames.
+    let junk: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for first in [&b""[..], &preface[..]] {
+        let mut conn = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        conn.write_all(first).await.expect("write");
+        // The daemon may close the connection before it has read everything.
+        let _ = conn.write_all(&junk).await;
+        drop(conn);
+    }
+    s.assert_intact().await;
+}
