@@ -378,3 +378,26 @@ async fn garbage_on_the_port_is_dropped_and_the_daemon_serves_on() {
     }
     s.assert_intact().await;
 }
+
+#[tokio::test]
+async fn worker_answer_with_a_negative_lifetime_is_a_failed_fetch() {
+    let mut s = setup().await;
+    let pending = spawn_get(&s.c, JOB, b"[\"negative\"]", None);
+    let fetch = s.w.next_fetch().await;
+    let negative = prost_types::Duration {
+        seconds: -60,
+        nanos: 0,
+    };
+    s.w.reply_value(&fetch.request_id, b"\"bad\"".to_vec(), Some(negative))
+        .await;
+    let err = join_get(pending).await.expect_err("a failed fetch");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("lifetime"), "{err:?}");
+    // Nothing was stored: the next Get fetches again.
+    let pending = spawn_get(&s.c, JOB, b"[\"negative\"]", None);
+    let fetch = s.w.next_fetch().await;
+    s.w.reply_value(&fetch.request_id, b"\"good\"".to_vec(), None)
+        .await;
+    assert_eq!(join_get(pending).await.expect("Get").data, b"\"good\"");
+    s.assert_intact().await;
+}
