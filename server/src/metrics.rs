@@ -5,7 +5,7 @@
 //! set: each job's counters are resolved once, when the job becomes known, into a
 //! [`JobMetrics`] kept next to its config, and a Get only increments an atomic. Figures that
 //! are state rather than events (workers, items, bytes, store size) are read when scraped,
-//! by [`StateCollector`], so nothing has to keep them up to date.
+//! by `StateCollector`, so nothing has to keep them up to date.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
