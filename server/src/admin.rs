@@ -39,7 +39,7 @@ impl AdminService {
         Ok(JobName::parse(name, self.engine.limits())?)
     }
 
-    /// Every job with its workers and usage (walking the store: off the async threads).
+    /// Every job with its workers and usage (read from the store: off the async threads).
     async fn jobs(&self) -> Result<Vec<pb::JobInfo>, Status> {
         let engine = self.engine.clone();
         let infos = tokio::task::spawn_blocking(move || {

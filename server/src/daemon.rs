@@ -189,8 +189,8 @@ pub async fn run_with_sockets(
     {
         tracing::warn!("some connections did not close in time");
     }
-    if let Err(e) = engine.flush().await {
-        tracing::error!(error = %e, "final flush failed");
+    if let Err(e) = engine.close().await {
+        tracing::error!(error = %e, "closing the store failed");
     }
     for addr in &config.listen {
         if let ListenAddr::Unix(path) = addr {

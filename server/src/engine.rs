@@ -551,6 +551,14 @@ impl Engine {
         self.inner.tables.iter().map(|t| t.lock()).collect()
     }
 
+    /// Before a clean stop: the store records what its next start may skip, and flushes.
+    pub async fn close(&self) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| Error::Store(format!("close task failed: {e}")))?
+    }
+
     /// Makes every acknowledged write durable.
     pub async fn flush(&self) -> Result<(), Error> {
         let store = self.inner.store.clone();

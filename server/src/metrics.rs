@@ -478,7 +478,7 @@ async fn scrape(
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    // Reading the store's usage walks its keys: off the async threads.
+    // Reading the store (its size on disk) may touch the disk: off the async threads.
     let encoded = tokio::task::spawn_blocking(move || {
         let mut body = String::new();
         let r = if openmetrics {

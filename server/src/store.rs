@@ -5,9 +5,12 @@
 //! that fails to open is moved aside and the daemon starts cold: a cache can rebuild, it must
 //! not stay down. A record that fails to decode is dropped and counted, never served.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
@@ -161,8 +164,11 @@ pub trait Store: Send + Sync + 'static {
     fn invalidated_before(&self) -> Result<Vec<(JobName, SystemTime)>, Error>;
     /// Removes a job: its config, its invalidation instant and its items; how many items.
     fn remove_job(&self, job: &JobName) -> Result<u64, Error>;
-    /// The items of `job` and the bytes of their data (walks the job's keys).
+    /// The items of `job` and the bytes of their data (kept as writes happen: no walk).
     fn usage(&self, job: &JobName) -> Result<Usage, Error>;
+    /// Before a clean stop: records what the next start may then skip (the usage counts),
+    /// and flushes.
+    fn close(&self) -> Result<(), Error>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
 }
@@ -173,7 +179,14 @@ pub struct SledStore {
     items: sled::Tree,
     jobs: sled::Tree,
     invalidated: sled::Tree,
+    meta: sled::Tree,
     corrupt: AtomicU64,
+    /// Items and data bytes per job (by job name), kept exact as writes happen: sled's
+    /// insert and remove return the value they replaced. Saved at a clean stop, counted
+    /// from the items at a start after anything else.
+    usage: Mutex<HashMap<Vec<u8>, Usage>>,
+    /// `close` has saved the counts: a write after it makes the saved counts stale.
+    closed: AtomicBool,
 }
 
 /// How the store came up.
@@ -226,23 +239,53 @@ impl SledStore {
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
+        let meta = db.open_tree("meta")?;
+        let usage = load_usage(&db, &meta, &items)?;
         Ok((
             SledStore {
                 db,
                 items,
                 jobs,
                 invalidated,
+                meta,
                 corrupt: AtomicU64::new(0),
+                usage: Mutex::new(usage),
+                closed: AtomicBool::new(false),
             },
             report,
         ))
     }
 
+    /// Counts a write of `key` that replaced `old` with `new` (raw record lengths).
+    fn account(&self, key: &[u8], old: Option<usize>, new: Option<usize>) {
+        let job = key.split(|&b| b == 0).next().unwrap_or_default();
+        let data = |len: usize| len.saturating_sub(ITEM_HEADER) as u64;
+        {
+            let mut usage = self.usage.lock();
+            let u = usage.entry(job.to_vec()).or_default();
+            if let Some(len) = old {
+                u.items = u.items.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(data(len));
+            }
+            if let Some(len) = new {
+                u.items += 1;
+                u.bytes += data(len);
+            }
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            // Written after the counts were saved: let the next start count again.
+            if let Err(e) = self.meta.remove(USAGE_SAVED) {
+                tracing::error!(error = %e, "cannot drop the saved usage counts");
+            }
+        }
+    }
+
     fn drop_corrupt(&self, key: &[u8], what: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
-        if let Err(e) = self.items.remove(key) {
-            tracing::error!(error = %e, "cannot remove a corrupt record");
+        match self.items.remove(key) {
+            Ok(old) => self.account(key, old.map(|v| v.len()), None),
+            Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
         }
     }
 }
@@ -311,6 +354,55 @@ fn try_open(path: &Path, flush_interval: Duration) -> Result<sled::Db, OpenError
 }
 
 const FORMAT_KEY: &[u8] = b"format";
+/// In `meta`: present when the usage counts under [`USAGE_PREFIX`] were saved at a clean
+/// stop and nothing was written since.
+const USAGE_SAVED: &[u8] = b"usage-saved";
+const USAGE_PREFIX: &[u8] = b"usage:";
+
+/// The usage counts at start: the ones a clean stop saved, else counted from the items.
+/// The saved ones are dropped at once, durably, so that a crash from here on counts again.
+fn load_usage(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    items: &sled::Tree,
+) -> Result<HashMap<Vec<u8>, Usage>, Error> {
+    let mut usage: HashMap<Vec<u8>, Usage> = HashMap::new();
+    if meta.remove(USAGE_SAVED)?.is_some() {
+        for kv in meta.scan_prefix(USAGE_PREFIX) {
+            let (k, v) = kv?;
+            let counts = <[u8; 16]>::try_from(v.as_ref()).ok();
+            if let Some(c) = counts {
+                let (items, bytes) = c.split_at(8);
+                let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+                usage.insert(
+                    k[USAGE_PREFIX.len()..].to_vec(),
+                    Usage {
+                        items: word(items),
+                        bytes: word(bytes),
+                    },
+                );
+            }
+        }
+    } else {
+        for kv in items.iter() {
+            let (k, v) = kv?;
+            let job = k.split(|&b| b == 0).next().unwrap_or_default();
+            let u = usage.entry(job.to_vec()).or_default();
+            u.items += 1;
+            u.bytes += v.len().saturating_sub(ITEM_HEADER) as u64;
+        }
+    }
+    clear_saved_usage(meta)?;
+    db.flush()?;
+    Ok(usage)
+}
+
+fn clear_saved_usage(meta: &sled::Tree) -> Result<(), Error> {
+    for k in meta.scan_prefix(USAGE_PREFIX).keys() {
+        meta.remove(k?)?;
+    }
+    Ok(())
+}
 const FORMAT_MARKER: &[u8] = b"cachebackd-store-1";
 
 impl Store for SledStore {
@@ -328,12 +420,18 @@ impl Store for SledStore {
     }
 
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
-        self.items.insert(key.as_bytes(), item.encode())?;
+        let record = item.encode();
+        let len = record.len();
+        let old = self.items.insert(key.as_bytes(), record)?;
+        self.account(key.as_bytes(), old.map(|v| v.len()), Some(len));
         Ok(())
     }
 
     fn remove(&self, key: &ItemKey) -> Result<bool, Error> {
-        Ok(self.items.remove(key.as_bytes())?.is_some())
+        let old = self.items.remove(key.as_bytes())?;
+        let found = old.is_some();
+        self.account(key.as_bytes(), old.map(|v| v.len()), None);
+        Ok(found)
     }
 
     fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error> {
@@ -375,6 +473,7 @@ impl Store for SledStore {
                 .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
                 .is_ok()
             {
+                self.account(&k, Some(v.len()), None);
                 removed += 1;
             }
         }
@@ -418,21 +517,41 @@ impl Store for SledStore {
         self.invalidated.remove(job.as_str().as_bytes())?;
         let mut removed = 0;
         for k in self.items.scan_prefix(ItemKey::job_prefix(job)).keys() {
-            if self.items.remove(k?)?.is_some() {
+            let k = k?;
+            if let Some(old) = self.items.remove(&k)? {
+                self.account(&k, Some(old.len()), None);
                 removed += 1;
             }
         }
+        self.usage.lock().remove(job.as_str().as_bytes());
         Ok(removed)
     }
 
     fn usage(&self, job: &JobName) -> Result<Usage, Error> {
-        let mut usage = Usage::default();
-        for kv in self.items.scan_prefix(ItemKey::job_prefix(job)) {
-            let (_, v) = kv?;
-            usage.items += 1;
-            usage.bytes += v.len().saturating_sub(ITEM_HEADER) as u64;
+        let usage = self.usage.lock();
+        Ok(usage
+            .get(job.as_str().as_bytes())
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        let usage = self.usage.lock();
+        let mut saved = sled::Batch::default();
+        for (job, u) in usage.iter().filter(|(_, u)| u.items > 0) {
+            let mut value = u.items.to_be_bytes().to_vec();
+            value.extend_from_slice(&u.bytes.to_be_bytes());
+            let mut key = USAGE_PREFIX.to_vec();
+            key.extend_from_slice(job);
+            saved.insert(key, value);
         }
-        Ok(usage)
+        clear_saved_usage(&self.meta)?;
+        self.meta.apply_batch(saved)?;
+        self.meta.insert(USAGE_SAVED, &[1])?;
+        self.closed.store(true, Ordering::Relaxed);
+        drop(usage);
+        self.db.flush()?;
+        Ok(())
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
@@ -501,6 +620,53 @@ mod tests {
         // The fresh store opens cleanly next time.
         let (_, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
         assert!(report.moved_aside.is_none());
+    }
+
+    #[test]
+    fn usage_is_kept_exact_as_items_are_written_and_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job("j");
+        let other = job("other");
+        let item = |n: usize| Item {
+            times: policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
+            data: vec![7; n],
+        };
+        let expect = |store: &SledStore, items, bytes| {
+            assert_eq!(store.usage(&j).unwrap(), Usage { items, bytes });
+            assert_eq!(store.usage(&other).unwrap(), Usage { items: 1, bytes: 3 });
+        };
+        {
+            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            store.put(&ItemKey::new(&j, b"a"), &item(10)).unwrap();
+            store.put(&ItemKey::new(&j, b"b"), &item(20)).unwrap();
+            store.put(&ItemKey::new(&j, b"a"), &item(5)).unwrap(); // overwrite
+            store.put(&ItemKey::new(&other, b"a"), &item(3)).unwrap();
+            assert!(store.remove(&ItemKey::new(&j, b"b")).unwrap());
+            assert!(!store.remove(&ItemKey::new(&j, b"b")).unwrap());
+            expect(&store, 1, 5);
+            store.close().unwrap();
+        }
+        {
+            // A clean stop saved the counts; they are taken back and dropped at once.
+            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            assert!(store.meta.get(USAGE_SAVED).unwrap().is_none());
+            expect(&store, 1, 5);
+            store.put(&ItemKey::new(&j, b"c"), &item(1)).unwrap();
+            store.flush().unwrap();
+            // No close: as after a crash.
+        }
+        {
+            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            expect(&store, 2, 6);
+            store.close().unwrap();
+            // A write after close makes the saved counts stale: the next start counts.
+            store.put(&ItemKey::new(&j, b"d"), &item(4)).unwrap();
+            store.flush().unwrap();
+        }
+        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        expect(&store, 3, 10);
+        assert_eq!(store.remove_job(&j).unwrap(), 3);
+        assert_eq!(store.usage(&j).unwrap(), Usage::default());
     }
 
     #[test]

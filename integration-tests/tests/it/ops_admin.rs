@@ -315,3 +315,36 @@ async fn ctl_round_trips_through_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn item_counts_stay_exact_across_clean_and_abrupt_restarts() {
+    const JOB: &str = "ops.counts";
+    // Every acknowledged write is on disk, so SIGKILL loses none of them.
+    let mut d = Daemon::builder()
+        .args(["--durability", "always"])
+        .start()
+        .await;
+    let mut c = d.client();
+    let _w = TestWorker::register(&d, JOB, job_config(300.0, 30.0)).await;
+    set(&mut c, JOB, b"[1]", vec![b'a'; 10], None).await;
+    set(&mut c, JOB, b"[2]", vec![b'b'; 20], None).await;
+    set(&mut c, JOB, b"[1]", vec![b'c'; 5], None).await; // overwrite
+    delete(&mut c, JOB, b"[2]").await;
+    set(&mut c, JOB, b"[3]", vec![b'd'; 7], None).await;
+    let counts = |info: Option<JobInfo>| {
+        let info = info.expect("the job is listed");
+        (info.items, info.bytes)
+    };
+    assert_eq!(counts(job_info(&mut admin(&d).await, JOB).await), (2, 12));
+
+    // A clean stop saves the counts; the next start takes them back.
+    d.restart().await;
+    assert_eq!(counts(job_info(&mut admin(&d).await, JOB).await), (2, 12));
+
+    // An abrupt stop saves nothing; the next start counts the items on disk.
+    let mut c = d.client();
+    set(&mut c, JOB, b"[4]", vec![b'e'; 1], None).await;
+    d.kill().await;
+    d.start_again().await;
+    assert_eq!(counts(job_info(&mut admin(&d).await, JOB).await), (3, 13));
+}
