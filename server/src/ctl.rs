@@ -28,7 +28,7 @@ pub struct CtlArgs {
         long,
         short = 'a',
         value_name = "ADDR",
-        env = "CACHEBACKD_ADDR",
+        env = "CACHEBACKD_URL",
         default_value = "127.0.0.1:7070"
     )]
     pub addr: String,

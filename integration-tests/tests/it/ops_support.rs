@@ -95,7 +95,7 @@ pub async fn ctl(addr: &str, args: &[&str]) -> Output {
         .arg(addr)
         .args(args)
         .stdin(Stdio::null())
-        .env_remove("CACHEBACKD_ADDR");
+        .env_remove("CACHEBACKD_URL");
     within(
         "cachebackd ctl",
         tokio::task::spawn_blocking(move || cmd.output().expect("run cachebackd ctl")),
