@@ -433,6 +433,7 @@ impl Engine {
         let times = policy::times_for_new(SystemTime::now(), lifetime.unwrap_or(config.lifetime));
         {
             let mut table = self.shard(&key).lock();
+            self.still_known(job)?;
             self.inner.store.put(&key, &Item { times, data })?;
             table.write_wins(&key);
         }
@@ -471,6 +472,7 @@ impl Engine {
             }
             // An item stale already keeps its staleness (it matters to the threshold).
             item.times.expires_at = item.times.expires_at.min(now);
+            self.still_known(job)?;
             self.inner.store.put(&key, &item)?;
             let refresh_scheduled = if let Some(flight) = table.flights.get_mut(&key) {
                 // That fetch may have read the old data: one more refresh follows it.
@@ -536,6 +538,17 @@ impl Engine {
         for table in self.inner.tables.iter() {
             let mut table = table.lock();
             table.backoff.retain(|_, b| b.until + KEEP > now);
+        }
+    }
+
+    /// Whether `job` still exists, asked under the item's shard lock just before a store
+    /// write: `delete_job` removes the job while holding every shard, so a write that
+    /// looked the job up before a DeleteJob cannot leave an item behind it.
+    fn still_known(&self, job: &JobName) -> Result<(), Error> {
+        if self.inner.jobs.read().contains_key(job) {
+            Ok(())
+        } else {
+            Err(Error::UnknownJob(job.to_string()))
         }
     }
 
@@ -704,7 +717,7 @@ impl Engine {
         match result {
             Ok(item) => {
                 table.backoff.remove(key);
-                if !flight.superseded {
+                if !flight.superseded && self.still_known(job).is_ok() {
                     let mut item = item.clone();
                     if flight.reinvalidate {
                         // Based on data from before the Invalidate: stale until the follow-up.
