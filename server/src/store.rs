@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
@@ -139,6 +139,34 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// A job's usage as it changes: signed, so that a removal counted before its insert (two
+/// racing writers) never wraps; read back clamped at zero.
+#[derive(Debug, Default)]
+struct Counts {
+    items: AtomicI64,
+    bytes: AtomicI64,
+}
+
+impl Counts {
+    fn usage(&self) -> Usage {
+        let read = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        Usage {
+            items: read(&self.items),
+            bytes: read(&self.bytes),
+        }
+    }
+}
+
+impl From<Usage> for Counts {
+    fn from(u: Usage) -> Counts {
+        let word = |n: u64| AtomicI64::new(i64::try_from(n).unwrap_or(i64::MAX));
+        Counts {
+            items: word(u.items),
+            bytes: word(u.bytes),
+        }
+    }
+}
+
 /// What the daemon needs from storage. Synchronous: every call is a short local operation;
 /// `flush` may block on the disk and is run off the async threads.
 pub trait Store: Send + Sync + 'static {
@@ -184,7 +212,7 @@ pub struct SledStore {
     /// Items and data bytes per job (by job name), kept exact as writes happen: sled's
     /// insert and remove return the value they replaced. Saved at a clean stop, counted
     /// from the items at a start after anything else.
-    usage: Mutex<HashMap<Vec<u8>, Usage>>,
+    usage: RwLock<HashMap<Vec<u8>, Counts>>,
     /// `close` has saved the counts: a write after it makes the saved counts stale.
     closed: AtomicBool,
 }
@@ -249,28 +277,32 @@ impl SledStore {
                 invalidated,
                 meta,
                 corrupt: AtomicU64::new(0),
-                usage: Mutex::new(usage),
+                usage: RwLock::new(
+                    usage
+                        .into_iter()
+                        .map(|(job, u)| (job, Counts::from(u)))
+                        .collect(),
+                ),
                 closed: AtomicBool::new(false),
             },
             report,
         ))
     }
 
-    /// Counts a write of `key` that replaced `old` with `new` (raw record lengths).
+    /// Counts a write of `key` that replaced `old` with `new` (raw record lengths). A
+    /// read lock and two atomic adds: every write goes through here.
     fn account(&self, key: &[u8], old: Option<usize>, new: Option<usize>) {
         let job = key.split(|&b| b == 0).next().unwrap_or_default();
-        let data = |len: usize| len.saturating_sub(ITEM_HEADER) as u64;
-        {
-            let mut usage = self.usage.lock();
-            let u = usage.entry(job.to_vec()).or_default();
-            if let Some(len) = old {
-                u.items = u.items.saturating_sub(1);
-                u.bytes = u.bytes.saturating_sub(data(len));
-            }
-            if let Some(len) = new {
-                u.items += 1;
-                u.bytes += data(len);
-            }
+        let data = |len: Option<usize>| len.map_or(0, |l| l.saturating_sub(ITEM_HEADER) as i64);
+        let items = i64::from(new.is_some()) - i64::from(old.is_some());
+        let bytes = data(new) - data(old);
+        let apply = |c: &Counts| {
+            c.items.fetch_add(items, Ordering::Relaxed);
+            c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        };
+        let known = self.usage.read().get(job).map(apply).is_some();
+        if !known {
+            apply(self.usage.write().entry(job.to_vec()).or_default());
         }
         if self.closed.load(Ordering::Relaxed) {
             // Written after the counts were saved: let the next start count again.
@@ -523,22 +555,24 @@ impl Store for SledStore {
                 removed += 1;
             }
         }
-        self.usage.lock().remove(job.as_str().as_bytes());
+        self.usage.write().remove(job.as_str().as_bytes());
         Ok(removed)
     }
 
     fn usage(&self, job: &JobName) -> Result<Usage, Error> {
-        let usage = self.usage.lock();
+        let usage = self.usage.read();
         Ok(usage
             .get(job.as_str().as_bytes())
-            .copied()
-            .unwrap_or_default())
+            .map_or_else(Usage::default, |c| c.usage()))
     }
 
     fn close(&self) -> Result<(), Error> {
-        let usage = self.usage.lock();
+        // The write lock keeps new jobs out while the counts are saved; writes to known
+        // jobs that land meanwhile drop the saved counts again (`account`).
+        let usage = self.usage.write();
         let mut saved = sled::Batch::default();
-        for (job, u) in usage.iter().filter(|(_, u)| u.items > 0) {
+        let counts = usage.iter().map(|(job, c)| (job, c.usage()));
+        for (job, u) in counts.filter(|(_, u)| u.items > 0) {
             let mut value = u.items.to_be_bytes().to_vec();
             value.extend_from_slice(&u.bytes.to_be_bytes());
             let mut key = USAGE_PREFIX.to_vec();
