@@ -501,13 +501,11 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Removes, for every job, the items past their cache_ttl; how many went.
+    /// Removes the items past their job's cache_ttl, and the items of jobs that no longer
+    /// exist (the job is looked up live, item by item); how many went.
     pub fn sweep(&self, now: SystemTime) -> Result<usize, Error> {
-        let mut removed = 0;
-        for (job, config) in self.jobs() {
-            removed += self.inner.store.sweep(&job, &config, now)?;
-        }
-        Ok(removed)
+        let config_of = |name: &str| self.inner.jobs.read().get(name).map(|e| e.config);
+        self.inner.store.sweep(&config_of, now)
     }
 
     /// Runs the sweeper every `sweep_interval` until `shutdown`.

@@ -99,6 +99,13 @@ impl JobName {
     }
 }
 
+/// Lets a map keyed by `JobName` be searched with a plain `&str` (the names hash alike).
+impl std::borrow::Borrow<str> for JobName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for JobName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -180,8 +180,13 @@ pub trait Store: Send + Sync + 'static {
     fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error>;
     /// Every stored job config.
     fn jobs(&self) -> Result<Vec<(JobName, JobConfig)>, Error>;
-    /// Removes every item of `job` past its `cache_ttl` at `now`; how many went.
-    fn sweep(&self, job: &JobName, config: &JobConfig, now: SystemTime) -> Result<usize, Error>;
+    /// Removes every item past its job's `cache_ttl` at `now`, and every item whose job
+    /// `config_of` does not know (it could never be served); how many went.
+    fn sweep(
+        &self,
+        config_of: &dyn Fn(&str) -> Option<JobConfig>,
+        now: SystemTime,
+    ) -> Result<usize, Error>;
     /// Makes every acknowledged write durable.
     fn flush(&self) -> Result<(), Error>;
     /// Records that failed to decode and were dropped, since start.
@@ -488,14 +493,24 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn sweep(&self, job: &JobName, config: &JobConfig, now: SystemTime) -> Result<usize, Error> {
+    fn sweep(
+        &self,
+        config_of: &dyn Fn(&str) -> Option<JobConfig>,
+        now: SystemTime,
+    ) -> Result<usize, Error> {
         let mut removed = 0;
-        for kv in self.items.scan_prefix(ItemKey::job_prefix(job)) {
+        for kv in self.items.iter() {
             let (k, v) = kv?;
-            match Item::decode_times(&v) {
-                Some(t) if !policy::is_past_ttl(t.stored_at, config, now) => continue,
-                Some(_) => {}
-                None => {
+            let job = k.split(|&b| b == 0).next().unwrap_or_default();
+            let config = std::str::from_utf8(job).ok().and_then(config_of);
+            match (config, Item::decode_times(&v)) {
+                (Some(c), Some(t)) if !policy::is_past_ttl(t.stored_at, &c, now) => continue,
+                (Some(_), Some(_)) => {}
+                (None, _) => tracing::info!(
+                    job = %String::from_utf8_lossy(job),
+                    "sweeping an item of a job that no longer exists"
+                ),
+                (Some(_), None) => {
                     self.corrupt.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -744,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn sweep_removes_only_items_past_cache_ttl() {
+    fn sweep_removes_items_past_cache_ttl_and_items_of_unknown_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
         let j = job("j");
@@ -766,12 +781,24 @@ mod tests {
         store
             .put(&ItemKey::new(&job("other"), b"old"), &old)
             .unwrap();
-        assert_eq!(store.sweep(&j, &config, now).unwrap(), 1);
+        store
+            .put(&ItemKey::new(&job("gone"), b"x"), &young)
+            .unwrap();
+        let config_of = |name: &str| match name {
+            "j" => Some(config),
+            // A longer cache_ttl: the same age is young here.
+            "other" => Some(JobConfig::default()),
+            _ => None,
+        };
+        assert_eq!(store.sweep(&config_of, now).unwrap(), 2);
         assert_eq!(store.get(&ItemKey::new(&j, b"old")).unwrap(), None);
         assert_eq!(store.get(&ItemKey::new(&j, b"young")).unwrap(), Some(young));
         assert_eq!(
             store.get(&ItemKey::new(&job("other"), b"old")).unwrap(),
             Some(old)
         );
+        // The item of a job nobody knows any more is gone, and no longer counted.
+        assert_eq!(store.get(&ItemKey::new(&job("gone"), b"x")).unwrap(), None);
+        assert_eq!(store.usage(&job("gone")).unwrap(), Usage::default());
     }
 }
