@@ -171,6 +171,61 @@ async fn sweeper_removes_items_past_cache_ttl() {
     assert_eq!(get(&mut c, JOB, b"[2]").await.state(), ItemState::Fresh);
 }
 
+#[tokio::test]
+async fn sweeper_removes_items_of_jobs_that_no_longer_exist() {
+    let mut d = Daemon::builder()
+        .args(["--sweep-interval", "200ms"])
+        .start()
+        .await;
+    let mut c = d.client();
+    let orphaned = "durability.orphaned";
+    {
+        let _a = TestWorker::register(&d, orphaned, job_config(300.0, 30.0)).await;
+        let _b = TestWorker::register(&d, JOB, job_config(300.0, 30.0)).await;
+        set(&mut c, orphaned, b"[1]", b"1".to_vec(), None).await;
+        set(&mut c, orphaned, b"[2]", b"2".to_vec(), None).await;
+        set(&mut c, JOB, b"[1]", b"\"kept\"".to_vec(), None).await;
+    }
+    assert!(d.stop().await.success());
+
+    // The job's record goes, its items stay: what a job record dropped as corrupt leaves.
+    let store = d.data_dir().join("store");
+    {
+        let db = sled::open(&store).expect("open the stopped daemon's store");
+        let jobs = db.open_tree("jobs").expect("jobs tree");
+        assert!(jobs.remove(orphaned).expect("remove").is_some());
+        db.flush().expect("flush");
+    }
+
+    d.start_again().await;
+    let mut c = d.client();
+    let err = try_get(&mut c, orphaned, b"[1]", None)
+        .await
+        .expect_err("the job is unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // The sweeper says so for each item it removes.
+    eventually(WAIT, || {
+        let log = d.stderr_log();
+        async move {
+            (log.matches("sweeping an item of a job that no longer exists")
+                .count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(d.stop().await.success());
+
+    let db = sled::open(&store).expect("reopen the store");
+    let items = db.open_tree("items").expect("items tree");
+    let keys: Vec<Vec<u8>> = items.iter().keys().map(|k| k.unwrap().to_vec()).collect();
+    assert_eq!(
+        keys,
+        vec![[JOB.as_bytes(), b"\0[1]"].concat()],
+        "only the known job's item is left"
+    );
+}
+
 /// Overwrite every file under `dir` with garbage of the same size (at least 4 KiB).
 fn scribble(dir: &Path) -> usize {
     let mut count = 0;
