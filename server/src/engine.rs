@@ -336,17 +336,23 @@ impl Engine {
         args: &[u8],
         fetch_on_miss: Option<bool>,
     ) -> Result<GetOutcome, Error> {
-        let entry = self.job_entry(job)?;
-        let config = entry.config;
         let key = ItemKey::new(job, args);
-        let now = SystemTime::now();
-        // The hot path: a fresh hit takes no lock.
-        let item = entry.seen(self.inner.store.get(&key)?);
-        let times = item.as_ref().map(|i| i.times);
-        if policy::freshness(times, &config, now) == Freshness::Fresh {
-            entry.metrics.gets_fresh.inc();
-            return Ok(served(ItemState::Fresh, item, false));
-        }
+        // The hot path: a fresh hit is answered under the jobs' read lock, taking no
+        // table lock and copying nothing of the job's entry.
+        let entry = {
+            let jobs = self.inner.jobs.read();
+            let entry = jobs
+                .get(job)
+                .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
+            let item = entry.seen(self.inner.store.get(&key)?);
+            let times = item.as_ref().map(|i| i.times);
+            if policy::freshness(times, &entry.config, SystemTime::now()) == Freshness::Fresh {
+                entry.metrics.gets_fresh.inc();
+                return Ok(served(ItemState::Fresh, item, false));
+            }
+            entry.clone()
+        };
+        let config = entry.config;
 
         let (plan, item, wait) = {
             let mut table = self.shard(&key).lock();
