@@ -74,10 +74,15 @@ pub async fn run_with_sockets(
 ) -> Result<(), DaemonError> {
     let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
     if let Some(aside) = &report.moved_aside {
+        let kept = report.salvaged.clone().unwrap_or_default();
         tracing::error!(
             moved_to = %aside.display(),
             reason = report.reason.as_deref().unwrap_or(""),
-            "THE STORE COULD NOT BE OPENED: it was moved aside and cachebackd starts with an empty cache"
+            kept_items = kept.items,
+            kept_jobs = kept.jobs,
+            lost_records = kept.lost_records,
+            unread_log_bytes = kept.unread_log_bytes,
+            "THE STORE WAS DAMAGED: it was moved aside, and what could be read of it was salvaged into a fresh store"
         );
     }
     let store_moved_aside = report.moved_aside.is_some();

@@ -61,8 +61,16 @@ impl Limits {
 }
 
 /// A job's name: 1 to `max_job_name_bytes` bytes of `[A-Za-z0-9_.:-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobName(String);
+
+/// Quoted like the text it is (`"tweets"`), so messages built with `{:?}` never show
+/// Rust's `JobName("tweets")`.
+impl fmt::Debug for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl JobName {
     /// Validates a name against the allowed alphabet and the length limit.

@@ -38,9 +38,12 @@ impl From<Error> for Status {
             Error::UnknownJob(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::FetchFailed(_) | Error::ShuttingDown => Status::unavailable(message),
-            Error::QueueFull { .. } => Status::resource_exhausted(message),
+            Error::QueueFull { .. }
+            | Error::QueuesFull { .. }
+            | Error::TooManyJobs { .. }
+            | Error::StoreFull(_) => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
-            Error::Store(_) => Status::internal(message),
+            Error::Store(_) => Status::unavailable(message),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! not stay down. A record that fails to decode is dropped and counted, never served.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +15,12 @@ use parking_lot::RwLock;
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
 use crate::policy::{self, Times};
+
+mod open;
+mod salvage;
+
+pub use open::OpenReport;
+pub use salvage::Salvaged;
 
 /// One cached item as it is stored: its times and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,53 +228,15 @@ pub struct SledStore {
     closed: AtomicBool,
 }
 
-/// How the store came up.
-#[derive(Debug, Default)]
-pub struct OpenReport {
-    /// Where a store that could not be opened was moved to, if one was.
-    pub moved_aside: Option<PathBuf>,
-    /// Why it could not be opened.
-    pub reason: Option<String>,
-}
-
 impl SledStore {
-    /// Opens (or creates) the store under `data_dir`. A store that fails to open is moved
-    /// aside to `store.corrupt-<unix seconds>` and a fresh one is created; only a data dir
-    /// that cannot be used at all (locked by another process, not writable) is an error.
+    /// Opens (or creates) the store under `data_dir`. Only a store proven damaged is
+    /// moved aside (and salvaged, see [`open`]); a locked or unusable one is an error that
+    /// leaves it as it is.
     pub fn open(
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join("store");
-        let mut report = OpenReport::default();
-        let db = match try_open(&path, flush_interval) {
-            Ok(db) => db,
-            Err(OpenError::Locked(msg)) => return Err(Error::Store(msg)),
-            Err(OpenError::Damaged(msg)) => {
-                let stamp = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let aside = data_dir.join(format!("store.corrupt-{stamp}"));
-                std::fs::rename(&path, &aside).map_err(|e| {
-                    Error::Store(format!(
-                        "store at {} is damaged ({msg}) and cannot be moved aside: {e}",
-                        path.display()
-                    ))
-                })?;
-                report.moved_aside = Some(aside);
-                report.reason = Some(msg);
-                try_open(&path, flush_interval).map_err(|e| {
-                    Error::Store(format!("cannot create a fresh store: {}", e.message()))
-                })?
-            }
-        };
+        let (db, report) = open::open_db(data_dir, flush_interval)?;
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
@@ -324,69 +292,6 @@ impl SledStore {
             Ok(old) => self.account(key, old.map(|v| v.len()), None),
             Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
         }
-    }
-}
-
-enum OpenError {
-    Locked(String),
-    Damaged(String),
-}
-
-impl OpenError {
-    fn message(&self) -> &str {
-        match self {
-            OpenError::Locked(m) | OpenError::Damaged(m) => m,
-        }
-    }
-}
-
-fn try_open(path: &Path, flush_interval: Duration) -> Result<sled::Db, OpenError> {
-    let existed = ["conf", "db"].iter().any(|f| path.join(f).exists());
-    let config = sled::Config::new()
-        .path(path)
-        .flush_every_ms(Some(flush_interval.as_millis().max(1) as u64));
-    // sled can panic on some damaged files instead of returning an error: both mean the
-    // same here.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(OpenError::Locked(format!(
-                "store at {} is in use by another process (is another cachebackd running on this data dir?)",
-                path.display()
-            )))
-        }
-        Ok(Err(e)) => return Err(OpenError::Damaged(e.to_string())),
-        Err(_) => return Err(OpenError::Damaged("sled panicked while opening it".into())),
-    };
-    // sled opens some damaged stores as empty ones. Every store we create holds a format
-    // marker, so files that exist but hold no marker are damage, not a fresh start.
-    let check = || -> Result<(), String> {
-        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
-        let marker = meta.get(FORMAT_KEY).map_err(|e| e.to_string())?;
-        match marker {
-            Some(v) if v.as_ref() == FORMAT_MARKER => {}
-            Some(v) => {
-                return Err(format!(
-                    "unknown store format {:?}",
-                    String::from_utf8_lossy(&v)
-                ))
-            }
-            None if existed => return Err("its files hold no cachebackd store".into()),
-            None => {
-                meta.insert(FORMAT_KEY, FORMAT_MARKER)
-                    .map_err(|e| e.to_string())?;
-                db.flush().map_err(|e| e.to_string())?;
-            }
-        }
-        let jobs = db.open_tree("jobs").map_err(|e| e.to_string())?;
-        jobs.iter()
-            .try_for_each(|kv| kv.map(|_| ()))
-            .map_err(|e| e.to_string())
-    };
-    match check() {
-        Ok(()) => Ok(db),
-        Err(msg) => Err(OpenError::Damaged(msg)),
     }
 }
 
@@ -669,6 +574,75 @@ mod tests {
         // The fresh store opens cleanly next time.
         let (_, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
         assert!(report.moved_aside.is_none());
+    }
+
+    /// A store of `n` items of job `j`, closed.
+    fn filled(dir: &Path, n: usize) {
+        let (store, _) = SledStore::open(dir, Duration::from_millis(100)).unwrap();
+        store.put_job(&job("j"), &JobConfig::default()).unwrap();
+        for i in 0..n {
+            let item = Item {
+                times: policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
+                data: vec![7; 100 + i % 300],
+            };
+            store
+                .put(&ItemKey::new(&job("j"), format!("[{i}]").as_bytes()), &item)
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_garbled_conf_alone_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 2000);
+        std::fs::write(dir.path().join("store/conf"), vec![0xA5; 62]).unwrap();
+        let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        assert!(report.moved_aside.is_some());
+        let salvaged = report.salvaged.unwrap();
+        assert_eq!((salvaged.items, salvaged.jobs), (2000, 1), "{salvaged:?}");
+        assert_eq!(store.usage(&job("j")).unwrap().items, 2000);
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert!(!dir.path().join("store.salvage").exists());
+    }
+
+    #[test]
+    fn a_flipped_byte_loses_only_what_follows_it() {
+        for tenth in 1..10 {
+            let dir = tempfile::tempdir().unwrap();
+            filled(dir.path(), 5000);
+            let db = dir.path().join("store/db");
+            let mut bytes = std::fs::read(&db).unwrap();
+            let at = bytes.len() * tenth / 10;
+            bytes[at] ^= 0xff;
+            std::fs::write(&db, bytes).unwrap();
+            let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            // Whatever sled makes of the damage, every item kept is whole and counted.
+            let items = store.usage(&job("j")).unwrap().items;
+            if let Some(salvaged) = report.salvaged {
+                assert_eq!(items, salvaged.items, "at {tenth}/10: {salvaged:?}");
+            }
+            for i in 0..5000 {
+                let key = ItemKey::new(&job("j"), format!("[{i}]").as_bytes());
+                if let Some(item) = store.get(&key).unwrap() {
+                    assert_eq!(item.data, vec![7; 100 + i % 300]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        first.put_job(&job("j"), &JobConfig::default()).unwrap();
+        let Err(e) = SledStore::open(dir.path(), Duration::from_millis(100)) else {
+            panic!("a second open of a store in use succeeded");
+        };
+        assert!(e.to_string().contains("another cachebackd holds"), "{e}");
+        assert_eq!(first.jobs().unwrap().len(), 1);
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "nothing moved aside");
     }
 
     #[test]
