@@ -141,6 +141,18 @@ fn log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| format!("{s:?} is not a log filter ({e}); write it as in \"info\" or \"warn,cachebackd=debug\""))
 }
 
+/// A size in bytes: `1048576`, `512MiB`, `4GiB` (bytesize's reading: `KiB`/`MiB`/`GiB` are
+/// powers of 1024, `KB`/`MB`/`GB` of 1000).
+fn size(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) if b.0 >= 1 => Ok(b.0),
+        Ok(_) => Err("must be at least 1 byte".into()),
+        Err(_) => Err(format!(
+            "{s:?} is not a size: write it as in \"1048576\", \"512MiB\" or \"4GiB\""
+        )),
+    }
+}
+
 fn count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -234,6 +246,26 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "N", value_parser = count)]
     pub queue_capacity: Option<usize>,
 
+    /// The bound on stored items (keys and data): past it the least recently used items
+    /// are evicted. A size, as in `1048576`, `512MiB`, `4GiB`. [default: 4GiB]
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_bytes: Option<u64>,
+
+    /// Most jobs the daemon keeps: a Register of a new job past it ends with
+    /// RESOURCE_EXHAUSTED. [default: 10000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_jobs: Option<usize>,
+
+    /// Most fetches waiting for a free worker across all jobs together, before Gets get
+    /// RESOURCE_EXHAUSTED. [default: 100000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_queued_fetches: Option<usize>,
+
+    /// Most client connections served at once (each listener); past it new connections
+    /// wait in the kernel's backlog until one closes. [default: 4096]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_connections: Option<usize>,
+
     /// Longest job name accepted, in bytes. [default: 128]
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_job_name_bytes: Option<usize>,
@@ -303,6 +335,14 @@ pub struct Config {
     pub retry_base: Duration,
     /// Capacity of each job's queue of fetches waiting for a worker.
     pub queue_capacity: usize,
+    /// The bound on stored items (keys and data).
+    pub max_bytes: u64,
+    /// Most jobs kept.
+    pub max_jobs: usize,
+    /// Most fetches waiting for a worker across all jobs.
+    pub max_queued_fetches: usize,
+    /// Most client connections served at once, per listener.
+    pub max_connections: usize,
     /// Longest job name, in bytes.
     pub max_job_name_bytes: usize,
     /// Longest args, in bytes.
@@ -332,6 +372,10 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(60),
             retry_base: Duration::from_secs(1),
             queue_capacity: 10_000,
+            max_bytes: 4 << 30,
+            max_jobs: 10_000,
+            max_queued_fetches: 100_000,
+            max_connections: 4096,
             max_job_name_bytes: limits.max_job_name_bytes,
             max_args_bytes: limits.max_args_bytes,
             max_data_bytes: limits.max_data_bytes,
@@ -408,6 +452,10 @@ impl Config {
         set(&mut self.sweep_interval, a.sweep_interval);
         set(&mut self.retry_base, a.retry_base);
         set(&mut self.queue_capacity, a.queue_capacity);
+        set(&mut self.max_bytes, a.max_bytes);
+        set(&mut self.max_jobs, a.max_jobs);
+        set(&mut self.max_queued_fetches, a.max_queued_fetches);
+        set(&mut self.max_connections, a.max_connections);
         set(&mut self.max_job_name_bytes, a.max_job_name_bytes);
         set(&mut self.max_args_bytes, a.max_args_bytes);
         set(&mut self.max_data_bytes, a.max_data_bytes);
@@ -440,6 +488,8 @@ impl Config {
             durability: self.durability,
             retry_base: self.retry_base,
             queue_capacity: self.queue_capacity,
+            max_jobs: self.max_jobs,
+            max_queued_fetches: self.max_queued_fetches,
             sweep_interval: self.sweep_interval,
             limits: self.limits(),
             job_defaults: self.job_defaults,
@@ -510,6 +560,10 @@ struct FileConfig {
     sweep_interval: Option<Positive>,
     retry_base: Option<Positive>,
     queue_capacity: Option<Count>,
+    max_bytes: Option<Size>,
+    max_jobs: Option<Count>,
+    max_queued_fetches: Option<Count>,
+    max_connections: Option<Count>,
     max_job_name_bytes: Option<Count>,
     max_args_bytes: Option<Count>,
     max_data_bytes: Option<Count>,
@@ -545,6 +599,10 @@ impl FileConfig {
         set(&mut c.sweep_interval, self.sweep_interval.map(|d| d.0));
         set(&mut c.retry_base, self.retry_base.map(|d| d.0));
         set(&mut c.queue_capacity, self.queue_capacity.map(|n| n.0));
+        set(&mut c.max_bytes, self.max_bytes.map(|n| n.0));
+        set(&mut c.max_jobs, self.max_jobs.map(|n| n.0));
+        set(&mut c.max_queued_fetches, self.max_queued_fetches.map(|n| n.0));
+        set(&mut c.max_connections, self.max_connections.map(|n| n.0));
         set(
             &mut c.max_job_name_bytes,
             self.max_job_name_bytes.map(|n| n.0),
@@ -581,6 +639,10 @@ impl From<&Config> for FileConfig {
             sweep_interval: Some(Positive(c.sweep_interval)),
             retry_base: Some(Positive(c.retry_base)),
             queue_capacity: Some(Count(c.queue_capacity)),
+            max_bytes: Some(Size(c.max_bytes)),
+            max_jobs: Some(Count(c.max_jobs)),
+            max_queued_fetches: Some(Count(c.max_queued_fetches)),
+            max_connections: Some(Count(c.max_connections)),
             max_job_name_bytes: Some(Count(c.max_job_name_bytes)),
             max_args_bytes: Some(Count(c.max_args_bytes)),
             max_data_bytes: Some(Count(c.max_data_bytes)),
@@ -716,6 +778,34 @@ impl Serialize for Count {
     }
 }
 
+/// A size: a TOML integer of bytes, or a string as `--max-bytes` takes it (`"4GiB"`).
+#[derive(Debug)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) if n >= 1 => Ok(Size(n as u64)),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "{n} is out of range: must be at least 1 byte"
+            ))),
+            Raw::Str(s) => size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 /// A file mode: a TOML octal integer (`0o660`) or a string of octal digits (`"0660"`).
 #[derive(Debug)]
 struct FileMode(u32);
@@ -824,6 +914,10 @@ mod tests {
             sweep_interval = "5m"
             retry_base = "2s"
             queue_capacity = 5
+            max_bytes = "512MiB"
+            max_jobs = 7
+            max_queued_fetches = 9
+            max_connections = 11
             max_job_name_bytes = 64
             max_args_bytes = 100
             max_data_bytes = 1000
@@ -854,6 +948,11 @@ mod tests {
         assert_eq!(c.sweep_interval, Duration::from_secs(300));
         assert_eq!(c.retry_base, Duration::from_secs(2));
         assert_eq!(c.queue_capacity, 5);
+        assert_eq!(c.max_bytes, 512 << 20);
+        assert_eq!(
+            (c.max_jobs, c.max_queued_fetches, c.max_connections),
+            (7, 9, 11)
+        );
         assert_eq!(
             c.limits(),
             Limits {
@@ -934,6 +1033,8 @@ mod tests {
             ),
             ("drain_grace = \"ten\"", "drain_grace", "not a duration"),
             ("queue_capacity = 0", "queue_capacity", "at least 1"),
+            ("max_bytes = \"lots\"", "max_bytes", "not a size"),
+            ("max_jobs = 0", "max_jobs", "at least 1"),
             ("socket_mode = \"0999\"", "socket_mode", "not a file mode"),
             (
                 "listen = [\"localhost\"]",

@@ -13,15 +13,15 @@ use cachebackd_proto::v1::cacheback_admin_server::CachebackAdminServer;
 use cachebackd_proto::v1::cacheback_server::CachebackServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::config::{Config, ListenAddr};
+use crate::connections::{self, Connections};
+use crate::oversize::OversizeLayer;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::service::CachebackService;
@@ -72,7 +72,8 @@ pub async fn run_with_sockets(
     passed: Vec<PassedSocket>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
+    let (store, report) =
+        SledStore::open_bounded(&config.data_dir, config.flush_interval, config.max_bytes)?;
     if let Some(aside) = &report.moved_aside {
         let kept = report.salvaged.clone().unwrap_or_default();
         tracing::error!(
@@ -120,9 +121,17 @@ pub async fn run_with_sockets(
     // Everything is ready: the store is open and every listener bound. Health says so before
     // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
     crate::health::set_all(&health, ServingStatus::Serving).await;
+    let connections = Connections::new(config.max_connections, connections::IDLE_TIMEOUT);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
+            .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
+            .layer(connections.layer())
+            .layer(OversizeLayer {
+                max_data_bytes: config.max_data_bytes,
+            })
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -131,13 +140,13 @@ pub async fn run_with_sockets(
         let signal = stop.clone().cancelled_owned();
         match listener {
             Bound::Tcp(l) => {
-                let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                let incoming = connections.tcp(l);
                 servers.spawn(async move {
                     router.serve_with_incoming_shutdown(incoming, signal).await
                 });
             }
             Bound::Unix(l) => {
-                let incoming = UnixListenerStream::new(l);
+                let incoming = connections.unix(l);
                 servers.spawn(async move {
                     router.serve_with_incoming_shutdown(incoming, signal).await
                 });
@@ -145,10 +154,17 @@ pub async fn run_with_sockets(
         }
     }
     let metrics_server = metrics_listener.map(|l| {
-        let registry = metrics.registry(engine.clone(), store_moved_aside);
+        let mut registry = metrics.registry(engine.clone(), store_moved_aside);
+        connections::register_metrics(&mut registry, connections.stats());
         tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
     });
     let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));
+    let store_watch_stop = CancellationToken::new();
+    let store_watch = tokio::spawn(crate::health::follow_store(
+        engine.store().clone(),
+        health.clone(),
+        store_watch_stop.clone(),
+    ));
     let watchdog_stop = CancellationToken::new();
     let watchdog = systemd::spawn_watchdog(watchdog_stop.clone());
 
@@ -167,6 +183,8 @@ pub async fn run_with_sockets(
 
     stop.cancelled().await;
     systemd::stopping("draining in-flight calls");
+    store_watch_stop.cancel();
+    let _ = store_watch.await;
     crate::health::set_all(&health, ServingStatus::NotServing).await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining in-flight calls");
     calls.close();

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::logs::{clip, RateLimit};
 use crate::metrics::{Found, JobMetrics, Metrics};
 use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, MAX_SPAN};
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
@@ -35,6 +36,10 @@ pub struct EngineSettings {
     pub retry_base: Duration,
     /// Capacity of each job's queue of fetches waiting for a worker.
     pub queue_capacity: usize,
+    /// Most jobs kept (`max_jobs`).
+    pub max_jobs: usize,
+    /// Most fetches waiting for a worker across all jobs.
+    pub max_queued_fetches: usize,
     /// How often items past their cache_ttl are swept.
     pub sweep_interval: Duration,
     /// Size limits.
@@ -49,6 +54,8 @@ impl Default for EngineSettings {
             durability: Durability::Interval,
             retry_base: Duration::from_secs(1),
             queue_capacity: 10_000,
+            max_jobs: 10_000,
+            max_queued_fetches: 100_000,
             sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
             job_defaults: JobConfig::default(),
@@ -175,7 +182,10 @@ impl Engine {
             .collect();
         Ok(Engine {
             inner: Arc::new(Inner {
-                workers: Workers::new(settings.queue_capacity),
+                workers: Workers::with_global_cap(
+                    settings.queue_capacity,
+                    settings.max_queued_fetches,
+                ),
                 store,
                 settings,
                 metrics,
@@ -238,6 +248,16 @@ impl Engine {
 
     /// Makes `config` the job's config (the latest registration wins) and stores it durably.
     pub async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
+        let max = self.inner.settings.max_jobs;
+        {
+            let jobs = self.inner.jobs.read();
+            if !jobs.contains_key(job) && jobs.len() >= max {
+                return Err(Error::TooManyJobs {
+                    job: job.to_string(),
+                    max,
+                });
+            }
+        }
         self.inner.store.put_job(job, &config)?;
         self.flush().await?;
         let mut jobs = self.inner.jobs.write();
@@ -687,7 +707,10 @@ impl Engine {
         match &result {
             Ok(_) => metrics.fetches_succeeded.inc(),
             Err(e) => {
-                tracing::warn!(%job, ?reason, error = %e, "fetch failed");
+                static FAILED: RateLimit = RateLimit::new(Duration::from_secs(10));
+                if let Some(suppressed) = FAILED.allow() {
+                    tracing::warn!(%job, ?reason, error = %clip(&e.to_string()), more_since_last_line = suppressed, "fetch failed");
+                }
                 metrics.fetches_failed.inc()
             }
         };

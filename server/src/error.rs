@@ -47,6 +47,9 @@ pub enum Error {
         /// The limit across jobs.
         capacity: usize,
     },
+    /// A worker holds every slot with lost fetches and answers nothing: its stream ends.
+    #[error("{0}")]
+    WorkerStuck(String),
     /// The daemon is shutting down.
     #[error("cachebackd is shutting down")]
     ShuttingDown,

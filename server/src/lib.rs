@@ -10,14 +10,18 @@
 //! [`ctl`] (`cachebackd ctl`).
 
 pub mod admin;
+pub mod budget;
 pub mod config;
+pub mod connections;
 pub mod ctl;
 pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod oversize;
 pub mod policy;
 pub mod service;
 pub mod store;

@@ -18,9 +18,11 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::budget::{Planned, ResponseBudget};
 use crate::engine::{Engine, GetOutcome};
 use crate::error::Error;
-use crate::model::{FetchReason, ItemState, JobConfig, JobName, MAX_SPAN};
+use crate::logs::{clip, RateLimit};
+use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, MAX_SPAN};
 use crate::workers::{Answered, Fetched, Outbound, WorkerId};
 
 /// Fetches a worker takes at once when its Register says 0.
@@ -29,6 +31,11 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
 pub const MAX_GET_MANY: usize = 1000;
 /// The most a worker may ask for: bounds the memory of its stream.
 pub const MAX_MAX_IN_FLIGHT: u32 = 65_536;
+/// Longest `refresh_timeout` a Register may set: a fetch (and its place in the queue)
+/// is never held longer than this.
+pub const MAX_REFRESH_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest worker error message passed on to callers and logs, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -37,7 +44,9 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::invalid_argument(message),
             Error::UnknownJob(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::FetchFailed(_) | Error::ShuttingDown => Status::unavailable(message),
+            Error::FetchFailed(_) | Error::ShuttingDown | Error::WorkerStuck(_) => {
+                Status::unavailable(message)
+            }
             Error::QueueFull { .. }
             | Error::QueuesFull { .. }
             | Error::TooManyJobs { .. }
@@ -120,10 +129,10 @@ impl Cacheback for CachebackService {
                 requests.len()
             )));
         }
-        let outcomes = join_all(requests.iter().map(|r| self.get_one(r, deadline))).await;
         // Items past the response's size budget fail alone: the rest are still answered.
         // Sizes are exact encoded lengths, and room is kept for the error entry of every
-        // item still to come, so the response always fits the encoding limit.
+        // item still to come, so the response always fits the encoding limit. Items are
+        // read lazily against that budget (`budget`): one that cannot fit is never read.
         let entry = |r: &pb::GetResult| {
             let len = r.encoded_len();
             1 + prost::length_delimiter_len(len) + len
@@ -136,6 +145,30 @@ impl Cacheback for CachebackService {
         };
         let error_size = entry(&too_large);
         let budget = self.engine.limits().max_message_bytes();
+        let known: Vec<_> = requests
+            .iter()
+            .map(|r| match JobName::parse(&r.job, self.engine.limits()) {
+                Ok(job) => self.engine.store().data_len(&ItemKey::new(&job, &r.args)),
+                Err(_) => None,
+            })
+            .collect();
+        let (plan, response_budget) = ResponseBudget::plan(budget, error_size, &known);
+        let too_large_status = || Status::resource_exhausted(too_large_message(&too_large));
+        let outcomes = join_all(requests.iter().zip(plan).map(|(r, planned)| {
+            let response_budget = &response_budget;
+            async move {
+                let Planned::Read(planned) = planned else {
+                    return Err(too_large_status());
+                };
+                let response = self.get_one(r, deadline).await?;
+                if response_budget.admit(planned, response.data.len()) {
+                    Ok(response)
+                } else {
+                    Err(too_large_status())
+                }
+            }
+        }))
+        .await;
         let mut used = 0;
         let count = outcomes.len();
         let results = outcomes
@@ -297,7 +330,9 @@ impl WorkerStream {
         }
         drop(reg_tx);
         tracing::info!(%job, worker = %worker_id, max_in_flight, "worker registered");
-        let end = self.serve(inbound, &job, worker_id).await;
+        let end = self
+            .serve(inbound, &job, worker_id, config.refresh_timeout)
+            .await;
         self.engine.workers().unregister(&job, worker_id);
         match end {
             Some(e) => {
@@ -313,7 +348,10 @@ impl WorkerStream {
         r: pb::Register,
     ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
         let job = JobName::parse(&r.job, self.engine.limits())?;
-        let config = config_from_proto(r.config.unwrap_or_default(), self.engine.job_defaults())?;
+        let config = check_config(config_from_proto(
+            r.config.unwrap_or_default(),
+            self.engine.job_defaults(),
+        )?)?;
         let max_in_flight = match r.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,
             n if n > MAX_MAX_IN_FLIGHT => {
@@ -333,11 +371,26 @@ impl WorkerStream {
         inbound: &mut Streaming<pb::WorkerMessage>,
         job: &JobName,
         worker: WorkerId,
+        refresh_timeout: Duration,
     ) -> Option<Error> {
+        static UNKNOWN: RateLimit = RateLimit::new(Duration::from_secs(10));
+        static LATE: RateLimit = RateLimit::new(Duration::from_secs(10));
+        // A worker whose every slot is held by lost fetches is looked at this often.
+        let mut stuck_check = tokio::time::interval((refresh_timeout / 4).max(Duration::from_millis(50)));
+        stuck_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
                 m = inbound.message() => m,
+                _ = stuck_check.tick() => {
+                    match self.engine.workers().stuck(job, worker, refresh_timeout) {
+                        Some(lost) => return Some(Error::WorkerStuck(format!(
+                            "this worker holds {lost} fetches past their deadline, every one of its slots, and has answered nothing for a further refresh_timeout ({}): its stream is ended so that it can reconnect with a fresh window",
+                            humantime::format_duration(refresh_timeout)
+                        ))),
+                        None => continue,
+                    }
+                }
             };
             let result = match message {
                 Ok(Some(pb::WorkerMessage {
@@ -357,8 +410,22 @@ impl WorkerStream {
                     ))
                 }
                 Ok(None) => return None,
+                // A message that cannot be read (over the size limit, not protobuf): its
+                // request id is unknown, so no fetch can be failed for it; the worker is
+                // told, and its fetches go to another worker.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::OutOfRange | Code::Internal | Code::InvalidArgument
+                    ) =>
+                {
+                    return Some(Error::InvalidArgument(format!(
+                        "a message from this worker cannot be read: {}",
+                        clip(status.message())
+                    )));
+                }
                 Err(status) => {
-                    tracing::info!(%job, %worker, %status, "worker stream broke");
+                    tracing::info!(%job, %worker, status = %clip(&status.to_string()), "worker stream broke");
                     return None;
                 }
             };
@@ -375,7 +442,7 @@ impl WorkerStream {
                         lifetime: None,
                     }),
                 },
-                Some(fetch_result::Outcome::Error(e)) => Err(e.message),
+                Some(fetch_result::Outcome::Error(e)) => Err(clip_message(e.message)),
                 Some(fetch_result::Outcome::Absent(_)) => {
                     Err("this daemon does not store FetchedAbsent answers yet".into())
                 }
@@ -391,13 +458,38 @@ impl WorkerStream {
             {
                 Answered::Delivered => {}
                 Answered::Late => {
-                    tracing::info!(%job, %worker, request_id = %result.request_id, "late answer dropped")
+                    if let Some(suppressed) = LATE.allow() {
+                        tracing::info!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "late answer dropped")
+                    }
                 }
                 Answered::Unknown => {
-                    tracing::warn!(%job, %worker, request_id = %result.request_id, "answer to no fetch in flight on this stream dropped")
+                    if let Some(suppressed) = UNKNOWN.allow() {
+                        tracing::warn!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "answer to no fetch in flight on this stream dropped")
+                    }
                 }
             }
         }
+    }
+}
+
+/// A worker's error message as passed on: at most [`MAX_ERROR_MESSAGE`] bytes (it goes
+/// into every waiting caller's status and the log).
+fn clip_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("... (cut)");
+    }
+    message
+}
+
+fn too_large_message(entry: &pb::GetResult) -> String {
+    match &entry.outcome {
+        Some(get_result::Outcome::Error(e)) => e.message.clone(),
+        _ => String::new(),
     }
 }
 
@@ -456,7 +548,17 @@ fn config_from_proto(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig
             None => d.lifetime,
         },
         refresh_timeout: match c.refresh_timeout {
-            Some(x) => span("JobConfig.refresh_timeout", x, false)?,
+            Some(x) => {
+                let t = span("JobConfig.refresh_timeout", x, false)?;
+                if t > MAX_REFRESH_TIMEOUT {
+                    return Err(Status::invalid_argument(format!(
+                        "JobConfig.refresh_timeout {} is over the limit of {}",
+                        humantime::format_duration(t),
+                        humantime::format_duration(MAX_REFRESH_TIMEOUT)
+                    )));
+                }
+                t
+            }
             None => d.refresh_timeout,
         },
         fetch_on_miss: c.fetch_on_miss.unwrap_or(d.fetch_on_miss),
@@ -469,6 +571,19 @@ fn config_from_proto(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig
             None => d.cache_ttl,
         },
     })
+}
+
+/// Checks what holds between a config's fields: an item gone before it is stale could
+/// never be served stale (and a `cache_ttl` of 1 ns would make every item a miss).
+fn check_config(c: JobConfig) -> Result<JobConfig, Status> {
+    if c.cache_ttl < c.lifetime {
+        return Err(Status::invalid_argument(format!(
+            "JobConfig.cache_ttl ({}) must be at least the lifetime ({})",
+            humantime::format_duration(c.cache_ttl),
+            humantime::format_duration(c.lifetime)
+        )));
+    }
+    Ok(c)
 }
 
 /// The effective config as sent in `Registered.config`.

@@ -17,10 +17,13 @@ use crate::model::{ItemKey, JobConfig, JobName};
 use crate::policy::{self, Times};
 
 mod open;
+mod recency;
 mod salvage;
+mod space;
 
 pub use open::OpenReport;
 pub use salvage::Salvaged;
+pub use space::RESERVE as DISK_RESERVE;
 
 /// One cached item as it is stored: its times and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +154,8 @@ pub struct Usage {
 struct Counts {
     items: AtomicI64,
     bytes: AtomicI64,
+    /// Items evicted for `max_bytes`, since start.
+    evicted: AtomicU64,
 }
 
 impl Counts {
@@ -169,6 +174,7 @@ impl From<Usage> for Counts {
         Counts {
             items: word(u.items),
             bytes: word(u.bytes),
+            evicted: AtomicU64::new(0),
         }
     }
 }
@@ -210,6 +216,14 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> Result<(), Error>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
+    /// Bytes of data stored for `key`, read from memory (the data is not touched), if it
+    /// is stored; a read does not count as a use.
+    fn data_len(&self, key: &ItemKey) -> Option<u64>;
+    /// Items of `job` evicted for `max_bytes` since start.
+    fn evictions(&self, job: &JobName) -> u64;
+    /// `Ok` while the store takes writes; the error a write would get otherwise (its disk
+    /// is full, or it failed). Checked anew at most every 100 ms.
+    fn writable(&self) -> Result<(), Error>;
 }
 
 /// The sled store under `DATA_DIR/store`.
@@ -226,6 +240,10 @@ pub struct SledStore {
     usage: RwLock<HashMap<Vec<u8>, Counts>>,
     /// `close` has saved the counts: a write after it makes the saved counts stale.
     closed: AtomicBool,
+    /// The recency order, for `max_bytes`.
+    recency: recency::Recency,
+    /// Refuses writes while the disk is full.
+    space: space::SpaceGuard,
 }
 
 impl SledStore {
@@ -236,14 +254,24 @@ impl SledStore {
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {
+        SledStore::open_bounded(data_dir, flush_interval, u64::MAX)
+    }
+
+    /// As [`SledStore::open`], holding at most `max_bytes` of items (keys and records):
+    /// past it the least recently used are evicted, at once if the store is over it now.
+    pub fn open_bounded(
+        data_dir: &Path,
+        flush_interval: Duration,
+        max_bytes: u64,
+    ) -> Result<(SledStore, OpenReport), Error> {
         let (db, report) = open::open_db(data_dir, flush_interval)?;
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
         let meta = db.open_tree("meta")?;
         let usage = load_usage(&db, &meta, &items)?;
-        Ok((
-            SledStore {
+        let recency = recency::Recency::new(max_bytes);
+        let store = SledStore {
                 db,
                 items,
                 jobs,
@@ -257,9 +285,53 @@ impl SledStore {
                         .collect(),
                 ),
                 closed: AtomicBool::new(false),
-            },
-            report,
-        ))
+                recency,
+                space: space::SpaceGuard::new(data_dir.to_path_buf()),
+            };
+        store.load_recency()?;
+        Ok((store, report))
+    }
+
+    /// Fills the recency order from the stored items, oldest stored first (the order of
+    /// use before a restart is not kept), and evicts what is over the bound.
+    fn load_recency(&self) -> Result<(), Error> {
+        let mut all = Vec::new();
+        for kv in self.items.iter() {
+            let (k, v) = kv?;
+            let stored = Item::decode_times(&v).map(|t| t.stored_at);
+            let size = (k.len() + v.len()) as u64;
+            all.push((stored, k, size));
+        }
+        all.sort_by_key(|(stored, _, _)| *stored);
+        for (_, key, size) in all {
+            let victims = self.recency.insert(&key, size);
+            self.evict(victims);
+        }
+        Ok(())
+    }
+
+    /// Removes items the recency order gave up, counting them per job.
+    fn evict(&self, victims: Vec<Box<[u8]>>) {
+        for key in victims {
+            match self.items.remove(&*key) {
+                Ok(Some(old)) => {
+                    self.account(&key, Some(old.len()), None);
+                    let job = key.split(|&b| b == 0).next().unwrap_or_default();
+                    if let Some(c) = self.usage.read().get(job) {
+                        c.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot evict an item"),
+            }
+        }
+    }
+
+    /// A write that sled failed: remembered by the space guard, passed on.
+    fn failed(&self, e: sled::Error) -> Error {
+        let e = Error::from(e);
+        self.space.note_failure(&e);
+        e
     }
 
     /// Counts a write of `key` that replaced `old` with `new` (raw record lengths). A
@@ -288,6 +360,7 @@ impl SledStore {
     fn drop_corrupt(&self, key: &[u8], what: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
+        self.recency.remove(key);
         match self.items.remove(key) {
             Ok(old) => self.account(key, old.map(|v| v.len()), None),
             Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
@@ -353,7 +426,10 @@ impl Store for SledStore {
             return Ok(None);
         };
         match Item::decode(&bytes) {
-            Some(item) => Ok(Some(item)),
+            Some(item) => {
+                self.recency.touch(key.as_bytes());
+                Ok(Some(item))
+            }
             None => {
                 self.drop_corrupt(key.as_bytes(), "item");
                 Ok(None)
@@ -362,14 +438,23 @@ impl Store for SledStore {
     }
 
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
+        self.space.admit()?;
         let record = item.encode();
         let len = record.len();
-        let old = self.items.insert(key.as_bytes(), record)?;
+        let old = self
+            .items
+            .insert(key.as_bytes(), record)
+            .map_err(|e| self.failed(e))?;
         self.account(key.as_bytes(), old.map(|v| v.len()), Some(len));
+        let victims = self
+            .recency
+            .insert(key.as_bytes(), (key.as_bytes().len() + len) as u64);
+        self.evict(victims);
         Ok(())
     }
 
     fn remove(&self, key: &ItemKey) -> Result<bool, Error> {
+        self.recency.remove(key.as_bytes());
         let old = self.items.remove(key.as_bytes())?;
         let found = old.is_some();
         self.account(key.as_bytes(), old.map(|v| v.len()), None);
@@ -377,8 +462,10 @@ impl Store for SledStore {
     }
 
     fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error> {
+        self.space.admit()?;
         self.jobs
-            .insert(job.as_str().as_bytes(), encode_job(config))?;
+            .insert(job.as_str().as_bytes(), encode_job(config))
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -425,6 +512,7 @@ impl Store for SledStore {
                 .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
                 .is_ok()
             {
+                self.recency.remove(&k);
                 self.account(&k, Some(v.len()), None);
                 removed += 1;
             }
@@ -442,8 +530,10 @@ impl Store for SledStore {
     }
 
     fn put_invalidated_before(&self, job: &JobName, at: SystemTime) -> Result<(), Error> {
+        self.space.admit()?;
         self.invalidated
-            .insert(job.as_str().as_bytes(), &micros(at).to_be_bytes())?;
+            .insert(job.as_str().as_bytes(), &micros(at).to_be_bytes())
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -470,6 +560,7 @@ impl Store for SledStore {
         let mut removed = 0;
         for k in self.items.scan_prefix(ItemKey::job_prefix(job)).keys() {
             let k = k?;
+            self.recency.remove(&k);
             if let Some(old) = self.items.remove(&k)? {
                 self.account(&k, Some(old.len()), None);
                 removed += 1;
@@ -510,6 +601,24 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, Error> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn data_len(&self, key: &ItemKey) -> Option<u64> {
+        let overhead = (key.as_bytes().len() + ITEM_HEADER) as u64;
+        self.recency
+            .size(key.as_bytes())
+            .map(|s| s.saturating_sub(overhead))
+    }
+
+    fn evictions(&self, job: &JobName) -> u64 {
+        let usage = self.usage.read();
+        usage
+            .get(job.as_str().as_bytes())
+            .map_or(0, |c| c.evicted.load(Ordering::Relaxed))
+    }
+
+    fn writable(&self) -> Result<(), Error> {
+        self.space.admit()
     }
 }
 
