@@ -266,6 +266,10 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_connections: Option<usize>,
 
+    /// A TCP connection with no call open for this long is closed. [default: 5m]
+    #[arg(long, value_name = "DUR", value_parser = positive)]
+    pub idle_timeout: Option<Duration>,
+
     /// Longest job name accepted, in bytes. [default: 128]
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_job_name_bytes: Option<usize>,
@@ -343,6 +347,8 @@ pub struct Config {
     pub max_queued_fetches: usize,
     /// Most client connections served at once, per listener.
     pub max_connections: usize,
+    /// How long a TCP connection may hold no call before it is closed.
+    pub idle_timeout: Duration,
     /// Longest job name, in bytes.
     pub max_job_name_bytes: usize,
     /// Longest args, in bytes.
@@ -376,6 +382,7 @@ impl Default for Config {
             max_jobs: 10_000,
             max_queued_fetches: 100_000,
             max_connections: 4096,
+            idle_timeout: Duration::from_secs(300),
             max_job_name_bytes: limits.max_job_name_bytes,
             max_args_bytes: limits.max_args_bytes,
             max_data_bytes: limits.max_data_bytes,
@@ -456,6 +463,7 @@ impl Config {
         set(&mut self.max_jobs, a.max_jobs);
         set(&mut self.max_queued_fetches, a.max_queued_fetches);
         set(&mut self.max_connections, a.max_connections);
+        set(&mut self.idle_timeout, a.idle_timeout);
         set(&mut self.max_job_name_bytes, a.max_job_name_bytes);
         set(&mut self.max_args_bytes, a.max_args_bytes);
         set(&mut self.max_data_bytes, a.max_data_bytes);
@@ -564,6 +572,7 @@ struct FileConfig {
     max_jobs: Option<Count>,
     max_queued_fetches: Option<Count>,
     max_connections: Option<Count>,
+    idle_timeout: Option<Positive>,
     max_job_name_bytes: Option<Count>,
     max_args_bytes: Option<Count>,
     max_data_bytes: Option<Count>,
@@ -603,6 +612,7 @@ impl FileConfig {
         set(&mut c.max_jobs, self.max_jobs.map(|n| n.0));
         set(&mut c.max_queued_fetches, self.max_queued_fetches.map(|n| n.0));
         set(&mut c.max_connections, self.max_connections.map(|n| n.0));
+        set(&mut c.idle_timeout, self.idle_timeout.map(|d| d.0));
         set(
             &mut c.max_job_name_bytes,
             self.max_job_name_bytes.map(|n| n.0),
@@ -643,6 +653,7 @@ impl From<&Config> for FileConfig {
             max_jobs: Some(Count(c.max_jobs)),
             max_queued_fetches: Some(Count(c.max_queued_fetches)),
             max_connections: Some(Count(c.max_connections)),
+            idle_timeout: Some(Positive(c.idle_timeout)),
             max_job_name_bytes: Some(Count(c.max_job_name_bytes)),
             max_args_bytes: Some(Count(c.max_args_bytes)),
             max_data_bytes: Some(Count(c.max_data_bytes)),

@@ -35,8 +35,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::logs::RateLimit;
 
-/// How long a connection may hold no call before it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most calls (HTTP/2 streams) open at once on one connection (MAX_CONCURRENT_STREAMS).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// How often a connection is pinged, and how long a ping may go unanswered before the

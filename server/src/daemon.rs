@@ -121,7 +121,7 @@ pub async fn run_with_sockets(
     // Everything is ready: the store is open and every listener bound. Health says so before
     // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
     crate::health::set_all(&health, ServingStatus::Serving).await;
-    let connections = Connections::new(config.max_connections, connections::IDLE_TIMEOUT);
+    let connections = Connections::new(config.max_connections, config.idle_timeout);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()

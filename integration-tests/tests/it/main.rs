@@ -4,6 +4,8 @@
 
 mod harness;
 
+mod bounds_support;
+
 mod client_attribute;
 mod client_interop;
 mod client_jobs;
@@ -21,5 +23,6 @@ mod ops_observability;
 mod ops_support;
 mod reads;
 mod registration;
+mod store_damage;
 mod workers;
 mod writes;

@@ -174,10 +174,25 @@ pub(super) fn try_open(
                 db.flush().map_err(io)?;
             }
         }
-        let jobs = db.open_tree("jobs").map_err(io)?;
-        jobs.iter().try_for_each(|kv| kv.map(|_| ()).map_err(io))
+        // Every record is read once: sled reports some damage only when a page is read.
+        for name in ["jobs", "invalidated", "items"] {
+            let tree = db.open_tree(name).map_err(io)?;
+            tree.iter().try_for_each(|kv| kv.map(|_| ()).map_err(io))?;
+        }
+        Ok(())
     };
-    check().map(|()| db)
+    match salvage::quietly(check) {
+        Some(Ok(())) => Ok(db),
+        outcome => {
+            // A damaged sled may hang in its drop (its flusher waits for a thread that is
+            // gone): the handle is left to the process rather than dropped.
+            std::mem::forget(db);
+            match outcome {
+                Some(Err(e)) => Err(e),
+                _ => Err(OpenError::Damaged("sled panicked while reading it".into())),
+            }
+        }
+    }
 }
 
 /// An error from sled: an OS error makes the store unusable (exit, leave it alone), sled's

@@ -5,15 +5,15 @@
 //! panic) on one bad byte in it; a garbled `conf` alone makes it refuse files whose data is
 //! intact. So salvage works on a scratch copy (`store.salvage`, removed afterwards; the
 //! quarantined files are never written) and tries, in order: the files as they are with a
-//! fresh `conf`; without the snapshot; with each segment of the log blanked in turn; then
-//! the longest prefix of the log that opens (sled reads a log cut short as one that ended
-//! there; sled reuses segments, so the damaged one may sit anywhere in the file). The
+//! fresh `conf`; without the snapshot; then the log cut short, in log order, at the
+//! latest point that opens (the latest segments dropped, as if the log had ended before
+//! them: sled reads a log cut short as one that ended there). The
 //! attempt that reads the most records is copied; every record is checked as it is copied
 //! (items by their header, job configs by their decoder), and what fails is counted as
 //! lost.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,16 +43,10 @@ enum Attempt {
     Whole,
     /// The log alone, without the snapshot (which may be what is damaged).
     NoSnapshot,
-    /// The first `n` bytes of the log, without the snapshot.
-    Prefix(u64),
-    /// The log with one segment blanked (sled reuses segments, so the damaged one may sit
-    /// anywhere in the file), without the snapshot.
-    Blanked(u64),
+    /// The log as if it had ended before the segment that starts at this LSN: every
+    /// segment from it on is dropped (its header blanked), without the snapshot.
+    EndedBefore(i64),
 }
-
-/// Most segments tried one by one with [`Attempt::Blanked`]; a longer log goes straight to
-/// prefixes.
-const MAX_BLANKED: u64 = 64;
 
 /// Copies what can be read of the store at `aside` into `fresh`.
 pub(super) fn salvage(
@@ -71,29 +65,22 @@ pub(super) fn salvage(
             let no_snap = probe(aside, &work, Attempt::NoSnapshot, flush_interval)?;
             consider(&mut best, Attempt::NoSnapshot, no_snap.complete());
             if no_snap.complete().is_none() {
-                let segments = log_len.div_ceil(SEGMENT);
-                if segments <= MAX_BLANKED {
-                    for segment in 0..segments {
-                        let attempt = Attempt::Blanked(segment);
-                        let p = probe(aside, &work, attempt, flush_interval)?;
-                        consider(&mut best, attempt, p.complete());
+                // The log cut short, in log order (sled reuses segments, so file order
+                // means nothing): the latest segment dropped, then the two latest, and
+                // so on, in growing steps on a long log; the first that reads through
+                // keeps the most.
+                let starts = segment_lsns(&aside.join("db"))?;
+                let (mut dropped, mut step) = (0usize, 1usize);
+                while dropped < starts.len() {
+                    dropped = (dropped + step).min(starts.len());
+                    let attempt = Attempt::EndedBefore(starts[starts.len() - dropped].1);
+                    let p = probe(aside, &work, attempt, flush_interval)?;
+                    if let Some(n) = p.complete() {
+                        consider(&mut best, attempt, Some(n));
+                        break;
                     }
-                }
-                if best.is_none() {
-                    // The longest prefix, in whole segments, that opens and reads
-                    // through: down from the end, in growing steps on a long log.
-                    let (mut cut, mut step) = (segments, 1);
-                    while cut > 0 {
-                        cut = cut.saturating_sub(step);
-                        let len = (cut * SEGMENT).min(log_len);
-                        let p = probe(aside, &work, Attempt::Prefix(len), flush_interval)?;
-                        if let Some(n) = p.complete() {
-                            consider(&mut best, Attempt::Prefix(len), Some(n));
-                            break;
-                        }
-                        if segments - cut >= 32 {
-                            step *= 2;
-                        }
+                    if dropped >= 16 {
+                        step *= 2;
                     }
                 }
             }
@@ -106,10 +93,14 @@ pub(super) fn salvage(
         };
         let db = prepare(aside, &work, attempt, flush_interval)?
             .ok_or_else(|| Error::Store("the salvage copy no longer opens".into()))?;
-        let mut salvaged = copy_into(&db, fresh)?;
+        let copied = copy_into(&db, fresh);
+        std::mem::forget(db);
+        let mut salvaged = copied?;
         salvaged.unread_log_bytes = match attempt {
-            Attempt::Prefix(len) => log_len - len,
-            Attempt::Blanked(_) => SEGMENT.min(log_len),
+            Attempt::EndedBefore(lsn) => {
+                let starts = segment_lsns(&aside.join("db"))?;
+                starts.iter().filter(|(_, l)| *l >= lsn).count() as u64 * SEGMENT
+            }
             _ => 0,
         };
         fresh.flush()?;
@@ -170,6 +161,9 @@ fn probe(
         // opens some damaged logs so), not a copy worth taking.
         (marked || n > 0).then_some(n)
     });
+    // A sled that read damage may hang in its drop: left to the process (a few probes at
+    // one start).
+    std::mem::forget(db);
     Ok(match counted.flatten() {
         Some(records) => Probe {
             opened: true,
@@ -203,13 +197,13 @@ fn prepare(
             // sled writes a fresh one: a garbled conf alone must not cost the data.
             "conf" => {}
             "db" => {
-                let limit = match attempt {
-                    Attempt::Prefix(len) => len,
-                    _ => u64::MAX,
-                };
-                copy_prefix(&from, &to, limit)?;
-                if let Attempt::Blanked(segment) = attempt {
-                    blank(&to, segment)?;
+                fs::copy(&from, &to)?;
+                if let Attempt::EndedBefore(lsn) = attempt {
+                    for (offset, start) in segment_lsns(&to)? {
+                        if start >= lsn {
+                            blank_header(&to, offset)?;
+                        }
+                    }
                 }
             }
             "blobs" => {
@@ -236,23 +230,36 @@ fn prepare(
     Ok(quietly(|| config.open()).and_then(Result::ok))
 }
 
-fn copy_prefix(from: &Path, to: &Path, limit: u64) -> Result<(), Error> {
-    let mut src = fs::File::open(from)?.take(limit);
-    let mut dst = fs::File::create(to)?;
-    std::io::copy(&mut src, &mut dst)?;
-    dst.flush()?;
-    Ok(())
+/// The length of a segment header in sled 0.34's log: crc32, then the segment's first LSN
+/// and the highest stable LSN, each xor-masked.
+const SEGMENT_HEADER: usize = 20;
+
+/// Every segment of the log at `path` that has a header: its offset and first LSN, in log
+/// order.
+fn segment_lsns(path: &Path) -> Result<Vec<(u64, i64)>, Error> {
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut out = Vec::new();
+    let mut header = [0u8; SEGMENT_HEADER];
+    let mut offset = 0;
+    while offset + SEGMENT_HEADER as u64 <= len {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut header)?;
+        if header != [0; SEGMENT_HEADER] {
+            let masked = i64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+            out.push((offset, masked ^ 0x7FFF_FFFF_FFFF_FFFF));
+        }
+        offset += SEGMENT;
+    }
+    out.sort_by_key(|&(_, lsn)| lsn);
+    Ok(out)
 }
 
-/// Overwrites one segment of the log at `path` with zeros.
-fn blank(path: &Path, segment: u64) -> Result<(), Error> {
-    use std::io::{Seek, SeekFrom};
+/// Zeroes the header of the segment at `offset`: sled then reads the segment as unused.
+fn blank_header(path: &Path, offset: u64) -> Result<(), Error> {
     let mut file = fs::OpenOptions::new().write(true).open(path)?;
-    let len = file.metadata()?.len();
-    let start = segment * SEGMENT;
-    let zeros = vec![0u8; SEGMENT.min(len.saturating_sub(start)) as usize];
-    file.seek(SeekFrom::Start(start))?;
-    file.write_all(&zeros)?;
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(&[0; SEGMENT_HEADER])?;
     Ok(())
 }
 
