@@ -35,7 +35,7 @@ def test_async_client_reads_and_writes_through_a_job(
     async def scenario() -> None:
         async with AsyncClient(daemon.target, timeout=WAIT) as client:
             tweets = client.job(AsyncTweets(calls))
-            first = await tweets.raw_get("bob")
+            first = await tweets.get_item("bob")
             assert (first.state, first.data, first.fetched) == (
                 ItemState.FRESH,
                 ["bob tweet 1"],
@@ -43,7 +43,7 @@ def test_async_client_reads_and_writes_through_a_job(
             )
             assert await tweets.get("bob") == ["bob tweet 1"]
             expires_at = await tweets.set("alice", ["by hand"], lifetime=60)
-            alice = await tweets.raw_get("alice")
+            alice = await tweets.get_item("alice")
             assert (alice.data, alice.expires_at) == (["by hand"], expires_at)
             assert alice.expires_at - alice.stored_at == timedelta(seconds=60)
             assert await tweets.delete("alice") is True

@@ -76,13 +76,13 @@ def test_items_fetched_by_the_rust_worker_are_read_by_python(
     from user_tweets import UserTweets  # the Python example: the same job, no worker now
 
     tweets = UserTweets(client)
-    bob = tweets.raw_get("bob")
+    bob = tweets.get_item("bob")
     assert (bob.state, bob.fetched) == (ItemState.FRESH, False)
     assert is_rust_tweets("bob", bob.data)
     assert bob.expires_at - bob.stored_at == timedelta(seconds=600)  # the job's lifetime
     # celeb_ada's Rust expiry() gave it 3 s: by now it may be fresh or stale; either way
     # it is the Rust worker's data under the same key.
-    celeb = tweets.raw_get("celeb_ada")
+    celeb = tweets.get_item("celeb_ada")
     assert (celeb.state in (ItemState.FRESH, ItemState.STALE), celeb.fetched) == (True, False)
     assert is_rust_tweets("celeb_ada", celeb.data)
     assert celeb.expires_at - celeb.stored_at == timedelta(seconds=3)
@@ -143,6 +143,6 @@ def test_a_python_worker_serves_a_rust_reader(
         assert (again[0]["state"], again[0]["fetched"]) == ("FRESH", False)
         assert calls == ["bob", "caf\u00e9"]
         # And the Python client reads the very same item.
-        mine = PythonTweets([], client).raw_get("bob")
+        mine = PythonTweets([], client).get_item("bob")
         assert (mine.state, mine.fetched) == (ItemState.FRESH, False)
         assert mine.data == ["@bob: from the Python worker"]
