@@ -18,7 +18,7 @@ import grpc
 
 from ._codec import Seconds, from_timestamp, to_duration
 from ._proto import cacheback_pb2 as pb
-from ._proto.cacheback_pb2_grpc import CachebackStub
+from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
 from .errors import CachebackError, of_status
 
 #: The environment variable a `Client()` without a target reads.
@@ -304,26 +304,47 @@ class Client:
         reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 
+    def workers(self, *, timeout: Any = _DEFAULT) -> dict[str, int]:
+        """Every job the daemon knows, with how many worker streams serve it now
+        (CachebackAdmin.ListJobs)."""
+        admin = CachebackAdminStub(self.channel)
+        reply = self._call(admin.ListJobs, pb.ListJobsRequest(), timeout)
+        return {job.name: int(job.workers) for job in reply.jobs}
+
 
 _default_lock = threading.Lock()
 _default_client: Optional[Client] = None
+_default_settings: dict[str, Any] = {}
 
 
 def default_client() -> Client:
     """The process-wide client that jobs and workers use when given none.
 
-    Made on first use from CACHEBACKD_TARGET, so that `UserTweets().get("bob")` works
-    with no setup, as in cacheback.
+    Made on first use from the settings given to `configure_default_client`, else the
+    environment (CACHEBACKD_TARGET, CACHEBACKD_URL, CACHEBACKD_TOKEN), so that
+    `UserTweets().get("bob")` works with no setup, as in cacheback. Made lazily, so that
+    a forking server's children each make their own (gRPC channels do not survive a fork).
     """
     global _default_client
     with _default_lock:
         if _default_client is None:
-            _default_client = Client()
+            _default_client = Client(**_default_settings)
         return _default_client
 
 
 def set_default_client(client: Optional[Client]) -> None:
-    """Replace the process-wide client (None: make a new one from the environment on next use)."""
+    """Replace the process-wide client (None: make a new one on next use)."""
     global _default_client
     with _default_lock:
         _default_client = client
+
+
+def configure_default_client(
+    target: Optional[str] = None, *, token: Optional[str] = None, timeout: Optional[float] = None
+) -> None:
+    """What the process-wide client is made with on its next first use (None: from the
+    environment); drops the current one. Django's app config calls it with CACHEBACKD."""
+    global _default_client, _default_settings
+    with _default_lock:
+        _default_settings = {"target": target, "token": token, "timeout": timeout}
+        _default_client = None
