@@ -57,10 +57,19 @@ class CachebackError(Exception):
         """
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = (error.details() if hasattr(error, "details") else str(error)) or ""
-        debug = error.debug_error_string() if hasattr(error, "debug_error_string") else ""
-        if code == grpc.StatusCode.UNAVAILABLE and "received from peer" in (debug or ""):
+        if code == grpc.StatusCode.UNAVAILABLE and _answered_by_daemon(error):
             return of_status(code, details)
         return cls(code, details)
+
+
+def _answered_by_daemon(error: grpc.RpcError) -> bool:
+    """Whether the status came from the daemon (its response carries headers: at least
+    `date`), not from gRPC for a connection that failed or broke (no headers at all)."""
+    for read in ("trailing_metadata", "initial_metadata"):
+        metadata = getattr(error, read, None)
+        if metadata is not None and metadata():
+            return True
+    return False
 
 
 class FetchFailed(CachebackError):

@@ -22,4 +22,5 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
+TIME_ZONE = "UTC"
 CACHEBACKD = {"TIMEOUT": 30.0, "CHECK_TIMEOUT": 5.0}
