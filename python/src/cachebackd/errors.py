@@ -25,7 +25,7 @@ SHUTTING_DOWN = "cachebackd is shutting down"
 #: worker that wants typed errors): `module.QualifiedName: message`, builtins unqualified.
 #: The last segment of the type starts with a capital, which keeps a free-text message
 #: such as "fetch panicked: boom" from passing for a type.
-_REMOTE = re.compile(r"((?:[A-Za-z_][\w<>]*\.)*[A-Z][\w]*)(?:: (.*))?", re.S)
+_REMOTE = re.compile(r"((?:[A-Za-z_<][\w<>]*\.)*[A-Z]\w*)(?:: (.*))?", re.S)
 
 
 class CachebackError(Exception):

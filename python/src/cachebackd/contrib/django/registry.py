@@ -43,10 +43,10 @@ def discovered() -> list[Job]:
             for job in jobs_in(module):
                 jobs.setdefault(job.name, job)
     for path in cachebackd_settings().jobs:
-        job = as_job(import_string(path))
-        if job is None:
+        named = as_job(import_string(path))
+        if named is None:
             raise TypeError(f"CACHEBACKD['JOBS']: {path} is not a job")
-        jobs.setdefault(job.name, job)
+        jobs.setdefault(named.name, named)
     return list(jobs.values())
 
 
@@ -69,7 +69,8 @@ def as_job(value: Any) -> Optional[Job]:
     """`value` as a servable job: a bound Job instance, a @cacheback function, or a Job
     class made without arguments; None for anything else."""
     if isinstance(value, CachedFunction):
-        return value.job
+        job: Job = value.job
+        return job
     if isinstance(value, Job):
         return None if isinstance(value, FunctionJob) and value.fn is None else value
     if isinstance(value, type) and _servable_class(value):
