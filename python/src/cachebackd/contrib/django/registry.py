@@ -74,7 +74,8 @@ def as_job(value: Any) -> Optional[Job]:
     if isinstance(value, Job):
         return None if isinstance(value, FunctionJob) and value.fn is None else value
     if isinstance(value, type) and _servable_class(value):
-        return value()
+        made: Job = value()
+        return made
     return None
 
 
