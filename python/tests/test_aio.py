@@ -42,6 +42,10 @@ def test_async_client_reads_and_writes_through_a_job(
                 True,
             )
             assert await tweets.get("bob") == ["bob tweet 1"]
+            assert await tweets.get(username="bob") == ["bob tweet 1"]  # bound: the same item
+            expiry, data = await tweets.raw_get(username="bob")  # type: ignore[misc]
+            assert (expiry, data) == (first.expires_at.timestamp(), ["bob tweet 1"])  # type: ignore[union-attr]
+            assert await tweets.raw_get("carol") is None  # a peek: no fetch starts
             expires_at = await tweets.set("alice", ["by hand"], lifetime=60)
             alice = await tweets.get_item("alice")
             assert (alice.data, alice.expires_at) == (["by hand"], expires_at)

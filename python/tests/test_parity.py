@@ -257,6 +257,10 @@ def test_a_failed_fetch_raises_fetch_failed_of_the_origins_type(
     assert type(local.value) is FetchFailed
     assert local.value.remote_type == f"{__name__}.Failing.fetch.<locals>.Local"
     assert local.value.remote_message == "nobody can import me"
+    # The same through GetMany, item by item.
+    [many] = job.raw_get_many([("own",)])
+    assert isinstance(many, OriginError) and isinstance(many, FetchFailed)
+    assert many.remote_message == "the origin said no"
     # A job that was never registered is not a failed fetch.
     class Unregistered(Failing):
         name = "parity.Unregistered"
