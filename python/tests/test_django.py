@@ -30,11 +30,11 @@ from django.test import Client as DjangoClient
 from django.test import override_settings
 
 from cachebackd import Client, FetchFailed, ItemState, set_default_client
+from cachebackd.client import configure_default_client
 from conftest import Daemon, free_port
 from support import WAIT, eventually
 
 PROJECT = Path(__file__).resolve().parent / "django_project"
-SRC = Path(__file__).resolve().parents[1] / "src"
 DB_DIR = Path(tempfile.mkdtemp(prefix="tweetsite-"))
 DB = DB_DIR / "db.sqlite3"
 
@@ -42,6 +42,9 @@ sys.path.insert(0, str(PROJECT))
 os.environ["DJANGO_SETTINGS_MODULE"] = "tweetsite.settings"
 os.environ["TWEETSITE_DB"] = str(DB)
 django.setup()
+# The app config configured the process-wide client from CACHEBACKD; the other test modules
+# expect it made from the environment, and these tests set theirs explicitly.
+configure_default_client()
 
 from tweets import jobs  # noqa: E402  (after django.setup(), as Django requires)
 from tweets.models import Tweet  # noqa: E402
@@ -62,7 +65,8 @@ class ManagedWorker:
         env = {
             **os.environ,
             "CACHEBACKD_URL": f"http://{daemon.target}",
-            "PYTHONPATH": os.pathsep.join([str(SRC), str(PROJECT)]),
+            # The project only: the package is the one installed in the venv, as a user's.
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p),
         }
         env.pop("CACHEBACKD_TARGET", None)
         self.proc = subprocess.Popen(
@@ -259,7 +263,7 @@ def test_the_worker_command_picks_jobs_and_finishes_its_fetches_on_sigterm(
 def test_settings_come_from_CACHEBACKD_else_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cachebackd.client import configure_default_client, default_client
+    from cachebackd.client import default_client
     from cachebackd.contrib.django.apps import CachebackdConfig
     from cachebackd.contrib.django.settings import cachebackd_settings
     from django.apps import apps
