@@ -332,32 +332,65 @@ class Observed(Job):
         return result
 
 
-def test_get_runs_cachebacks_hooks_with_its_statuses(
+def test_prepare_args_and_prepare_kwargs_normalise_before_the_item_is_addressed(
+    client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(Observed(calls))
+    job = Observed(Calls(), client)
+    assert job.get("SYNC") == "sync #1"
+    assert job.get(username="Sync") == "sync #1"  # the same item
+    assert job.key(*job.prepare_args("SYNC")) == '["sync"]'  # key() takes prepared args
+    assert calls.args == [("sync",)]  # fetch and the hooks get the prepared arguments
+
+
+def test_empty_is_what_a_miss_filled_in_the_background_returns(
+    client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(Observed(calls))
+    job = Observed(Calls(), client)
+    assert job.get("bob") == "nothing yet"
+    eventually(lambda: job.raw_get("bob"), lambda i: i is not None)
+    assert job.get("bob") == "bob #1"
+
+
+def test_process_result_gets_the_call_the_cache_status_and_whether_it_fetched(
+    client: Client, make_worker: Callable[..., Worker], calls: Calls
+) -> None:
+    make_worker(Observed(calls))
+    job = Observed(Calls(), client)
+    assert (job.MISS, job.HIT, job.STALE) == (Job.MISS, Job.HIT, Job.STALE) == (0, 1, 2)
+    job.get("Bob")  # a miss filled in the background
+    eventually(lambda: job.raw_get("bob"), lambda i: i is not None)
+    job.get(username="BOB")  # a hit
+    job.get("sync")  # a miss the job waits for
+    job.set("bob", "old", lifetime=0)
+    calls.gate.clear()
+    job.get("bob")  # stale, served (the job does not refresh bob synchronously)
+    calls.gate.set()
+    statuses = [entry for entry in job.seen if entry[0] != "stale?"]
+    assert statuses == [
+        ("nothing yet", Call(("Bob",), {}), Job.MISS, False),
+        ("bob #1", Call((), {"username": "BOB"}), Job.HIT, None),
+        ("sync #2", Call(("sync",), {}), Job.MISS, True),
+        ("old", Call(("bob",), {}), Job.STALE, False),
+    ]
+
+
+def test_an_overridden_stale_rule_gets_delta_and_refreshes_here(
     client: Client, make_worker: Callable[..., Worker], calls: Calls
 ) -> None:
     make_worker(Observed(calls))
     here = Calls()  # the fetches that refresh() runs in this process
     job = Observed(here, client)
-    assert (job.MISS, job.HIT, job.STALE) == (0, 1, 2)
-    assert job.get("Bob") == "nothing yet"  # an async miss: empty(); the worker fills it
-    eventually(lambda: job.raw_get("bob"), lambda i: i is not None)
-    assert job.get(username="BOB") == "bob #1"  # prepare_kwargs: the same item
-    assert job.get("SYNC") == "sync #2"  # a miss that the job says to wait for
     job.set("sync", "old", lifetime=0)
-    assert job.get("sync") == "sync #1"  # stale, and the job says refresh now: refresh() here
-    job.set("bob", "old", lifetime=0)
-    calls.gate.clear()
-    assert job.get("bob") == "old"  # stale, served; the daemon refreshes it
-    calls.gate.set()
+    assert job.get("sync") == "sync #1"  # stale, and the job says refresh now: refresh()
+    assert here.args == [("sync",)]
     assert job.seen == [
-        ("nothing yet", Call(("Bob",), {}), Job.MISS, False),
-        ("bob #1", Call((), {"username": "BOB"}), Job.HIT, None),
-        ("sync #2", Call(("SYNC",), {}), Job.MISS, True),
-        ("stale?", 0, "sync"),
+        ("stale?", 0, "sync"),  # delta: seconds since the item's expiry, as in cacheback
         ("sync #1", Call(("sync",), {}), Job.STALE, True),
-        ("stale?", 0, "bob"),
-        ("old", Call(("bob",), {}), Job.STALE, False),
     ]
+    stored = job.raw_get("sync")
+    assert stored is not None and (stored.state, stored.data) == (FRESH, "sync #1")
 
 
 def test_the_default_stale_rule_is_cachebacks_and_runs_in_the_daemon() -> None:
@@ -372,12 +405,13 @@ def test_the_default_stale_rule_is_cachebacks_and_runs_in_the_daemon() -> None:
     assert job.config().fetch_on_stale_threshold.ToTimedelta() == timedelta(seconds=300)
 
 
-def test_class_path_key_timeout_and_init_args_as_in_cacheback() -> None:
-    job = Timeline(Calls())
-    assert job.class_path == f"{__name__}.Timeline"
-    assert job.key("bob") == '["bob",20]'
-    assert job.timeout("bob") == pytest.approx(time.time() + 60, abs=1)
-    assert (job.get_init_args(), job.get_init_kwargs()) == ((), {})
+def test_class_path_is_module_and_class_name() -> None:
+    assert Timeline(Calls()).class_path == f"{__name__}.Timeline"
+
+
+def test_key_is_the_items_canonical_args_and_an_override_warns() -> None:
+    assert Timeline(Calls()).key("bob") == '["bob",20]'
+    assert Timeline(Calls()).key(count=3, username="b\u00e9") == '["b\\u00e9",3]'
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
 
@@ -387,13 +421,31 @@ def test_class_path_key_timeout_and_init_args_as_in_cacheback() -> None:
             def key(self, *args: Any, **kwargs: Any) -> str:
                 return "mine"
 
+    assert [str(w.message).split(":")[1].strip() for w in caught] == [
+        "an overridden key() is ignored by cachebackd"
+    ]
+
+
+def test_timeout_is_now_plus_refresh_timeout_and_an_override_warns() -> None:
+    assert Timeline(Calls()).timeout("bob") == pytest.approx(time.time() + 60, abs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        class OwnTimeout(Job):
+            name = "parity.OwnTimeout"
+
             def timeout(self, *args: Any, **kwargs: Any) -> float:
                 return 0.0
 
     assert [str(w.message).split(":")[1].strip() for w in caught] == [
-        "an overridden key() is ignored by cachebackd",
-        "an overridden timeout() is ignored by cachebackd",
+        "an overridden timeout() is ignored by cachebackd"
     ]
+
+
+def test_get_init_args_and_kwargs_as_in_cacheback() -> None:
+    assert (Timeline(Calls()).get_init_args(), Timeline(Calls()).get_init_kwargs()) == ((), {})
+    job = FunctionJob(lifetime=90, name="parity.init")
+    assert (job.get_init_args(), job.get_init_kwargs()) == ((), {"lifetime": 90, "cache_alias": None})
 
 
 class Dated(Job):
