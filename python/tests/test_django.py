@@ -66,7 +66,9 @@ class ManagedWorker:
             **os.environ,
             "CACHEBACKD_URL": f"http://{daemon.target}",
             # The project only: the package is the one installed in the venv, as a user's.
-            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT), os.environ.get("PYTHONPATH")) if p
+            ),
         }
         env.pop("CACHEBACKD_TARGET", None)
         self.proc = subprocess.Popen(
@@ -220,6 +222,10 @@ def test_a_queryset_filter_job_caches_the_evaluated_queryset(site: Client) -> No
     assert jobs.tweets_where.get_item(pk=first.pk).fetched is False
     with pytest.raises(TypeError, match="lookups as keyword arguments"):
         jobs.tweets_where.get("erin")
+    # A reader that sends positional args (another language, a tool) gets a clear error.
+    with pytest.raises(FetchFailed, match="args must be one JSON object of lookups") as bad:
+        site.get(jobs.tweets_where.name, b'["erin"]')
+    assert bad.value.remote_type == "ValueError"
 
 
 def test_the_system_check_warns_about_jobs_that_no_worker_serves(

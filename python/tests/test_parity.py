@@ -261,6 +261,7 @@ def test_a_failed_fetch_raises_fetch_failed_of_the_origins_type(
     [many] = job.raw_get_many([("own",)])
     assert isinstance(many, OriginError) and isinstance(many, FetchFailed)
     assert many.remote_message == "the origin said no"
+
     # A job that was never registered is not a failed fetch.
     class Unregistered(Failing):
         name = "parity.Unregistered"
@@ -445,7 +446,10 @@ def test_timeout_is_now_plus_refresh_timeout_and_an_override_warns() -> None:
 def test_get_init_args_and_kwargs_as_in_cacheback() -> None:
     assert (Timeline(Calls()).get_init_args(), Timeline(Calls()).get_init_kwargs()) == ((), {})
     job = FunctionJob(lifetime=90, name="parity.init")
-    assert (job.get_init_args(), job.get_init_kwargs()) == ((), {"lifetime": 90, "cache_alias": None})
+    assert (job.get_init_args(), job.get_init_kwargs()) == (
+        (),
+        {"lifetime": 90, "cache_alias": None},
+    )
 
 
 class Dated(Job):
@@ -453,7 +457,11 @@ class Dated(Job):
     codec = "pickle"
 
     def fetch(self, day: str) -> Any:
-        return {"at": datetime(2026, 1, 2, tzinfo=timezone.utc), "price": Decimal("9.99"), "pair": (1, 2)}
+        return {
+            "at": datetime(2026, 1, 2, tzinfo=timezone.utc),
+            "price": Decimal("9.99"),
+            "pair": (1, 2),
+        }
 
 
 def test_the_pickle_codec_keeps_python_values_and_is_refused_by_a_json_reader(
@@ -461,7 +469,11 @@ def test_the_pickle_codec_keeps_python_values_and_is_refused_by_a_json_reader(
 ) -> None:
     make_worker(Dated())
     value = Dated(client).get("monday")
-    assert value == {"at": datetime(2026, 1, 2, tzinfo=timezone.utc), "price": Decimal("9.99"), "pair": (1, 2)}
+    assert value == {
+        "at": datetime(2026, 1, 2, tzinfo=timezone.utc),
+        "price": Decimal("9.99"),
+        "pair": (1, 2),
+    }
 
     class JsonReader(Job):
         name = "parity.Dated"  # the same job, read as JSON

@@ -46,7 +46,9 @@ def decode_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError as error:
-        hint = " (it is pickle data: the job's worker uses codec = 'pickle')" if is_pickle(raw) else ""
+        hint = (
+            " (it is pickle data: the job's worker uses codec = 'pickle')" if is_pickle(raw) else ""
+        )
         raise CodecError(f"the stored data is not JSON{hint}: {error}") from None
 
 

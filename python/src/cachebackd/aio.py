@@ -88,7 +88,12 @@ class AsyncClient:
             raise CachebackError.from_rpc_error(error) from None
 
     async def get(
-        self, job: str, args: bytes, *, fetch_on_miss: Optional[bool] = None, timeout: Any = _DEFAULT
+        self,
+        job: str,
+        args: bytes,
+        *,
+        fetch_on_miss: Optional[bool] = None,
+        timeout: Any = _DEFAULT,
     ) -> Item:
         """See `Client.get`."""
         reply = await self._call(self.stub.Get, get_request(job, args, fetch_on_miss), timeout)
@@ -144,9 +149,13 @@ class AsyncJob:
         item = await self._read(job, wire)
         call = Call(args, kwargs)
         if item.state is ItemState.MISS:
-            return job.process_result(job.empty(), call=call, cache_status=job.MISS, sync_fetch=False)
+            return job.process_result(
+                job.empty(), call=call, cache_status=job.MISS, sync_fetch=False
+            )
         if item.state is ItemState.STALE:
-            return job.process_result(item.data, call=call, cache_status=job.STALE, sync_fetch=False)
+            return job.process_result(
+                item.data, call=call, cache_status=job.STALE, sync_fetch=False
+            )
         status, sync = (job.MISS, True) if item.fetched else (job.HIT, None)
         return job.process_result(item.data, call=call, cache_status=status, sync_fetch=sync)
 
@@ -169,7 +178,9 @@ class AsyncJob:
 
     async def set(self, *args: Any, **kwargs: Any) -> datetime:
         job, wire, data, lifetime = self.job.set_parts(args, kwargs)
-        return await self.client.set(job.name, encode_args(wire), job.encode(data), lifetime=lifetime)
+        return await self.client.set(
+            job.name, encode_args(wire), job.encode(data), lifetime=lifetime
+        )
 
     async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         job, wire = self.job._address(args, kwargs)

@@ -195,7 +195,9 @@ class Client:
         self.target = resolve_target(target)
         self.timeout = timeout
         self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
-        self.channel = grpc.insecure_channel(self.target, options=channel_options(self.target, options))
+        self.channel = grpc.insecure_channel(
+            self.target, options=channel_options(self.target, options)
+        )
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:

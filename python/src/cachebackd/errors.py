@@ -173,4 +173,6 @@ def warn_once(job: str, setting: str, why: str, stacklevel: int = 3) -> None:
         if (job, setting) in _warned:
             return
         _warned.add((job, setting))
-    warnings.warn(f"{job}: {setting} is ignored by cachebackd: {why}", CachebackdWarning, stacklevel)
+    warnings.warn(
+        f"{job}: {setting} is ignored by cachebackd: {why}", CachebackdWarning, stacklevel
+    )

@@ -38,7 +38,15 @@ from typing import (
     overload,
 )
 
-from ._codec import CODECS, Seconds, decode_data, encode_args, encode_data, to_duration, to_timedelta
+from ._codec import (
+    CODECS,
+    Seconds,
+    decode_data,
+    encode_args,
+    encode_data,
+    to_duration,
+    to_timedelta,
+)
 from ._proto import cacheback_pb2 as pb
 from .client import Client, Invalidated, Item, ItemState, default_client
 from .errors import CachebackError, warn_once
@@ -83,7 +91,9 @@ class Call(NamedTuple):
     kwargs: dict[str, Any]
 
 
-def fetch_signature(fetch: Callable[..., Any], owner: str, *, method: bool = False) -> inspect.Signature:
+def fetch_signature(
+    fetch: Callable[..., Any], owner: str, *, method: bool = False
+) -> inspect.Signature:
     """The signature that `get`'s arguments are bound to, or TypeError if `fetch` has a
     keyword-only parameter or `**kwargs`: an item is addressed by the canonical JSON
     array of its positional arguments, shared with readers in other languages, and such a
@@ -93,7 +103,11 @@ def fetch_signature(fetch: Callable[..., Any], owner: str, *, method: bool = Fal
         signature = signature.replace(parameters=list(signature.parameters.values())[1:])
     for parameter in signature.parameters.values():
         if parameter.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD):
-            shown = f"**{parameter.name}" if parameter.kind is inspect.Parameter.VAR_KEYWORD else parameter.name
+            shown = (
+                f"**{parameter.name}"
+                if parameter.kind is inspect.Parameter.VAR_KEYWORD
+                else parameter.name
+            )
             raise TypeError(
                 f"{owner} takes {'keyword-only parameter ' if shown[0] != '*' else ''}{shown}: "
                 "cachebackd addresses an item by the JSON array of fetch's positional "
@@ -166,8 +180,14 @@ class Job:
             cls.name = _default_name(cls)
         validate_name(cls.name)
         validate_codec(cls.codec, cls.name)
-        if "fetch" in cls.__dict__ and cls.wire_args is Job.wire_args and not cls._signature_per_instance:
-            cls._fetch_signature = fetch_signature(cls.fetch, f"{cls.__qualname__}.fetch", method=True)
+        if (
+            "fetch" in cls.__dict__
+            and cls.wire_args is Job.wire_args
+            and not cls._signature_per_instance
+        ):
+            cls._fetch_signature = fetch_signature(
+                cls.fetch, f"{cls.__qualname__}.fetch", method=True
+            )
         for setting, why in (("cache_alias", _NO_CACHE_ALIAS), ("task_options", _NO_TASK_OPTIONS)):
             if cls.__dict__.get(setting) is not None:
                 warn_once(cls.name, setting, why)
@@ -471,7 +491,9 @@ class Job:
 
     # The steps of a call.
 
-    def _address(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple["Job", tuple[Any, ...]]:
+    def _address(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple["Job", tuple[Any, ...]]:
         """The job a call is about (a FunctionJob picks one per function) and the item's
         bound arguments."""
         prepared = self.prepare_args(*args)
@@ -489,17 +511,25 @@ class Job:
 
     def _result(self, item: Item, wire: tuple[Any, ...], call: Call) -> Any:
         if item.state is ItemState.MISS:
-            return self.process_result(self.empty(), call=call, cache_status=self.MISS, sync_fetch=False)
+            return self.process_result(
+                self.empty(), call=call, cache_status=self.MISS, sync_fetch=False
+            )
         if item.state is ItemState.STALE:
             if _overrides(self, "should_stale_item_be_fetched_synchronously") and item.expires_at:
                 a, k = self.call_args(wire)
                 delta = time.time() - item.expires_at.timestamp()
                 if self.should_stale_item_be_fetched_synchronously(delta, *a, **k):
                     data = self.refresh(*a, **k)
-                    return self.process_result(data, call=call, cache_status=self.STALE, sync_fetch=True)
-            return self.process_result(item.data, call=call, cache_status=self.STALE, sync_fetch=False)
+                    return self.process_result(
+                        data, call=call, cache_status=self.STALE, sync_fetch=True
+                    )
+            return self.process_result(
+                item.data, call=call, cache_status=self.STALE, sync_fetch=False
+            )
         if item.fetched:
-            return self.process_result(item.data, call=call, cache_status=self.MISS, sync_fetch=True)
+            return self.process_result(
+                item.data, call=call, cache_status=self.MISS, sync_fetch=True
+            )
         return self.process_result(item.data, call=call, cache_status=self.HIT, sync_fetch=None)
 
 
@@ -630,7 +660,9 @@ class FunctionJob(Job):
             raise TypeError(f"{self!r} has no function to run")
         return self.fn(*args, **kwargs)
 
-    def _address(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Job, tuple[Any, ...]]:
+    def _address(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Job, tuple[Any, ...]]:
         if not args or not callable(args[0]):
             self.prepare_args(*args)  # raises the message that says how to call it
         job = self.for_function(args[0])

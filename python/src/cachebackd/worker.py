@@ -52,7 +52,9 @@ def _as_job(job: Servable) -> Job:
         )
     if isinstance(job, Job):
         return job
-    raise TypeError(f"cannot serve {job!r}: expected a Job, a Job subclass or a @cacheback function")
+    raise TypeError(
+        f"cannot serve {job!r}: expected a Job, a Job subclass or a @cacheback function"
+    )
 
 
 def _outgoing(outbox: "queue.Queue[Any]") -> Iterator[pb.WorkerMessage]:
@@ -73,7 +75,11 @@ def describe(error: BaseException) -> str:
     qualified by its module unless it is a builtin, so that a Python reader can raise a
     FetchFailed that is also an instance of it (`except User.DoesNotExist` still matches)."""
     kind = type(error)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     text = str(error)
     return f"{name}: {text}" if text else name
 

@@ -15,7 +15,9 @@ from .settings import cachebackd_settings
 HINT = "run `python manage.py cachebackd_worker` (it serves every job in the apps' jobs.py)"
 
 
-def check_workers(app_configs: Optional[Sequence[AppConfig]] = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_workers(
+    app_configs: Optional[Sequence[AppConfig]] = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """cachebackd.W001 for each discovered job that no worker serves now; cachebackd.W002
     if the daemon cannot be asked (CACHEBACKD["CHECK_WORKERS"] = False turns it off)."""
     config = cachebackd_settings()

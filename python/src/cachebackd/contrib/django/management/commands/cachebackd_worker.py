@@ -61,12 +61,16 @@ class Command(BaseCommand):
                 self.stdout.write(job.name)
             return
         if not chosen:
-            raise CommandError("no jobs to serve: define them in an app's jobs.py or in CACHEBACKD['JOBS']")
+            raise CommandError(
+                "no jobs to serve: define them in an app's jobs.py or in CACHEBACKD['JOBS']"
+            )
         concurrency = options["concurrency"] or config.concurrency
         if concurrency is not None and concurrency < 1:
             raise CommandError("--concurrency must be at least 1")
 
-        worker = Worker(name=options["name"] or config.worker_name, stop_grace=options["stop_grace"])
+        worker = Worker(
+            name=options["name"] or config.worker_name, stop_grace=options["stop_grace"]
+        )
         for job in chosen:
             worker.serve(job, max_in_flight=concurrency)
         stop = threading.Event()
