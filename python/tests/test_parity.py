@@ -192,6 +192,7 @@ def test_raw_get_reads_without_side_effects(
     assert stored is not None and (stored.state, stored.data) == (STALE, ["stale"])
     assert (stored.refresh_scheduled, stored.fetched) == (False, False)
     expiry, data = stored  # cacheback's (expiry, data)
+    assert (len(stored), stored[0], stored[1]) == (2, expiry, data)
     assert (expiry, data) == (stored.expires_at.timestamp(), ["stale"])  # type: ignore[union-attr]
     # Nothing was fetched, for the miss or for the stale item.
     assert job.get_item("bob").state is FRESH

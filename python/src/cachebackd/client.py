@@ -92,6 +92,13 @@ class Item:
         """`expiry, data = job.raw_get(...)`, as django-cacheback's `(expiry, data)` tuple."""
         return iter((self.expiry, self.data))
 
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        """`item[0]` is the expiry and `item[1]` the data, as in cacheback's tuple."""
+        return (self.expiry, self.data)[index]
+
 
 @dataclass(frozen=True)
 class Invalidated:
