@@ -9,7 +9,7 @@ from typing import Callable
 import grpc
 import pytest
 
-from cachebackd import CachebackError, ItemState, Job, Worker
+from cachebackd import CachebackError, FetchFailed, ItemState, Job, Worker
 from cachebackd.aio import AsyncClient
 from conftest import Daemon
 from support import WAIT, Calls
@@ -58,3 +58,29 @@ def test_async_client_reads_and_writes_through_a_job(
 
     asyncio.run(scenario())
     assert calls.args == [("bob",)]
+
+
+class RateLimited(Exception):
+    pass
+
+
+class AsyncFailing(Job):
+    name = "tests.AsyncFailing"
+
+    def fetch(self, username: str) -> None:
+        raise RateLimited(f"slow down, {username}")
+
+
+def test_async_reads_raise_a_failed_fetch_as_the_origins_type(
+    daemon: Daemon, make_worker: Callable[..., Worker]
+) -> None:
+    make_worker(AsyncFailing())
+
+    async def scenario() -> None:
+        async with AsyncClient(daemon.target, timeout=WAIT) as client:
+            with pytest.raises(RateLimited) as raised:
+                await client.job(AsyncFailing()).get(username="bob")
+            assert isinstance(raised.value, FetchFailed)
+            assert raised.value.remote_message == "slow down, bob"
+
+    asyncio.run(scenario())
