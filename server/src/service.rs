@@ -23,12 +23,7 @@ use crate::error::Error;
 use crate::model::{FetchReason, ItemState, JobConfig, JobName, MAX_SPAN};
 use crate::workers::{Answered, Fetched, Outbound, WorkerId};
 
-/// Fetches a worker takes at once when its Register says 0.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
-/// Most Gets one GetMany may carry.
-pub const MAX_GET_MANY: usize = 1000;
-/// The most a worker may ask for: bounds the memory of its stream.
-pub const MAX_MAX_IN_FLIGHT: u32 = 65_536;
+use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_GET_MANY, MAX_MAX_IN_FLIGHT};
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {

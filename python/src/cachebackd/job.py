@@ -25,6 +25,7 @@ from typing import (
     overload,
 )
 
+from . import _wire
 from ._codec import Seconds, decode_json, encode_args, encode_json, to_duration, to_timedelta
 from ._proto import cacheback_pb2 as pb
 from .client import Client, Invalidated, Item, default_client
@@ -68,19 +69,19 @@ class Job:
     #: The job's name on the daemon: `module.ClassName` unless set.
     name: str = "cachebackd.job.Job"
     #: How long fetched data is fresh.
-    lifetime: Seconds = 300
+    lifetime: Seconds = _wire.JOB_LIFETIME_SECS
     #: How long one fetch may take before it counts as lost; also the fetch deadline.
-    refresh_timeout: Seconds = 60
+    refresh_timeout: Seconds = _wire.JOB_REFRESH_TIMEOUT_SECS
     #: A miss waits for a synchronous fetch (True) or returns None at once and fills
     #: asynchronously (False).
-    fetch_on_miss: bool = True
+    fetch_on_miss: bool = _wire.JOB_FETCH_ON_MISS
     #: If an item has been stale for longer than this, `get` fetches synchronously
     #: instead of serving it (None: never).
     fetch_on_stale_threshold: Optional[Seconds] = None
     #: Hard limit: an item older than this (since it was stored) is never served.
-    cache_ttl: Seconds = timedelta(days=30)
+    cache_ttl: Seconds = timedelta(seconds=_wire.JOB_CACHE_TTL_SECS)
     #: How many fetches of this job a worker runs at once.
-    max_in_flight: int = 16
+    max_in_flight: int = _wire.DEFAULT_MAX_IN_FLIGHT
     #: The keyword that `set` takes the data from (cacheback's `set_data_kwarg`).
     set_data_kwarg: str = "data"
 
