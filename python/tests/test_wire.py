@@ -46,6 +46,6 @@ def test_the_package_defaults_come_from_the_wire_module() -> None:
     assert Job.refresh_timeout == _wire.JOB_REFRESH_TIMEOUT_SECS
     assert Job.fetch_on_miss is _wire.JOB_FETCH_ON_MISS
     assert Job.max_in_flight == _wire.DEFAULT_MAX_IN_FLIGHT
-    worker = Worker.__init__.__defaults__ or ()
-    assert _wire.RECONNECT_MIN_MILLIS / 1000 in worker
-    assert _wire.RECONNECT_MAX_MILLIS / 1000 in worker
+    worker = Worker.__init__.__kwdefaults__ or {}
+    assert worker["reconnect_initial"] == _wire.RECONNECT_MIN_MILLIS / 1000
+    assert worker["reconnect_max"] == _wire.RECONNECT_MAX_MILLIS / 1000
