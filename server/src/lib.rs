@@ -6,12 +6,11 @@
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
 //! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
-//! [`metrics`] (Prometheus), [`systemd`] (readiness, watchdog, socket activation) and
-//! [`ctl`] (`cachebackd ctl`).
+//! [`metrics`] (Prometheus), and [`systemd`] (readiness, watchdog, socket activation).
+//! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
 
 pub mod admin;
 pub mod config;
-pub mod ctl;
 pub mod daemon;
 pub mod engine;
 pub mod error;

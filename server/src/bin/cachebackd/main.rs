@@ -2,12 +2,16 @@
 //! stderr, serve until SIGTERM/SIGINT. Also `cachebackd check-config FILE` and
 //! `cachebackd ctl …`.
 
+mod cli;
+mod ctl;
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cachebackd::config::{Cli, Command, Config, LogFormat, SettingsArgs};
+use cachebackd::config::{Config, LogFormat};
 use clap::Parser;
+use cli::{Cli, Command, SettingsArgs};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
-        Some(Command::Ctl(args)) => cachebackd::ctl::main(args),
+        Some(Command::Ctl(args)) => ctl::main(args),
         None => serve(&cli.settings),
     }
 }
@@ -39,7 +43,7 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn serve(args: &SettingsArgs) -> ExitCode {
-    let config = match Config::load(args) {
+    let config = match cli::load(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cachebackd: {e}");
