@@ -9,11 +9,10 @@ use cachebackd_proto::v1::{self as pb, cacheback_admin_server::CachebackAdmin};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use crate::convert;
 use crate::engine::{Engine, JobEntry};
 use crate::error::Error;
-use crate::metrics::JobMetrics;
 use crate::model::JobName;
-use crate::service::config_to_proto;
 use crate::store::Usage;
 
 /// The admin service over `engine`.
@@ -62,26 +61,12 @@ impl AdminService {
 fn job_info(engine: &Engine, name: &JobName, entry: &JobEntry, usage: Usage) -> pb::JobInfo {
     pb::JobInfo {
         name: name.to_string(),
-        config: Some(config_to_proto(&entry.config)),
+        config: Some(convert::job_config_to_proto(&entry.config)),
         workers: engine.workers().count(name) as u32,
         items: usage.items,
         bytes: usage.bytes,
         invalidated_before: entry.invalidated_before.map(Into::into),
-        counters: Some(counters(&entry.metrics)),
-    }
-}
-
-fn counters(m: &JobMetrics) -> pb::JobCounters {
-    pb::JobCounters {
-        gets_fresh: m.gets_fresh.get(),
-        gets_stale: m.gets_stale.get(),
-        gets_miss: m.gets_miss.get(),
-        sync_fetches: m.sync_fetches.get(),
-        refreshes_scheduled: m.refreshes_scheduled.get(),
-        fetches_succeeded: m.fetches_succeeded.get(),
-        fetches_failed: m.fetches_failed.get(),
-        fetches_retried: m.fetches_retried.get(),
-        fetches_in_flight: m.fetches_in_flight.get().max(0) as u64,
+        counters: Some(convert::job_counters(&entry.metrics)),
     }
 }
 

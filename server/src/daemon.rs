@@ -22,8 +22,8 @@ use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::config::{Config, ListenAddr};
+use crate::counters::Metrics;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
 use crate::service::CachebackService;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
@@ -140,7 +140,7 @@ pub async fn run_with_sockets(
         }
     }
     let metrics_server = metrics_listener.map(|l| {
-        let registry = metrics.registry(engine.clone(), store_moved_aside);
+        let registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
     });
     let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::counters::{Found, JobMetrics, Metrics};
 use crate::error::Error;
-use crate::metrics::{Found, JobMetrics, Metrics};
 use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, MAX_SPAN};
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
 use crate::store::{Durability, Item, Store};

@@ -4,13 +4,16 @@
 //! One module per concern: [`config`] (the command line and the TOML file), [`model`]
 //! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
-//! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
+//! scheduling), [`service`] (the tonic service), [`worker_stream`] (one worker's stream),
+//! [`convert`] (protobuf to model and back), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
-//! [`metrics`] (Prometheus), and [`systemd`] (readiness, watchdog, socket activation).
+//! [`counters`] (what the engine counts), [`metrics`] (the Prometheus exporter), and [`systemd`] (readiness, watchdog, socket activation).
 //! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
 
 pub mod admin;
 pub mod config;
+pub mod convert;
+pub mod counters;
 pub mod daemon;
 pub mod engine;
 pub mod error;
@@ -21,4 +24,5 @@ pub mod policy;
 pub mod service;
 pub mod store;
 pub mod systemd;
+pub mod worker_stream;
 pub mod workers;
