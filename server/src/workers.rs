@@ -90,7 +90,9 @@ pub struct Workers {
 }
 
 struct Shared {
-    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held (sends are `try_send`).
+    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held
+    // (sends are `try_send`). Last in the lock order (engine shard, then engine jobs, then
+    // this; see `engine`): nothing here calls back into the engine while holding it.
     jobs: Mutex<HashMap<JobName, JobWorkers>>,
     queue_capacity: usize,
     stats: WorkerStats,
