@@ -6,13 +6,13 @@
 use std::time::SystemTime;
 
 use cachebackd_proto::v1::{self as pb, cacheback_admin_server::CachebackAdmin};
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::engine::{Engine, JobEntry};
 use crate::error::Error;
 use crate::model::JobName;
+use crate::shutdown::Shutdown;
 use crate::store::Usage;
 
 /// The admin service over `engine`.
@@ -20,17 +20,17 @@ use crate::store::Usage;
 pub struct AdminService {
     engine: Engine,
     store_moved_aside: bool,
-    calls: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl AdminService {
-    /// `store_moved_aside` says whether the store was found damaged at start; `calls`
-    /// tracks calls in flight, as the main service's, so the drain waits for them.
-    pub fn new(engine: Engine, store_moved_aside: bool, calls: TaskTracker) -> Self {
+    /// `store_moved_aside` says whether the store was found damaged at start; `shutdown`
+    /// counts calls in flight, as the main service's, so the drain waits for them.
+    pub fn new(engine: Engine, store_moved_aside: bool, shutdown: Shutdown) -> Self {
         AdminService {
             engine,
             store_moved_aside,
-            calls,
+            shutdown,
         }
     }
 
@@ -88,7 +88,7 @@ impl CachebackAdmin for AdminService {
         &self,
         _req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         Ok(Response::new(pb::ListJobsResponse {
             jobs: self.jobs().await?,
         }))
@@ -98,7 +98,7 @@ impl CachebackAdmin for AdminService {
         &self,
         _req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let jobs = self.jobs().await?;
         let mut totals = pb::JobCounters::default();
         for job in &jobs {
@@ -129,7 +129,7 @@ impl CachebackAdmin for AdminService {
         &self,
         req: Request<pb::InvalidateJobRequest>,
     ) -> Result<Response<pb::InvalidateJobResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let job = self.job(&req.into_inner().job)?;
         let mark: SystemTime = self.engine.invalidate_job(&job).await?;
         tracing::info!(%job, "job invalidated: its items refresh on their next Get");
@@ -142,7 +142,7 @@ impl CachebackAdmin for AdminService {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let job = self.job(&req.into_inner().job)?;
         let removed = self.engine.delete_job(&job).await?;
         if let Some(items) = removed {

@@ -11,6 +11,7 @@
 //! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod counters;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod systemd;
 pub mod worker_stream;

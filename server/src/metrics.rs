@@ -20,10 +20,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::counters::{JobLabels, Metrics};
 use crate::engine::Engine;
+use crate::shutdown::Shutdown;
 
 /// A registry of every metric: the event counters of `metrics`, and the state of `engine`
 /// read at scrape time. `store_moved_aside` says whether the store was found damaged at
@@ -176,13 +176,13 @@ impl Collector for StateCollector {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`: Prometheus text format, or
-/// OpenMetrics when the scraper asks for it.
-pub async fn serve(listener: TcpListener, registry: Registry, shutdown: CancellationToken) {
+/// Serves `GET /metrics` on `listener` until the daemon closes: Prometheus text format,
+/// or OpenMetrics when the scraper asks for it. Each connection is a task of `shutdown`.
+pub async fn serve(listener: TcpListener, registry: Registry, shutdown: Shutdown) {
     let registry = Arc::new(registry);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.closing() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -192,13 +192,13 @@ pub async fn serve(listener: TcpListener, registry: Registry, shutdown: Cancella
             },
         };
         let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let closing = shutdown.clone();
+        shutdown.spawn(async move {
             let service = hyper::service::service_fn(move |req| scrape(req, registry.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                _ = shutdown.cancelled() => {}
+                _ = closing.closing() => {}
                 r = conn => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "metrics connection ended");
                 },

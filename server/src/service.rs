@@ -7,14 +7,13 @@ use std::time::Duration;
 use cachebackd_proto::v1::{self as pb, cacheback_server::Cacheback, get_result};
 use futures_util::future::join_all;
 use prost::Message;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert::{self, get_response};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::JobName;
+use crate::shutdown::Shutdown;
 use crate::worker_stream;
 
 use cachebackd_proto::wire::MAX_GET_MANY;
@@ -29,7 +28,7 @@ impl From<Error> for Status {
             Error::FetchFailed(_) | Error::ShuttingDown => Status::unavailable(message),
             Error::QueueFull { .. } => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
-            Error::Store(_) => Status::internal(message),
+            Error::Store(_) | Error::Internal(_) => Status::internal(message),
         }
     }
 }
@@ -38,19 +37,14 @@ impl From<Error> for Status {
 #[derive(Clone)]
 pub struct CachebackService {
     engine: Engine,
-    shutdown: CancellationToken,
-    calls: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl CachebackService {
-    /// A service over `engine`; `shutdown` ends every worker stream; `calls` tracks the
-    /// unary calls in flight so that shutdown can wait for them.
-    pub fn new(engine: Engine, shutdown: CancellationToken, calls: TaskTracker) -> Self {
-        CachebackService {
-            engine,
-            shutdown,
-            calls,
-        }
+    /// A service over `engine`; `shutdown` owns every worker stream and counts the unary
+    /// calls in flight, so that the drain can wait for them.
+    pub fn new(engine: Engine, shutdown: Shutdown) -> Self {
+        CachebackService { engine, shutdown }
     }
 
     fn job(&self, name: &str) -> Result<JobName, Status> {
@@ -85,7 +79,7 @@ impl CachebackService {
 #[tonic::async_trait]
 impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
         let response = self.get_one(&req.into_inner(), deadline).await?;
         Ok(Response::new(response))
@@ -95,7 +89,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
         let requests = req.into_inner().requests;
         if requests.len() > MAX_GET_MANY {
@@ -149,7 +143,7 @@ impl Cacheback for CachebackService {
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         self.engine.limits().check_data(&req.data)?;
@@ -167,7 +161,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         let outcome = self.engine.invalidate(&job, &req.args).await?;
@@ -181,7 +175,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         let found = self.engine.delete(&job, &req.args).await?;

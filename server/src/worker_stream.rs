@@ -10,7 +10,6 @@ use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
@@ -18,23 +17,25 @@ use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::{JobConfig, JobName};
+use crate::shutdown::Shutdown;
 use crate::workers::{Answered, Outbound, WorkerId};
 
 /// What the daemon sends down a worker's stream.
 pub(crate) type DaemonStream =
     Pin<Box<dyn Stream<Item = Result<pb::DaemonMessage, Status>> + Send>>;
 
-/// Serves `inbound` in its own task until it ends or `shutdown`; the stream of what the
+/// Serves `inbound` in its own task (owned by `shutdown`) until it ends or the daemon
+/// closes; the stream of what the
 /// daemon sends back (`Registered` first, then fetches).
 pub(crate) fn open(
     engine: Engine,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     mut inbound: Streaming<pb::WorkerMessage>,
 ) -> DaemonStream {
     // Room for every fetch the worker may hold, plus Registered and a closing error.
     let (tx, rx) = mpsc::channel::<Outbound>(MAX_MAX_IN_FLIGHT as usize + 2);
     let (reg_tx, reg_rx) = mpsc::channel::<Result<pb::DaemonMessage, Status>>(1);
-    tokio::spawn(async move {
+    shutdown.clone().spawn(async move {
         let stream = WorkerStream {
             engine,
             shutdown,
@@ -54,7 +55,7 @@ pub(crate) fn open(
 /// One worker's stream: registration, then its answers, until it ends or the daemon stops.
 struct WorkerStream {
     engine: Engine,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     tx: mpsc::Sender<Outbound>,
 }
 
@@ -65,7 +66,7 @@ impl WorkerStream {
         reg_tx: mpsc::Sender<Result<pb::DaemonMessage, Status>>,
     ) {
         let first = tokio::select! {
-            _ = self.shutdown.cancelled() => return,
+            _ = self.shutdown.closing() => return,
             m = inbound.message() => m,
         };
         let register = match first {
@@ -145,7 +146,7 @@ impl WorkerStream {
     ) -> Option<Error> {
         loop {
             let message = tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.closing() => return None,
                 m = inbound.message() => m,
             };
             let result = match message {

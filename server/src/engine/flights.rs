@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -91,17 +90,27 @@ impl Engine {
                 reinvalidate: false,
             },
         );
+        let guard = FlightGuard {
+            engine: self.clone(),
+            key: key.clone(),
+            id,
+            tx: Some(tx),
+        };
         let engine = self.clone();
         let (key, job, config, metrics) = (key.clone(), job.clone(), *config, metrics.clone());
-        tokio::spawn(async move {
-            let result = engine
-                .drive(&key, &job, &config, &metrics, reason, id)
-                .await;
-            // Nobody may be waiting; that is fine.
-            let _ = tx.send(Some(result));
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.shutdown.spawn(async move {
+            tokio::select! {
+                // The guard, dropped here, answers the waiters "shutting down".
+                _ = shutdown.closing() => {}
+                result = engine.drive(&key, &job, &config, &metrics, reason, id) => {
+                    guard.answer(result);
+                }
+            }
         });
         rx
     }
+
     /// Runs one fetch to its end and records its result.
     async fn drive(
         &self,
@@ -123,7 +132,7 @@ impl Engine {
                 Arc::from(key.args()),
                 reason,
                 Instant::now() + timeout,
-                SystemTime::now() + timeout,
+                self.now() + timeout,
                 timeout,
             )
             .await;
@@ -163,7 +172,7 @@ impl Engine {
             )));
         }
         Ok(Item {
-            times: policy::times_for_new(SystemTime::now(), lifetime),
+            times: policy::times_for_new(self.now(), lifetime),
             data: fetched.data,
         })
     }
@@ -216,6 +225,53 @@ impl Engine {
             );
         }
         stored
+    }
+}
+
+/// Owns a flight from its start to its answer, as moka's `WaiterGuard` does: whatever ends
+/// the driver without an answer (a panic in a store write or a bug, or the daemon closing)
+/// drops the guard, which takes the flight out of the table, so the item is never stuck,
+/// and answers its waiters: an internal error after a panic, "shutting down" otherwise.
+struct FlightGuard {
+    engine: Engine,
+    key: ItemKey,
+    id: u64,
+    /// `None` once answered.
+    tx: Option<watch::Sender<Option<FlightResult>>>,
+}
+
+impl FlightGuard {
+    /// The driver's answer (the flight is out of the table already).
+    fn answer(mut self, result: FlightResult) {
+        if let Some(tx) = self.tx.take() {
+            // Nobody may be waiting; that is fine.
+            let _ = tx.send(Some(result));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        {
+            let mut table = self.engine.shard(&self.key).lock();
+            if table
+                .flights
+                .get(&self.key)
+                .is_some_and(|f| f.id == self.id)
+            {
+                table.flights.remove(&self.key);
+            }
+        }
+        let error = if std::thread::panicking() {
+            tracing::error!(key = ?self.key, "a fetch's driver panicked: its waiters get an internal error");
+            Error::Internal("the daemon failed while finishing this fetch".into())
+        } else {
+            Error::ShuttingDown
+        };
+        let _ = tx.send(Some(Arc::new(Err(error))));
     }
 }
 

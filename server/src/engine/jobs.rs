@@ -81,7 +81,7 @@ impl Engine {
     /// for an Invalidate. Returns the mark.
     pub async fn invalidate_job(&self, job: &JobName) -> Result<SystemTime, Error> {
         self.job_entry(job)?;
-        let mark = policy::times_for_new(SystemTime::now(), Duration::ZERO).stored_at;
+        let mark = policy::times_for_new(self.now(), Duration::ZERO).stored_at;
         {
             let mut tables = self.lock_all();
             self.inner.store.put_invalidated_before(job, mark)?;

@@ -36,10 +36,12 @@ use parking_lot::{Mutex, RwLock};
 use flights::{wait_flight, Table, SHARDS};
 pub use jobs::JobEntry;
 
+use crate::clock::Clock;
 use crate::counters::{Found, Metrics};
 use crate::error::Error;
 use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits};
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
+use crate::shutdown::Shutdown;
 use crate::store::{Durability, Item, Store};
 use crate::workers::{Outbound, WorkerId, Workers};
 
@@ -108,6 +110,10 @@ struct Inner {
     workers: Workers,
     settings: EngineSettings,
     metrics: Metrics,
+    /// The wall time of what is persisted (tests drive it; see `clock`).
+    clock: Clock,
+    /// Owns the flight drivers; a driver ends when the daemon closes.
+    shutdown: Shutdown,
     jobs: RwLock<HashMap<JobName, JobEntry>>,
     // The single-flight table, sharded by item so that answers for different items do not
     // queue behind each other's store write. Blocking mutexes, held only for map updates
@@ -120,16 +126,24 @@ struct Inner {
 }
 
 impl Engine {
-    /// An engine over `store`, loading the stored job configs.
-    pub fn new(store: Arc<dyn Store>, settings: EngineSettings) -> Result<Engine, Error> {
-        Engine::with_metrics(store, settings, Metrics::new())
-    }
-
-    /// An engine over `store` that counts what it does in `metrics`.
-    pub fn with_metrics(
+    /// An engine over `store`, loading the stored job configs, that counts what it does in
+    /// `metrics` and spawns its tasks under `shutdown`.
+    pub fn new(
         store: Arc<dyn Store>,
         settings: EngineSettings,
         metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Result<Engine, Error> {
+        Engine::with_clock(store, settings, metrics, shutdown, Clock::system())
+    }
+
+    /// [`Engine::new`] with the wall time read from `clock`.
+    pub(crate) fn with_clock(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        clock: Clock,
     ) -> Result<Engine, Error> {
         let marks: HashMap<JobName, SystemTime> = store.invalidated_before()?.into_iter().collect();
         let jobs = store
@@ -150,11 +164,18 @@ impl Engine {
                 store,
                 settings,
                 metrics,
+                clock,
+                shutdown,
                 jobs: RwLock::new(jobs),
                 tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_flight: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The wall time now, by the engine's clock.
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
     }
 
     /// The worker registry.
@@ -210,7 +231,7 @@ impl Engine {
                 .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
             let item = entry.seen(self.inner.store.get(&key)?);
             let times = item.as_ref().map(|i| i.times);
-            if policy::freshness(times, &entry.config, SystemTime::now()) == Freshness::Fresh {
+            if policy::freshness(times, &entry.config, self.now()) == Freshness::Fresh {
                 entry.metrics.gets_fresh.inc();
                 return Ok(served(ItemState::Fresh, item, false));
             }
@@ -222,7 +243,7 @@ impl Engine {
             let mut table = self.shard(&key).lock();
             // Look again under the lock: a write may have landed since.
             let item = entry.seen(self.inner.store.get(&key)?);
-            let now = SystemTime::now();
+            let now = self.now();
             let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
             let ctx = GetContext {
                 fetch_on_miss_override: fetch_on_miss,
@@ -300,13 +321,11 @@ impl Engine {
             .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
         let item = entry.seen(self.inner.store.get(&key)?);
         let times = item.as_ref().map(|i| i.times);
-        Ok(
-            match policy::freshness(times, &entry.config, SystemTime::now()) {
-                Freshness::Fresh => served(ItemState::Fresh, item, false),
-                Freshness::Stale { .. } => served(ItemState::Stale, item, false),
-                Freshness::Absent => served(ItemState::Miss, None, false),
-            },
-        )
+        Ok(match policy::freshness(times, &entry.config, self.now()) {
+            Freshness::Fresh => served(ItemState::Fresh, item, false),
+            Freshness::Stale { .. } => served(ItemState::Stale, item, false),
+            Freshness::Absent => served(ItemState::Miss, None, false),
+        })
     }
 
     /// Stores `data` for an item directly; returns its expiry.
@@ -319,7 +338,7 @@ impl Engine {
     ) -> Result<SystemTime, Error> {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
-        let times = policy::times_for_new(SystemTime::now(), lifetime.unwrap_or(config.lifetime));
+        let times = policy::times_for_new(self.now(), lifetime.unwrap_or(config.lifetime));
         {
             let mut table = self.shard(&key).lock();
             self.still_known(job)?;
@@ -352,7 +371,7 @@ impl Engine {
         let key = ItemKey::new(job, args);
         let outcome = {
             let mut table = self.shard(&key).lock();
-            let now = SystemTime::now();
+            let now = self.now();
             let Some(mut item) = self.inner.store.get(&key)? else {
                 return Ok(InvalidateOutcome::default());
             };
@@ -418,7 +437,7 @@ impl Engine {
             .inner
             .store
             .get(key)?
-            .is_some_and(|i| !policy::is_past_ttl(i.times.stored_at, config, SystemTime::now())))
+            .is_some_and(|i| !policy::is_past_ttl(i.times.stored_at, config, self.now())))
     }
 }
 

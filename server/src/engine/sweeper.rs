@@ -3,8 +3,6 @@
 
 use std::time::SystemTime;
 
-use tokio_util::sync::CancellationToken;
-
 use super::Engine;
 use crate::error::Error;
 
@@ -15,18 +13,19 @@ impl Engine {
         let config_of = |name: &str| self.inner.jobs.read().get(name).map(|e| e.config);
         self.inner.store.sweep(&config_of, now)
     }
-    /// Runs the sweeper every `sweep_interval` until `shutdown`.
-    pub async fn run_sweeper(self, shutdown: CancellationToken) {
+    /// Runs the sweeper every `sweep_interval` until the daemon closes.
+    pub async fn run_sweeper(self) {
+        let shutdown = self.inner.shutdown.clone();
         let mut tick = tokio::time::interval(self.inner.settings.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.closing() => return,
                 _ = tick.tick() => {}
             }
             self.prune_backoff();
             let engine = self.clone();
-            match tokio::task::spawn_blocking(move || engine.sweep(SystemTime::now())).await {
+            match tokio::task::spawn_blocking(move || engine.sweep(engine.now())).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::info!(removed = n, "swept items past their cache_ttl"),
                 Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
