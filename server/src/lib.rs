@@ -26,5 +26,7 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod worker_stream;
 pub mod workers;

@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::{JobConfig, JobName};
 use crate::shutdown::Shutdown;
-use crate::workers::{Answered, Outbound, WorkerId};
+use crate::workers::{Answered, Outbound, RequestId, WorkerId};
 
 /// What the daemon sends down a worker's stream.
 pub(crate) type DaemonStream =
@@ -173,11 +173,12 @@ impl WorkerStream {
                 }
             };
             let outcome = convert::fetch_outcome(result.outcome);
-            match self
-                .engine
-                .workers()
-                .answer(job, worker, &result.request_id, outcome)
-            {
+            let workers = self.engine.workers();
+            let answered = match RequestId::parse(&result.request_id) {
+                Some(id) => workers.answer(job, worker, id, outcome),
+                None => workers.unknown_answer(),
+            };
+            match answered {
                 Answered::Delivered => {}
                 Answered::Late => {
                     tracing::info!(%job, %worker, request_id = %result.request_id, "late answer dropped")

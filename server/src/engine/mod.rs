@@ -25,6 +25,8 @@ mod backoff;
 mod flights;
 mod jobs;
 mod sweeper;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
