@@ -50,6 +50,9 @@ pub enum Error {
     /// A worker holds every slot with lost fetches and answers nothing: its stream ends.
     #[error("{0}")]
     WorkerStuck(String),
+    /// A bug or a panic inside the daemon; the request may be retried.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The daemon is shutting down.
     #[error("cachebackd is shutting down")]
     ShuttingDown,

@@ -4,16 +4,21 @@
 //! One module per concern: [`config`] (the command line and the TOML file), [`model`]
 //! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
-//! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
+//! scheduling), [`service`] (the tonic service), [`worker_stream`] (one worker's stream),
+//! [`convert`] (protobuf to model and back), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
-//! [`metrics`] (Prometheus), [`systemd`] (readiness, watchdog, socket activation) and
-//! [`ctl`] (`cachebackd ctl`).
+//! [`counters`] (what the engine counts), [`metrics`] (the Prometheus exporter), and [`systemd`] (readiness, watchdog, socket activation). Bounds: [`budget`] (memory a call
+//! may pin), [`connections`] (how many, idle, accept back-off), [`oversize`] (requests over
+//! the message limit) and [`logs`] (rate-limited, clipped log lines).
+//! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
 
 pub mod admin;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod connections;
-pub mod ctl;
+pub mod convert;
+pub mod counters;
 pub mod daemon;
 pub mod engine;
 pub mod error;
@@ -24,6 +29,10 @@ pub mod model;
 pub mod oversize;
 pub mod policy;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
+pub mod worker_stream;
 pub mod workers;

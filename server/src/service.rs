@@ -1,41 +1,23 @@
 //! The tonic service: decode, validate, call the engine, map the result to a `Status`.
-//! Nothing else lives here; every error becomes a status in one place (`From<Error>`).
+//! Nothing else lives here: the protobuf conversions are `convert`'s, a worker's stream is
+//! `worker_stream`'s, and every error becomes a status in one place (`From<Error>`).
 
-use std::pin::Pin;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use cachebackd_proto::v1::{
-    self as pb, cacheback_server::Cacheback, daemon_message, fetch_result, get_result,
-    worker_message,
-};
+use cachebackd_proto::v1::{self as pb, cacheback_server::Cacheback, get_result};
 use futures_util::future::join_all;
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
-use uuid::Uuid;
 
 use crate::budget::{Planned, ResponseBudget};
-use crate::engine::{Engine, GetOutcome};
+use crate::convert::{self, get_response};
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::logs::{clip, RateLimit};
-use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, MAX_SPAN};
-use crate::workers::{Answered, Fetched, Outbound, WorkerId};
+use crate::model::{ItemKey, JobName};
+use crate::shutdown::Shutdown;
+use crate::worker_stream;
 
-/// Fetches a worker takes at once when its Register says 0.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
-/// Most Gets one GetMany may carry.
-pub const MAX_GET_MANY: usize = 1000;
-/// The most a worker may ask for: bounds the memory of its stream.
-pub const MAX_MAX_IN_FLIGHT: u32 = 65_536;
-/// Longest `refresh_timeout` a Register may set: a fetch (and its place in the queue)
-/// is never held longer than this.
-pub const MAX_REFRESH_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Longest worker error message passed on to callers and logs, in bytes.
-pub const MAX_ERROR_MESSAGE: usize = 1024;
+use cachebackd_proto::wire::MAX_GET_MANY;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -52,7 +34,9 @@ impl From<Error> for Status {
             | Error::TooManyJobs { .. }
             | Error::StoreFull(_) => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
+            // An I/O error of the store: writes may succeed again without a restart.
             Error::Store(_) => Status::unavailable(message),
+            Error::Internal(_) => Status::internal(message),
         }
     }
 }
@@ -61,19 +45,14 @@ impl From<Error> for Status {
 #[derive(Clone)]
 pub struct CachebackService {
     engine: Engine,
-    shutdown: CancellationToken,
-    calls: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl CachebackService {
-    /// A service over `engine`; `shutdown` ends every worker stream; `calls` tracks the
-    /// unary calls in flight so that shutdown can wait for them.
-    pub fn new(engine: Engine, shutdown: CancellationToken, calls: TaskTracker) -> Self {
-        CachebackService {
-            engine,
-            shutdown,
-            calls,
-        }
+    /// A service over `engine`; `shutdown` owns every worker stream and counts the unary
+    /// calls in flight, so that the drain can wait for them.
+    pub fn new(engine: Engine, shutdown: Shutdown) -> Self {
+        CachebackService { engine, shutdown }
     }
 
     fn job(&self, name: &str) -> Result<JobName, Status> {
@@ -105,12 +84,10 @@ impl CachebackService {
     }
 }
 
-type DaemonStream = Pin<Box<dyn Stream<Item = Result<pb::DaemonMessage, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
         let response = self.get_one(&req.into_inner(), deadline).await?;
         Ok(Response::new(response))
@@ -120,7 +97,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
         let requests = req.into_inner().requests;
         if requests.len() > MAX_GET_MANY {
@@ -198,13 +175,13 @@ impl Cacheback for CachebackService {
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         self.engine.limits().check_data(&req.data)?;
         let lifetime = req
             .lifetime
-            .map(|d| span("SetRequest.lifetime", d, true))
+            .map(|d| convert::span("SetRequest.lifetime", d, true))
             .transpose()?;
         let expires_at = self.engine.set(&job, &req.args, req.data, lifetime).await?;
         Ok(Response::new(pb::SetResponse {
@@ -216,7 +193,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         let outcome = self.engine.invalidate(&job, &req.args).await?;
@@ -230,260 +207,23 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
     }
 
-    type RegisterJobStream = DaemonStream;
+    type RegisterJobStream = worker_stream::DaemonStream;
 
     async fn register_job(
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::RegisterJobStream>, Status> {
-        let mut inbound = req.into_inner();
-        let engine = self.engine.clone();
-        let shutdown = self.shutdown.clone();
-        // Room for every fetch the worker may hold, plus Registered and a closing error.
-        let (tx, rx) = mpsc::channel::<Outbound>(MAX_MAX_IN_FLIGHT as usize + 2);
-        let (reg_tx, reg_rx) = mpsc::channel::<Result<pb::DaemonMessage, Status>>(1);
-        tokio::spawn(async move {
-            let stream = WorkerStream {
-                engine,
-                shutdown,
-                tx,
-            };
-            stream.run(&mut inbound, reg_tx).await;
-        });
-        let fetches = ReceiverStream::new(rx).map(|out| match out {
-            Outbound::Fetch(order) => Ok(pb::DaemonMessage {
-                kind: Some(daemon_message::Kind::Fetch(pb::FetchRequest {
-                    request_id: order.request_id.to_string(),
-                    args: order.args.to_vec(),
-                    reason: fetch_reason(order.reason) as i32,
-                    deadline: Some(order.deadline.into()),
-                    ..Default::default()
-                })),
-            }),
-            Outbound::Close(e) => Err(Status::from(e)),
-        });
-        // Registered (or the registration's error) always comes first.
-        let stream = ReceiverStream::new(reg_rx).chain(fetches);
-        Ok(Response::new(Box::pin(stream)))
+        let stream =
+            worker_stream::open(self.engine.clone(), self.shutdown.clone(), req.into_inner());
+        Ok(Response::new(stream))
     }
-}
-
-/// One worker's stream: registration, then its answers, until it ends or the daemon stops.
-struct WorkerStream {
-    engine: Engine,
-    shutdown: CancellationToken,
-    tx: mpsc::Sender<Outbound>,
-}
-
-impl WorkerStream {
-    async fn run(
-        self,
-        inbound: &mut Streaming<pb::WorkerMessage>,
-        reg_tx: mpsc::Sender<Result<pb::DaemonMessage, Status>>,
-    ) {
-        let first = tokio::select! {
-            _ = self.shutdown.cancelled() => return,
-            m = inbound.message() => m,
-        };
-        let register = match first {
-            Ok(Some(pb::WorkerMessage {
-                kind: Some(worker_message::Kind::Register(r)),
-            })) => r,
-            Ok(Some(_)) => {
-                let _ = reg_tx
-                    .send(Err(Status::failed_precondition(
-                        "the first message on a RegisterJob stream must be Register",
-                    )))
-                    .await;
-                return;
-            }
-            Ok(None) | Err(_) => return,
-        };
-        let (job, config, worker_id, max_in_flight) = match self.register(register).await {
-            Ok(registration) => registration,
-            Err(status) => {
-                let _ = reg_tx.send(Err(status)).await;
-                return;
-            }
-        };
-        // Counted as a worker of the job before it hears Registered, so that whoever sees
-        // the registration also sees the worker. Its fetches cannot overtake Registered:
-        // the response stream reads them only once `reg_tx` is dropped.
-        self.engine
-            .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
-        let registered = pb::DaemonMessage {
-            kind: Some(daemon_message::Kind::Registered(pb::Registered {
-                worker_id: worker_id.to_string(),
-                config: Some(config_to_proto(&config)),
-            })),
-        };
-        if reg_tx.send(Ok(registered)).await.is_err() {
-            self.engine.workers().unregister(&job, worker_id);
-            return;
-        }
-        drop(reg_tx);
-        tracing::info!(%job, worker = %worker_id, max_in_flight, "worker registered");
-        let end = self
-            .serve(inbound, &job, worker_id, config.refresh_timeout)
-            .await;
-        self.engine.workers().unregister(&job, worker_id);
-        match end {
-            Some(e) => {
-                tracing::warn!(%job, worker = %worker_id, error = %e, "worker stream ended with an error");
-                let _ = self.tx.send(Outbound::Close(e)).await;
-            }
-            None => tracing::info!(%job, worker = %worker_id, "worker stream ended"),
-        }
-    }
-
-    async fn register(
-        &self,
-        r: pb::Register,
-    ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
-        let job = JobName::parse(&r.job, self.engine.limits())?;
-        let config = check_config(config_from_proto(
-            r.config.unwrap_or_default(),
-            self.engine.job_defaults(),
-        )?)?;
-        let max_in_flight = match r.max_in_flight {
-            0 => DEFAULT_MAX_IN_FLIGHT,
-            n if n > MAX_MAX_IN_FLIGHT => {
-                return Err(Status::invalid_argument(format!(
-                    "max_in_flight {n} is over the limit of {MAX_MAX_IN_FLIGHT}"
-                )))
-            }
-            n => n,
-        };
-        self.engine.register_job(&job, config).await?;
-        Ok((job, config, Uuid::new_v4(), max_in_flight as usize))
-    }
-
-    /// Takes the worker's answers until its stream ends (`None`) or misbehaves (`Some`).
-    async fn serve(
-        &self,
-        inbound: &mut Streaming<pb::WorkerMessage>,
-        job: &JobName,
-        worker: WorkerId,
-        refresh_timeout: Duration,
-    ) -> Option<Error> {
-        static UNKNOWN: RateLimit = RateLimit::new(Duration::from_secs(10));
-        static LATE: RateLimit = RateLimit::new(Duration::from_secs(10));
-        // A worker whose every slot is held by lost fetches is looked at this often.
-        let mut stuck_check = tokio::time::interval((refresh_timeout / 4).max(Duration::from_millis(50)));
-        stuck_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let message = tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                m = inbound.message() => m,
-                _ = stuck_check.tick() => {
-                    match self.engine.workers().stuck(job, worker, refresh_timeout) {
-                        Some(lost) => return Some(Error::WorkerStuck(format!(
-                            "this worker holds {lost} fetches past their deadline, every one of its slots, and has answered nothing for a further refresh_timeout ({}): its stream is ended so that it can reconnect with a fresh window",
-                            humantime::format_duration(refresh_timeout)
-                        ))),
-                        None => continue,
-                    }
-                }
-            };
-            let result = match message {
-                Ok(Some(pb::WorkerMessage {
-                    kind: Some(worker_message::Kind::Result(result)),
-                })) => result,
-                Ok(Some(pb::WorkerMessage {
-                    kind: Some(worker_message::Kind::Register(_)),
-                })) => {
-                    return Some(Error::FailedPrecondition(
-                        "this stream is registered already: a second Register is not allowed"
-                            .into(),
-                    ))
-                }
-                Ok(Some(pb::WorkerMessage { kind: None })) => {
-                    return Some(Error::InvalidArgument(
-                        "a WorkerMessage must hold Register or FetchResult".into(),
-                    ))
-                }
-                Ok(None) => return None,
-                // A message that cannot be read (over the size limit, not protobuf): its
-                // request id is unknown, so no fetch can be failed for it; the worker is
-                // told, and its fetches go to another worker.
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::OutOfRange | Code::Internal | Code::InvalidArgument
-                    ) =>
-                {
-                    return Some(Error::InvalidArgument(format!(
-                        "a message from this worker cannot be read: {}",
-                        clip(status.message())
-                    )));
-                }
-                Err(status) => {
-                    tracing::info!(%job, %worker, status = %clip(&status.to_string()), "worker stream broke");
-                    return None;
-                }
-            };
-            let outcome = match result.outcome {
-                Some(fetch_result::Outcome::Value(v)) => match v.lifetime {
-                    Some(d) => span("FetchedValue.lifetime", d, true)
-                        .map(|lifetime| Fetched {
-                            data: v.data,
-                            lifetime: Some(lifetime),
-                        })
-                        .map_err(|s| s.message().to_owned()),
-                    None => Ok(Fetched {
-                        data: v.data,
-                        lifetime: None,
-                    }),
-                },
-                Some(fetch_result::Outcome::Error(e)) => Err(clip_message(e.message)),
-                Some(fetch_result::Outcome::Absent(_)) => {
-                    Err("this daemon does not store FetchedAbsent answers yet".into())
-                }
-                Some(fetch_result::Outcome::NotModified(_)) => {
-                    Err("this daemon does not take NotModified answers yet".into())
-                }
-                None => Err("the worker answered with neither a value nor an error".into()),
-            };
-            match self
-                .engine
-                .workers()
-                .answer(job, worker, &result.request_id, outcome)
-            {
-                Answered::Delivered => {}
-                Answered::Late => {
-                    if let Some(suppressed) = LATE.allow() {
-                        tracing::info!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "late answer dropped")
-                    }
-                }
-                Answered::Unknown => {
-                    if let Some(suppressed) = UNKNOWN.allow() {
-                        tracing::warn!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "answer to no fetch in flight on this stream dropped")
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A worker's error message as passed on: at most [`MAX_ERROR_MESSAGE`] bytes (it goes
-/// into every waiting caller's status and the log).
-fn clip_message(mut message: String) -> String {
-    if message.len() > MAX_ERROR_MESSAGE {
-        let mut end = MAX_ERROR_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("... (cut)");
-    }
-    message
 }
 
 fn too_large_message(entry: &pb::GetResult) -> String {
@@ -522,104 +262,5 @@ async fn within<T>(
             .await
             .unwrap_or(Err(Error::DeadlineExceeded)),
         None => fut.await,
-    }
-}
-
-/// A protobuf Duration as a std one: non-negative, at most a century, and (unless
-/// `zero_ok`) not zero.
-fn span(field: &str, d: prost_types::Duration, zero_ok: bool) -> Result<Duration, Status> {
-    let bad = |why: &str| Status::invalid_argument(format!("{field} {why}"));
-    let std = Duration::try_from(d).map_err(|_| bad("must not be negative"))?;
-    if std > MAX_SPAN {
-        return Err(bad("is over the limit of 100 years"));
-    }
-    if std.is_zero() && !zero_ok {
-        return Err(bad("must be more than zero"));
-    }
-    Ok(std)
-}
-
-/// A registration's config with every default (the daemon's `job_defaults`) filled in.
-fn config_from_proto(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig, Status> {
-    let d = *defaults;
-    Ok(JobConfig {
-        lifetime: match c.lifetime {
-            Some(x) => span("JobConfig.lifetime", x, true)?,
-            None => d.lifetime,
-        },
-        refresh_timeout: match c.refresh_timeout {
-            Some(x) => {
-                let t = span("JobConfig.refresh_timeout", x, false)?;
-                if t > MAX_REFRESH_TIMEOUT {
-                    return Err(Status::invalid_argument(format!(
-                        "JobConfig.refresh_timeout {} is over the limit of {}",
-                        humantime::format_duration(t),
-                        humantime::format_duration(MAX_REFRESH_TIMEOUT)
-                    )));
-                }
-                t
-            }
-            None => d.refresh_timeout,
-        },
-        fetch_on_miss: c.fetch_on_miss.unwrap_or(d.fetch_on_miss),
-        fetch_on_stale_threshold: match c.fetch_on_stale_threshold {
-            Some(x) => Some(span("JobConfig.fetch_on_stale_threshold", x, true)?),
-            None => d.fetch_on_stale_threshold,
-        },
-        cache_ttl: match c.cache_ttl {
-            Some(x) => span("JobConfig.cache_ttl", x, false)?,
-            None => d.cache_ttl,
-        },
-    })
-}
-
-/// Checks what holds between a config's fields: an item gone before it is stale could
-/// never be served stale (and a `cache_ttl` of 1 ns would make every item a miss).
-fn check_config(c: JobConfig) -> Result<JobConfig, Status> {
-    if c.cache_ttl < c.lifetime {
-        return Err(Status::invalid_argument(format!(
-            "JobConfig.cache_ttl ({}) must be at least the lifetime ({})",
-            humantime::format_duration(c.cache_ttl),
-            humantime::format_duration(c.lifetime)
-        )));
-    }
-    Ok(c)
-}
-
-/// The effective config as sent in `Registered.config`.
-pub fn config_to_proto(c: &JobConfig) -> pb::JobConfig {
-    let d = |x: Duration| prost_types::Duration::try_from(x).unwrap_or_default();
-    pb::JobConfig {
-        lifetime: Some(d(c.lifetime)),
-        refresh_timeout: Some(d(c.refresh_timeout)),
-        fetch_on_miss: Some(c.fetch_on_miss),
-        fetch_on_stale_threshold: c.fetch_on_stale_threshold.map(d),
-        cache_ttl: Some(d(c.cache_ttl)),
-        ..Default::default()
-    }
-}
-
-fn fetch_reason(r: FetchReason) -> pb::FetchReason {
-    match r {
-        FetchReason::Miss => pb::FetchReason::Miss,
-        FetchReason::Stale => pb::FetchReason::Stale,
-        FetchReason::Invalidated => pb::FetchReason::Invalidated,
-    }
-}
-
-fn get_response(o: GetOutcome) -> pb::GetResponse {
-    let ts = |t: SystemTime| Some(prost_types::Timestamp::from(t));
-    pb::GetResponse {
-        state: match o.state {
-            ItemState::Fresh => pb::ItemState::Fresh,
-            ItemState::Stale => pb::ItemState::Stale,
-            ItemState::Miss => pb::ItemState::Miss,
-        } as i32,
-        data: o.data,
-        stored_at: o.times.and_then(|t| ts(t.stored_at)),
-        expires_at: o.times.and_then(|t| ts(t.expires_at)),
-        refresh_scheduled: o.refresh_scheduled,
-        fetched: o.fetched,
-        ..Default::default()
     }
 }
