@@ -36,7 +36,7 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 pub async fn follow_store(
     store: std::sync::Arc<dyn crate::store::Store>,
     reporter: HealthReporter,
-    stop: CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -240,13 +240,20 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
     /// Bytes of data stored for `key`, read from memory (the data is not touched), if it
-    /// is stored; a read does not count as a use.
-    fn data_len(&self, key: &ItemKey) -> Option<u64>;
-    /// Items of `job` evicted for `max_bytes` since start.
-    fn evictions(&self, job: &JobName) -> u64;
+    /// is stored and the store keeps sizes; a read does not count as a use.
+    fn data_len(&self, _key: &ItemKey) -> Option<u64> {
+        None
+    }
+    /// Items of `job` evicted for `max_bytes` since start (0 for a store that does not
+    /// evict).
+    fn evictions(&self, _job: &JobName) -> u64 {
+        0
+    }
     /// `Ok` while the store takes writes; the error a write would get otherwise (its disk
     /// is full, or it failed). Checked anew at most every 100 ms.
-    fn writable(&self) -> Result<(), Error>;
+    fn writable(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// The sled store under `DATA_DIR/store`.
