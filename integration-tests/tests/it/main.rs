@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bounds_calls;
 mod bounds_store;
 mod bounds_support;
 
