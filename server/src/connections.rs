@@ -70,7 +70,10 @@ pub struct ConnectionStats {
 }
 
 /// Adds the connection counters to `registry`.
-pub fn register_metrics(registry: &mut prometheus_client::registry::Registry, stats: &ConnectionStats) {
+pub fn register_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    stats: &ConnectionStats,
+) {
     registry.register(
         "connection_limit_hits",
         "Times a new connection had to wait because max_connections were open",

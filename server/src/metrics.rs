@@ -67,7 +67,12 @@ impl Collector for StateCollector {
                     tracing::warn!(%job, error = %e, "cannot read the job's usage for metrics");
                     Default::default()
                 });
-                (labels, self.engine.workers().count(job), usage, store.evictions(job))
+                (
+                    labels,
+                    self.engine.workers().count(job),
+                    usage,
+                    store.evictions(job),
+                )
             })
             .collect();
 
@@ -89,13 +94,19 @@ impl Collector for StateCollector {
             "stored_items",
             "Items stored for the job (stale ones included, until swept)",
             None,
-            usage.iter().map(|(l, _, u, _)| (l, u.items as i64)).collect(),
+            usage
+                .iter()
+                .map(|(l, _, u, _)| (l, u.items as i64))
+                .collect(),
         )?;
         family(
             "stored_data",
             "Bytes of data stored for the job",
             Some(&Unit::Bytes),
-            usage.iter().map(|(l, _, u, _)| (l, u.bytes as i64)).collect(),
+            usage
+                .iter()
+                .map(|(l, _, u, _)| (l, u.bytes as i64))
+                .collect(),
         )?;
         {
             let mut m = encoder.encode_descriptor(

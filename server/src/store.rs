@@ -302,22 +302,22 @@ impl SledStore {
         let usage = load_usage(&db, &meta, &items)?;
         let recency = recency::Recency::new(max_bytes);
         let store = SledStore {
-                db,
-                items,
-                jobs,
-                invalidated,
-                meta,
-                corrupt: AtomicU64::new(0),
-                usage: RwLock::new(
-                    usage
-                        .into_iter()
-                        .map(|(job, u)| (job, Counts::from(u)))
-                        .collect(),
-                ),
-                closed: AtomicBool::new(false),
-                recency,
-                space: space::SpaceGuard::new(data_dir.to_path_buf()),
-            };
+            db,
+            items,
+            jobs,
+            invalidated,
+            meta,
+            corrupt: AtomicU64::new(0),
+            usage: RwLock::new(
+                usage
+                    .into_iter()
+                    .map(|(job, u)| (job, Counts::from(u)))
+                    .collect(),
+            ),
+            closed: AtomicBool::new(false),
+            recency,
+            space: space::SpaceGuard::new(data_dir.to_path_buf()),
+        };
         store.load_recency()?;
         Ok((store, report))
     }

@@ -327,7 +327,12 @@ impl Workers {
     /// deadline, and it has answered nothing, not even late, for a further
     /// `refresh_timeout` since the last of them ran out. Then its stream is to be ended
     /// (its runtime reconnects with a fresh window). How many fetches it holds, if so.
-    pub fn stuck(&self, job: &JobName, worker: WorkerId, refresh_timeout: Duration) -> Option<usize> {
+    pub fn stuck(
+        &self,
+        job: &JobName,
+        worker: WorkerId,
+        refresh_timeout: Duration,
+    ) -> Option<usize> {
         let jobs = self.shared.jobs.lock();
         let slot = jobs.get(job)?.workers.iter().find(|w| w.id == worker)?;
         if slot.max_in_flight == 0 || slot.in_flight.len() < slot.max_in_flight {

@@ -102,8 +102,12 @@ async fn a_worker_message_over_the_limit_ends_its_stream_with_invalid_argument()
         },
         other => panic!("{other:?}"),
     };
-    s.send(value_msg(&fetch.request_id, vec![0u8; 4 * MIB + 200 * 1024], None))
-        .await;
+    s.send(value_msg(
+        &fetch.request_id,
+        vec![0u8; 4 * MIB + 200 * 1024],
+        None,
+    ))
+    .await;
     let status = s.end().await.0.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("cannot be read"), "{status:?}");
@@ -180,7 +184,11 @@ async fn a_stuck_worker_has_its_stream_ended_and_an_honest_one_takes_the_work() 
     let status = stuck.wait_closed().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("answered nothing"), "{status:?}");
-    assert_eq!(stuck.fetch_count(), 2, "a stuck worker is given no more work");
+    assert_eq!(
+        stuck.fetch_count(),
+        2,
+        "a stuck worker is given no more work"
+    );
     // Its items are fetched again, by the honest worker.
     for i in 0..2 {
         let args = format!("[{i}]");
@@ -216,7 +224,10 @@ async fn a_slow_worker_that_answers_late_keeps_its_stream() {
     })
     .await;
     assert_eq!(r.data, b"on time");
-    assert!(!slow.is_closed(), "a slow but answering worker keeps its stream");
+    assert!(
+        !slow.is_closed(),
+        "a slow but answering worker keeps its stream"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +241,8 @@ async fn repeated_warnings_are_rate_limited_and_client_input_is_clipped() {
     let mut s = s;
     assert!(matches!(s.next().await, Ok(Some(_))), "Registered");
     for _ in 0..2000 {
-        s.send(value_msg(&uuid::Uuid::new_v4().to_string(), "x", None)).await;
+        s.send(value_msg(&uuid::Uuid::new_v4().to_string(), "x", None))
+            .await;
     }
     for _ in 0..5 {
         s.send(value_msg(&"i".repeat(MIB), "x", None)).await;

@@ -64,7 +64,11 @@ async fn max_bytes_evicts_the_least_recently_used_and_keeps_the_hot_set() {
             }
         }
     }
-    assert_eq!(stored(&mut c, &hot).await, vec![true; 10], "the hot set is kept");
+    assert_eq!(
+        stored(&mut c, &hot).await,
+        vec![true; 10],
+        "the hot set is kept"
+    );
     let cold_kept = stored(&mut c, &cold).await;
     let kept = cold_kept.iter().filter(|k| **k).count();
     // 100 KiB holds about 99 items of 1,000 bytes with their keys and headers.
@@ -125,7 +129,10 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
         return;
     }
     let fs = Tmpfs::mount("160m");
-    let d = Daemon::builder().data_dir(fs.dir.join("data")).start().await;
+    let d = Daemon::builder()
+        .data_dir(fs.dir.join("data"))
+        .start()
+        .await;
     let pid = d.pid();
     let _w = TestWorker::register(&d, JOB, job_config(3600.0, 30.0)).await;
     let mut c = d.client();
@@ -146,7 +153,10 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
     .await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().starts_with("store: "), "{refused:?}");
-    assert!(!refused.message().contains("Os {"), "no debug text: {refused:?}");
+    assert!(
+        !refused.message().contains("Os {"),
+        "no debug text: {refused:?}"
+    );
     // Reads go on, and health says the daemon cannot take writes.
     assert_eq!(get_no_wait(&mut c, JOB, "[\"kept\"]").await.data, b"before");
     eventually(WAIT, || {

@@ -45,7 +45,10 @@ pub async fn run_to_exit(data_dir: &Path, args: &[&str], uid: Option<u32>) -> (E
     match waited {
         Ok(out) => {
             let out = out.expect("wait task").expect("wait for cachebackd");
-            (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+            (
+                out.status,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         }
         Err(_) => {
             // SAFETY: kill(2) on the child we spawned.
@@ -77,7 +80,17 @@ impl Tmpfs {
         let parent = tempfile::tempdir().expect("temp dir");
         let dir = parent.path().join("fs");
         std::fs::create_dir(&dir).unwrap();
-        run("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()]);
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ],
+        );
         Tmpfs {
             dir,
             _parent: parent,

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bounds_calls;
+mod bounds_connections;
 mod bounds_store;
 mod bounds_support;
 

@@ -56,7 +56,9 @@ async fn items_served(d: &Daemon, n: usize) -> usize {
                     served += 1;
                 }
                 // The job itself may be gone with the damage.
-                Some(Outcome::Error(e)) => assert_eq!(e.code, tonic::Code::NotFound as i32, "{e:?}"),
+                Some(Outcome::Error(e)) => {
+                    assert_eq!(e.code, tonic::Code::NotFound as i32, "{e:?}")
+                }
                 None => panic!("an empty GetResult"),
             }
         }
@@ -66,9 +68,15 @@ async fn items_served(d: &Daemon, n: usize) -> usize {
 
 /// The number after `field=` in the daemon's damage report, if it made one.
 fn reported(stderr: &str, field: &str) -> Option<u64> {
-    let line = stderr.lines().find(|l| l.contains("THE STORE WAS DAMAGED"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("THE STORE WAS DAMAGED"))?;
     let at = line.find(&format!("{field}="))? + field.len() + 1;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[tokio::test]
@@ -129,7 +137,10 @@ async fn an_unreadable_store_is_an_exit_naming_the_error_and_is_left_alone() {
         r
     };
     assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains("Permission denied"), "the OS error is named: {stderr}");
+    assert!(
+        stderr.contains("Permission denied"),
+        "the OS error is named: {stderr}"
+    );
     assert_eq!(quarantined(d.data_dir()), Vec::<String>::new());
     d.start_again().await;
     assert_eq!(items_served(&d, 20).await, 20);
@@ -141,7 +152,11 @@ async fn a_garbled_conf_alone_loses_no_item() {
     d.stop().await;
     std::fs::write(d.data_dir().join("store/conf"), vec![0xA5; 62]).unwrap();
     d.start_again().await;
-    assert_eq!(quarantined(d.data_dir()).len(), 1, "the damaged store is kept aside");
+    assert_eq!(
+        quarantined(d.data_dir()).len(),
+        1,
+        "the damaged store is kept aside"
+    );
     let log = d.stderr_log();
     assert_eq!(reported(&log, "kept_items"), Some(500), "{log}");
     assert_eq!(reported(&log, "kept_jobs"), Some(1), "{log}");
@@ -180,7 +195,10 @@ async fn a_flipped_byte_costs_only_what_cannot_be_read() {
             assert!(reported(&log, "unread_log_bytes").is_some(), "{log}");
             assert_eq!(quarantined(scratch.path()).len(), 1);
         } else {
-            assert!(served > 0, "at {tenth}/10 every item is gone unreported: {log}");
+            assert!(
+                served > 0,
+                "at {tenth}/10 every item is gone unreported: {log}"
+            );
         }
     }
     assert!(damaged > 0, "no flipped byte was found to be damage");

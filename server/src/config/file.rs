@@ -87,9 +87,7 @@ pub(super) mod size {
     pub(in crate::config) fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(*n)
     }
-    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<u64, D::Error> {
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {

@@ -64,7 +64,7 @@ pub struct Config {
     /// Most fetches waiting for a worker across all jobs.
     #[serde(with = "file::count")]
     pub max_queued_fetches: usize,
-    /// Most client connections served at once, per listener.
+    /// Most client connections served at once, across every gRPC listener.
     #[serde(with = "file::count")]
     pub max_connections: usize,
     /// How long a TCP connection may hold no call before it is closed.

@@ -123,7 +123,7 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_queued_fetches: Option<usize>,
 
-    /// Most client connections served at once (each listener); past it new connections
+    /// Most client connections served at once, across every gRPC listener; past it new connections
     /// wait in the kernel's backlog until one closes. [default: 4096]
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_connections: Option<usize>,
