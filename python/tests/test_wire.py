@@ -42,7 +42,8 @@ def test_every_rust_wire_constant_has_the_same_value_in_python() -> None:
 
 def test_the_package_defaults_come_from_the_wire_module() -> None:
     assert MAX_MESSAGE_BYTES == _wire.CLIENT_MAX_MESSAGE_BYTES
-    assert Job.lifetime == _wire.JOB_LIFETIME_SECS
+    # The one deliberate difference: cacheback's own default, so a ported job keeps it.
+    assert Job.lifetime == 600 != _wire.JOB_LIFETIME_SECS
     assert Job.refresh_timeout == _wire.JOB_REFRESH_TIMEOUT_SECS
     assert Job.fetch_on_miss is _wire.JOB_FETCH_ON_MISS
     assert Job.max_in_flight == _wire.DEFAULT_MAX_IN_FLIGHT
