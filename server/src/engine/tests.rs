@@ -1,8 +1,8 @@
-//! The engine's rules, tested in process (the doubles are in `testing`): an in-memory store, a worker that is a channel
-//! the test answers by hand, and tokio's paused clock (the engine's wall clock follows it),
-//! so every test is exact and takes no real time. The integration suite proves the same
-//! rules through the real binary; these pin down the orderings it cannot reach, such as a
-//! write landing while a fetch is in flight.
+//! The engine's rules, tested in process with the doubles of `testing`: an in-memory
+//! store, a worker that is a channel the test answers by hand, and tokio's paused clock
+//! (the engine's wall clock follows it), so every test is exact and takes no real time.
+//! The integration suite proves the same rules through the real binary; these pin down the
+//! orderings it cannot reach, such as a write landing while a fetch is in flight.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
