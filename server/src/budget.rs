@@ -16,13 +16,13 @@ const ENTRY_FLOOR: usize = 3;
 
 /// One GetMany's budget of response bytes.
 #[derive(Debug)]
-pub struct ResponseBudget {
+pub(crate) struct ResponseBudget {
     slack: AtomicI64,
 }
 
 /// Whether an item may be read, and what the plan counted for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Planned {
+pub(crate) enum Planned {
     /// Read it; the plan counted this many bytes for it.
     Read(usize),
     /// Its stored size alone is past the budget: fails without being read.
@@ -33,7 +33,11 @@ impl ResponseBudget {
     /// Plans the items of a response of at most `budget` bytes, keeping room for an error
     /// entry of `error_size` bytes for every item after each one; `known` is each item's
     /// stored data length, where it is known.
-    pub fn plan(budget: usize, error_size: usize, known: &[Option<u64>]) -> (Vec<Planned>, Self) {
+    pub(crate) fn plan(
+        budget: usize,
+        error_size: usize,
+        known: &[Option<u64>],
+    ) -> (Vec<Planned>, Self) {
         let count = known.len();
         let mut used = 0usize;
         let plan = known
@@ -62,7 +66,7 @@ impl ResponseBudget {
 
     /// An item planned at `planned` bytes came back with `data_len` bytes of data: whether
     /// it may be kept (what it adds is taken from the slack).
-    pub fn admit(&self, planned: usize, data_len: usize) -> bool {
+    pub(crate) fn admit(&self, planned: usize, data_len: usize) -> bool {
         let extra = (data_len + ENTRY_FLOOR).saturating_sub(planned) as i64;
         if extra == 0 {
             return true;

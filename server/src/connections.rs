@@ -36,16 +36,16 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::logs::RateLimit;
 
 /// Most calls (HTTP/2 streams) open at once on one connection (MAX_CONCURRENT_STREAMS).
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// How often a connection is pinged, and how long a ping may go unanswered before the
 /// connection counts as dead and is closed.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// See [`KEEPALIVE_INTERVAL`].
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The connection bound and its counters: a cheap-to-clone handle shared by every listener.
 #[derive(Clone)]
-pub struct Connections {
+pub(crate) struct Connections {
     shared: Arc<Shared>,
 }
 
@@ -60,7 +60,7 @@ struct Shared {
 
 /// What the connection bound counts (exported as metrics).
 #[derive(Clone, Debug, Default)]
-pub struct ConnectionStats {
+pub(crate) struct ConnectionStats {
     /// Times a connection had to wait because `max_connections` were open.
     pub limit_hits: Counter,
     /// `accept` calls that failed (EMFILE and the like).
@@ -70,7 +70,7 @@ pub struct ConnectionStats {
 }
 
 /// Adds the connection counters to `registry`.
-pub fn register_metrics(
+pub(crate) fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
     stats: &ConnectionStats,
 ) {
@@ -100,7 +100,7 @@ struct Calls {
 
 impl Connections {
     /// At most `max` connections at once, idle ones closed after `idle_timeout`.
-    pub fn new(max: usize, idle_timeout: Duration) -> Connections {
+    pub(crate) fn new(max: usize, idle_timeout: Duration) -> Connections {
         Connections {
             shared: Arc::new(Shared {
                 max,
@@ -113,19 +113,19 @@ impl Connections {
     }
 
     /// The counters.
-    pub fn stats(&self) -> &ConnectionStats {
+    pub(crate) fn stats(&self) -> &ConnectionStats {
         &self.shared.stats
     }
 
     /// The layer that counts calls per connection (for the idle timeout).
-    pub fn layer(&self) -> CallsLayer {
+    pub(crate) fn layer(&self) -> CallsLayer {
         CallsLayer {
             shared: self.shared.clone(),
         }
     }
 
     /// The connections of a TCP listener, bounded.
-    pub fn tcp(
+    pub(crate) fn tcp(
         &self,
         listener: TcpListener,
     ) -> impl Stream<Item = io::Result<Bounded<TcpStream>>> + Send + 'static {
@@ -158,7 +158,7 @@ impl Connections {
     }
 
     /// The connections of a Unix listener, bounded (no idle timeout: local peers).
-    pub fn unix(
+    pub(crate) fn unix(
         &self,
         listener: UnixListener,
     ) -> impl Stream<Item = io::Result<Bounded<UnixStream>>> + Send + 'static {
@@ -241,7 +241,7 @@ impl Backoff {
 
 /// An accepted connection: holds its place under the bound until it closes, and ends
 /// (end of file to the HTTP/2 server) when it has been idle for the idle timeout.
-pub struct Bounded<IO> {
+pub(crate) struct Bounded<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
@@ -349,7 +349,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Bounded<IO> {
 /// Counts the calls open on each TCP connection, from the request until its response
 /// body is done.
 #[derive(Clone)]
-pub struct CallsLayer {
+pub(crate) struct CallsLayer {
     shared: Arc<Shared>,
 }
 
@@ -366,7 +366,7 @@ impl<S> tower::Layer<S> for CallsLayer {
 
 /// See [`CallsLayer`].
 #[derive(Clone)]
-pub struct CallsService<S> {
+pub(crate) struct CallsService<S> {
     inner: S,
     shared: Arc<Shared>,
 }

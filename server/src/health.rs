@@ -21,10 +21,11 @@ use tonic_health::ServingStatus;
 use crate::shutdown::Shutdown;
 
 /// The names whose health is reported: the whole server (`""`) and each service.
-pub const SERVICES: [&str; 3] = ["", "cacheback.v1.Cacheback", "cacheback.v1.CachebackAdmin"];
+pub(crate) const SERVICES: [&str; 3] =
+    ["", "cacheback.v1.Cacheback", "cacheback.v1.CachebackAdmin"];
 
 /// Sets every reported service to `status`.
-pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {
         reporter.set_service_status(name, status).await;
     }
@@ -33,7 +34,7 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// Reports NOT_SERVING while the store refuses writes (its disk is full, or it failed) and
 /// SERVING again once it takes them, until `stop`. Checked every 250 ms: the store's own
 /// check reads free space at most that often.
-pub async fn follow_store(
+pub(crate) async fn follow_store(
     store: std::sync::Arc<dyn crate::store::Store>,
     reporter: HealthReporter,
     stop: tokio_util::sync::CancellationToken,
@@ -65,7 +66,7 @@ pub async fn follow_store(
 
 /// A reporter, NOT_SERVING for every service, and the server that reports it; the `Watch`
 /// streams are tasks of `shutdown` and end when the daemon closes.
-pub async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {
+pub(crate) async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     set_all(&reporter, ServingStatus::NotServing).await;
     let inner = HealthService::from_health_reporter(reporter.clone());
@@ -77,7 +78,7 @@ pub async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<Draini
 
 /// tonic-health's service, with `Watch` streams that end at shutdown.
 #[derive(Debug)]
-pub struct DrainingHealth {
+pub(crate) struct DrainingHealth {
     inner: HealthService,
     shutdown: Shutdown,
 }

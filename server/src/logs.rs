@@ -12,11 +12,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Longest piece of client input (an id, a name, a message) written into a log line.
-pub const MAX_LOGGED_INPUT: usize = 128;
+pub(crate) const MAX_LOGGED_INPUT: usize = 128;
 
 /// Lets one line through per interval and counts the ones held back.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     interval: Duration,
     /// When the next line may be written, in nanoseconds since the process's log epoch.
     next: AtomicU64,
@@ -30,7 +30,7 @@ fn epoch() -> Instant {
 
 impl RateLimit {
     /// One line per `interval`.
-    pub const fn new(interval: Duration) -> RateLimit {
+    pub(crate) const fn new(interval: Duration) -> RateLimit {
         RateLimit {
             interval,
             next: AtomicU64::new(0),
@@ -40,7 +40,7 @@ impl RateLimit {
 
     /// `Some(n)` if a line may be written now, `n` being the lines held back since the last
     /// one; `None` (and the line counted) otherwise.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         let now = epoch().elapsed().as_nanos() as u64;
         let next = self.next.load(Ordering::Relaxed);
         if now >= next
@@ -63,7 +63,7 @@ impl RateLimit {
 
 /// `s` as it may be logged: at most [`MAX_LOGGED_INPUT`] bytes (cut at a character
 /// boundary), with how long it really was when it was cut.
-pub fn clip(s: &str) -> Cow<'_, str> {
+pub(crate) fn clip(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_LOGGED_INPUT {
         return Cow::Borrowed(s);
     }

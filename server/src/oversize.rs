@@ -14,7 +14,7 @@ use http::HeaderValue;
 
 /// See the module doc; `max_data_bytes` is named in the message.
 #[derive(Clone, Copy, Debug)]
-pub struct OversizeLayer {
+pub(crate) struct OversizeLayer {
     /// The data limit, for the message.
     pub max_data_bytes: usize,
 }
@@ -32,7 +32,7 @@ impl<S> tower::Layer<S> for OversizeLayer {
 
 /// See [`OversizeLayer`].
 #[derive(Clone, Debug)]
-pub struct Oversize<S> {
+pub(crate) struct Oversize<S> {
     inner: S,
     max_data_bytes: usize,
 }

@@ -21,13 +21,11 @@ mod recency;
 mod salvage;
 mod space;
 
-pub use open::OpenReport;
-pub use salvage::Salvaged;
-pub use space::RESERVE as DISK_RESERVE;
+pub(crate) use open::OpenReport;
 
 /// One cached item as it is stored: its times and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// When it was fetched or set, and when it stops being fresh.
     pub times: Times,
     /// The data, opaque to the daemon.
@@ -43,7 +41,7 @@ const JOB_FORMAT: u8 = 1;
 
 impl Item {
     /// Encodes the record.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ITEM_HEADER + self.data.len());
         out.push(ITEM_FORMAT);
         out.push(0);
@@ -54,7 +52,7 @@ impl Item {
     }
 
     /// Decodes only the header: what the sweeper needs.
-    pub fn decode_times(bytes: &[u8]) -> Option<Times> {
+    pub(crate) fn decode_times(bytes: &[u8]) -> Option<Times> {
         if bytes.len() < ITEM_HEADER || bytes[0] != ITEM_FORMAT {
             return None;
         }
@@ -67,7 +65,7 @@ impl Item {
     }
 
     /// Decodes a whole record; `None` if it is not one of ours.
-    pub fn decode(bytes: &[u8]) -> Option<Item> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Item> {
         let times = Item::decode_times(bytes)?;
         Some(Item {
             times,
@@ -164,7 +162,7 @@ impl std::fmt::Display for Durability {
 
 /// How much of the store one job takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Items stored (stale ones included, until swept).
     pub items: u64,
     /// Bytes of their data (headers and keys not counted).
@@ -204,7 +202,7 @@ impl From<Usage> for Counts {
 
 /// What the daemon needs from storage. Synchronous: every call is a short local operation;
 /// `flush` may block on the disk and is run off the async threads.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Reads an item. A record that fails to decode is removed, counted and reported absent.
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
     /// Writes an item.
@@ -257,7 +255,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The sled store under `DATA_DIR/store`.
-pub struct SledStore {
+pub(crate) struct SledStore {
     db: sled::Db,
     items: sled::Tree,
     jobs: sled::Tree,
@@ -280,7 +278,8 @@ impl SledStore {
     /// Opens (or creates) the store under `data_dir`. Only a store proven damaged is
     /// moved aside (and salvaged, see [`open`]); a locked or unusable one is an error that
     /// leaves it as it is.
-    pub fn open(
+    #[cfg(test)]
+    pub(crate) fn open(
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {
@@ -289,7 +288,7 @@ impl SledStore {
 
     /// As [`SledStore::open`], holding at most `max_bytes` of items (keys and records):
     /// past it the least recently used are evicted, at once if the store is over it now.
-    pub fn open_bounded(
+    pub(crate) fn open_bounded(
         data_dir: &Path,
         flush_interval: Duration,
         max_bytes: u64,

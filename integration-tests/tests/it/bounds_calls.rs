@@ -64,7 +64,7 @@ async fn get_many_reads_items_lazily_against_its_budget() {
 async fn register_bounds_refresh_timeout_and_keeps_cache_ttl_at_least_the_lifetime() {
     let d = Daemon::start().await;
     let mut long = job_config(300.0, 7200.0);
-    let mut s = RawStream::open(&d.endpoint(), vec![register_msg(JOB, long.clone(), 1, "w")]).await;
+    let mut s = RawStream::open(&d.endpoint(), vec![register_msg(JOB, long, 1, "w")]).await;
     let (end, seen) = s.end().await;
     let status = end.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -161,7 +161,7 @@ async fn a_stuck_worker_has_its_stream_ended_and_an_honest_one_takes_the_work() 
     let d = Daemon::start().await;
     let config = job_config(300.0, 0.3);
     let mut stuck = TestWorker::builder(JOB)
-        .config(config.clone())
+        .config(config)
         .max_in_flight(2)
         .connect(&d.endpoint())
         .await;

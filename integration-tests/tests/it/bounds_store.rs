@@ -95,10 +95,10 @@ async fn max_bytes_evicts_the_least_recently_used_and_keeps_the_hot_set() {
 async fn max_jobs_refuses_a_new_job_and_keeps_registering_known_ones() {
     let mut d = Daemon::builder().args(["--max-jobs", "2"]).start().await;
     let config = job_config(300.0, 30.0);
-    let a = TestWorker::register(&d, "a", config.clone()).await;
-    let b = TestWorker::register(&d, "b", config.clone()).await;
+    let a = TestWorker::register(&d, "a", config).await;
+    let b = TestWorker::register(&d, "b", config).await;
     let refused = TestWorker::builder("c")
-        .config(config.clone())
+        .config(config)
         .try_connect(&d.endpoint())
         .await
         .err()
@@ -106,7 +106,7 @@ async fn max_jobs_refuses_a_new_job_and_keeps_registering_known_ones() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("max_jobs"), "{refused:?}");
     // A known job registers again, beside its worker.
-    let again = TestWorker::register(&d, "a", config.clone()).await;
+    let again = TestWorker::register(&d, "a", config).await;
     drop((a, b, again));
     // Nothing of the refused job was stored: after a restart it is still refused.
     d.restart().await;

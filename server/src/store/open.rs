@@ -27,7 +27,7 @@ use crate::error::Error;
 
 /// How the store came up.
 #[derive(Debug, Default)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     /// Where a damaged store was moved to, if one was.
     pub moved_aside: Option<PathBuf>,
     /// Why it was found damaged.

@@ -22,7 +22,7 @@ use crate::error::Error;
 
 /// What salvage kept and lost.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Salvaged {
+pub(crate) struct Salvaged {
     /// Items copied into the fresh store.
     pub items: u64,
     /// Job configs copied.

@@ -19,7 +19,7 @@ use crate::error::Error;
 
 /// Free space kept back on the store's file system: room for what sled buffers between
 /// flushes and for its segment bookkeeping.
-pub const RESERVE: u64 = 64 * 1024 * 1024;
+pub(crate) const RESERVE: u64 = 64 * 1024 * 1024;
 /// How often free space is read: a write costs one atomic load in between.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
