@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::metrics::{Found, JobMetrics, Metrics};
-use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, MAX_SPAN};
-use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
+use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, Tag, MAX_SPAN};
+use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Seen, Times};
 use crate::store::{Durability, Item, Store};
-use crate::workers::{Fetched, Outbound, WorkerId, Workers};
+use crate::workers::{Capacity, Fetched, Outbound, WorkerId, Workers};
 
 /// Settings of the engine that are not per job.
 #[derive(Debug, Clone)]
@@ -69,6 +69,19 @@ pub struct GetOutcome {
     pub refresh_scheduled: bool,
     /// This call waited for a synchronous fetch.
     pub fetched: bool,
+    /// The stored item is an absence (`FetchedAbsent`): the origin has no such data.
+    pub absent: bool,
+    /// The item's tags.
+    pub tags: Vec<Tag>,
+}
+
+/// What a Get asks besides the item's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GetOptions {
+    /// `GetRequest.fetch_on_miss`.
+    pub fetch_on_miss: Option<bool>,
+    /// `GetRequest.max_age`.
+    pub max_age: Option<Duration>,
 }
 
 /// What an Invalidate answers.
@@ -98,22 +111,15 @@ pub struct JobEntry {
     pub metrics: Arc<JobMetrics>,
 }
 
-impl JobEntry {
-    /// An item as a Get sees it: the job's invalidation applied.
-    fn seen(&self, item: Option<Item>) -> Option<Item> {
-        item.map(|mut i| {
-            i.times = policy::after_job_invalidation(i.times, self.invalidated_before);
-            i
-        })
-    }
-}
-
 struct Inner {
     store: Arc<dyn Store>,
     workers: Workers,
     settings: EngineSettings,
     metrics: Metrics,
     jobs: RwLock<HashMap<JobName, JobEntry>>,
+    /// Items carrying a tag and stored at or before its mark count as stale
+    /// (InvalidateTags); read on every Get of an item that has tags.
+    tag_marks: RwLock<HashMap<Tag, SystemTime>>,
     // The single-flight table, sharded by item so that answers for different items do not
     // queue behind each other's store write. Blocking mutexes, held only for map updates
     // and short store calls, never across `.await` (parking_lot's: no poisoning, so one
@@ -130,6 +136,24 @@ const SHARDS: usize = 16;
 struct Table {
     flights: HashMap<ItemKey, Flight>,
     backoff: HashMap<ItemKey, Backoff>,
+    /// Failed fetches of missing items, remembered for the job's `error_ttl`.
+    errors: HashMap<ItemKey, Remembered>,
+}
+
+struct Remembered {
+    error: Error,
+    until: Instant,
+}
+
+/// A worker's answer, checked and timed, before it meets the store.
+enum Landed {
+    /// An item to store (data or an absence).
+    Item(Item),
+    /// Extend the stored item (`NotModified`).
+    NotModified {
+        lifetime: Duration,
+        fetch_took: Duration,
+    },
 }
 
 type FlightResult = Arc<Result<Item, Error>>;
@@ -141,6 +165,7 @@ struct Flight {
     superseded: bool,
     /// An Invalidate came in since it started: one more refresh follows it.
     reinvalidate: bool,
+    reason: FetchReason,
 }
 
 struct Backoff {
@@ -161,6 +186,7 @@ impl Engine {
         metrics: Metrics,
     ) -> Result<Engine, Error> {
         let marks: HashMap<JobName, SystemTime> = store.invalidated_before()?.into_iter().collect();
+        let tag_marks = store.tag_marks()?.into_iter().collect();
         let jobs = store
             .jobs()?
             .into_iter()
@@ -180,6 +206,7 @@ impl Engine {
                 settings,
                 metrics,
                 jobs: RwLock::new(jobs),
+                tag_marks: RwLock::new(tag_marks),
                 tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_flight: AtomicU64::new(0),
             }),
@@ -303,6 +330,9 @@ impl Engine {
                 table
                     .backoff
                     .retain(|key, _| !key.as_bytes().starts_with(&prefix));
+                table
+                    .errors
+                    .retain(|key, _| !key.as_bytes().starts_with(&prefix));
             }
             if self.inner.jobs.write().remove(job).is_none() {
                 return Ok(None);
@@ -324,9 +354,59 @@ impl Engine {
         job: &JobName,
         id: WorkerId,
         max_in_flight: usize,
+        max_batch: usize,
         tx: tokio::sync::mpsc::Sender<Outbound>,
-    ) {
-        self.inner.workers.register(job, id, max_in_flight, tx);
+    ) -> Result<(), Error> {
+        let batch_sizes = self.job_entry(job)?.metrics.fetch_batch_size.clone();
+        let capacity = Capacity {
+            max_in_flight,
+            max_batch,
+            batch_sizes,
+        };
+        self.inner.workers.register(job, id, capacity, tx);
+        Ok(())
+    }
+
+    /// Marks every item, of any job, that carries one of `tags` and was stored until now
+    /// stale, touching none of them: Gets apply the marks as they read (as for
+    /// InvalidateJob), so a tag on a million items writes one record per tag and causes no
+    /// stampede. Fetches in flight for an item with one of the tags may have read old data:
+    /// each is followed by one more refresh. Returns the mark.
+    pub async fn invalidate_tags(&self, tags: &[Tag]) -> Result<SystemTime, Error> {
+        let mark = policy::times_for_new(SystemTime::now(), Duration::ZERO).stored_at;
+        {
+            let mut tables = self.lock_all();
+            self.inner.store.put_tag_marks(tags, mark)?;
+            {
+                let mut marks = self.inner.tag_marks.write();
+                for tag in tags {
+                    let at = marks.entry(tag.clone()).or_insert(mark);
+                    *at = (*at).max(mark);
+                }
+            }
+            for (key, flight) in tables.iter_mut().flat_map(|t| t.flights.iter_mut()) {
+                let tagged = self.inner.store.get(key)?;
+                if tagged.is_some_and(|i| i.tags.iter().any(|t| tags.contains(t))) {
+                    flight.reinvalidate = true;
+                }
+            }
+        }
+        self.flush().await?;
+        self.inner.metrics.count_tag_invalidations(tags.len());
+        Ok(mark)
+    }
+
+    /// An item as a Get sees it: the marks of its job and of its tags applied.
+    fn seen(&self, entry: &JobEntry, item: Option<Item>) -> Option<Item> {
+        item.map(|mut i| {
+            i.times = policy::after_job_invalidation(i.times, entry.invalidated_before);
+            if !i.tags.is_empty() {
+                let marks = self.inner.tag_marks.read();
+                let of_tags = i.tags.iter().filter_map(|t| marks.get(t).copied());
+                i.times = policy::after_marks(i.times, of_tags);
+            }
+            i
+        })
     }
 
     /// Reads an item, refreshing it as the job's policy says.
@@ -334,45 +414,68 @@ impl Engine {
         &self,
         job: &JobName,
         args: &[u8],
-        fetch_on_miss: Option<bool>,
+        options: GetOptions,
     ) -> Result<GetOutcome, Error> {
         let key = ItemKey::new(job, args);
-        // The hot path: a fresh hit is answered under the jobs' read lock, taking no
-        // table lock and copying nothing of the job's entry.
-        let entry = {
+        let request = GetContext {
+            fetch_on_miss_override: options.fetch_on_miss,
+            max_age: options.max_age,
+            ..GetContext::default()
+        };
+        // The hot path: a fresh hit that starts nothing is answered under the jobs' read
+        // lock, taking no table lock and copying nothing of the job's entry.
+        let (entry, u) = {
             let jobs = self.inner.jobs.read();
             let entry = jobs
                 .get(job)
                 .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
-            let item = entry.seen(self.inner.store.get(&key)?);
-            let times = item.as_ref().map(|i| i.times);
-            if policy::freshness(times, &entry.config, SystemTime::now()) == Freshness::Fresh {
+            let item = self.seen(entry, self.inner.store.get(&key)?);
+            // XFetch's draw, in (0, 1]; the same one decides again under the lock.
+            let u = match entry.config.early_refresh_beta {
+                Some(_) => 1.0 - rand::random::<f64>(),
+                None => 1.0,
+            };
+            let now = SystemTime::now();
+            let plan = policy::plan_get(item.as_ref().map(seen), &entry.config, request, now, u);
+            if plan == GetPlan::ServeFresh(Refresh::None) {
                 entry.metrics.gets_fresh.inc();
+                if item.as_ref().is_some_and(|i| i.absent) {
+                    entry.metrics.gets_absent.inc();
+                }
                 return Ok(served(ItemState::Fresh, item, false));
             }
-            entry.clone()
+            (entry.clone(), u)
         };
         let config = entry.config;
+        let m = &entry.metrics;
 
-        let (plan, item, wait) = {
+        let (plan, item, wait, remembered) = {
             let mut table = self.shard(&key).lock();
             // Look again under the lock: a write may have landed since.
-            let item = entry.seen(self.inner.store.get(&key)?);
+            let item = self.seen(&entry, self.inner.store.get(&key)?);
             let now = SystemTime::now();
-            let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
+            let remembered = table
+                .errors
+                .get(&key)
+                .filter(|r| r.until > Instant::now())
+                .map(|r| r.error.clone());
             let ctx = GetContext {
-                fetch_on_miss_override: fetch_on_miss,
                 in_flight: table.flights.contains_key(&key),
                 // A full wait queue holds asynchronous fetches back like backoff does:
                 // the item is served as it is rather than refused.
                 backed_off: table.backed_off(&key) || self.inner.workers.queue_full(job),
+                error_remembered: remembered.is_some(),
+                ..request
             };
-            let plan = policy::plan_get(freshness, &config, ctx);
-            let m = &entry.metrics;
+            let plan = policy::plan_get(item.as_ref().map(seen), &config, ctx, now, u);
             let wait = match plan {
-                GetPlan::ServeStale(Refresh::Start(reason))
+                GetPlan::ServeFresh(Refresh::Start(reason))
+                | GetPlan::ServeStale(Refresh::Start(reason))
                 | GetPlan::AnswerMiss(Refresh::Start(reason)) => {
                     m.refreshes_scheduled.inc();
+                    if reason == FetchReason::Early {
+                        m.early_refreshes.inc();
+                    }
                     self.start_flight(&mut table, &key, job, &config, m, reason);
                     None
                 }
@@ -385,45 +488,49 @@ impl Engine {
                 }),
                 _ => None,
             };
-            (plan, item, wait)
+            (plan, item, wait, remembered)
         };
-        entry.metrics.count_get(match plan {
-            GetPlan::ServeFresh => Found::Fresh,
+        m.count_get(match plan {
+            GetPlan::ServeFresh(_)
+            | GetPlan::FetchSync {
+                fallback: Some(ItemState::Fresh),
+                ..
+            } => Found::Fresh,
             GetPlan::ServeStale(_)
             | GetPlan::FetchSync {
-                stale_fallback: true,
-                ..
+                fallback: Some(_), ..
             } => Found::Stale,
-            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } => Found::Miss,
+            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } | GetPlan::FailRemembered => {
+                Found::Miss
+            }
         });
 
-        match plan {
-            GetPlan::ServeFresh => Ok(served(ItemState::Fresh, item, false)),
-            GetPlan::ServeStale(refresh) => Ok(served(ItemState::Stale, item, refresh.scheduled())),
-            GetPlan::AnswerMiss(refresh) => Ok(GetOutcome {
-                state: ItemState::Miss,
-                data: Vec::new(),
-                times: None,
-                refresh_scheduled: refresh.scheduled(),
-                fetched: false,
-            }),
-            GetPlan::FetchSync { stale_fallback, .. } => {
+        let outcome = match plan {
+            GetPlan::ServeFresh(refresh) => served(ItemState::Fresh, item, refresh.scheduled()),
+            GetPlan::ServeStale(refresh) => served(ItemState::Stale, item, refresh.scheduled()),
+            GetPlan::AnswerMiss(refresh) => served(ItemState::Miss, None, refresh.scheduled()),
+            GetPlan::FailRemembered => {
+                return Err(remembered
+                    .unwrap_or_else(|| Error::FetchFailed("the item's last fetch failed".into())))
+            }
+            GetPlan::FetchSync { fallback, .. } => {
                 let mut done = wait.expect("a synchronous plan waits on a flight");
                 let result = wait_flight(&mut done).await?;
-                match (&*result, stale_fallback, item) {
-                    (Ok(fetched), _, _) => Ok(GetOutcome {
-                        state: ItemState::Fresh,
-                        data: fetched.data.clone(),
-                        times: Some(fetched.times),
-                        refresh_scheduled: false,
+                match (&*result, fallback, item) {
+                    (Ok(fetched), _, _) => GetOutcome {
                         fetched: true,
-                    }),
-                    // Stale beats an error.
-                    (Err(_), true, Some(stale)) => Ok(served(ItemState::Stale, Some(stale), false)),
-                    (Err(e), _, _) => Err(e.clone()),
+                        ..served(ItemState::Fresh, Some(fetched.clone()), false)
+                    },
+                    // Old data beats an error.
+                    (Err(_), Some(state), Some(old)) => served(state, Some(old), false),
+                    (Err(e), _, _) => return Err(e.clone()),
                 }
             }
+        };
+        if outcome.absent {
+            m.gets_absent.inc();
         }
+        Ok(outcome)
     }
 
     /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
@@ -434,24 +541,25 @@ impl Engine {
         let entry = jobs
             .get(job)
             .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
-        let item = entry.seen(self.inner.store.get(&key)?);
+        let item = self.seen(entry, self.inner.store.get(&key)?);
         let times = item.as_ref().map(|i| i.times);
         Ok(
             match policy::freshness(times, &entry.config, SystemTime::now()) {
                 Freshness::Fresh => served(ItemState::Fresh, item, false),
-                Freshness::Stale { .. } => served(ItemState::Stale, item, false),
+                Freshness::Stale => served(ItemState::Stale, item, false),
                 Freshness::Absent => served(ItemState::Miss, None, false),
             },
         )
     }
 
-    /// Stores `data` for an item directly; returns its expiry.
+    /// Stores `data` for an item directly, with its `tags`; returns its expiry.
     pub async fn set(
         &self,
         job: &JobName,
         args: &[u8],
         data: Vec<u8>,
         lifetime: Option<Duration>,
+        tags: Vec<Tag>,
     ) -> Result<SystemTime, Error> {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
@@ -459,7 +567,11 @@ impl Engine {
         {
             let mut table = self.shard(&key).lock();
             self.still_known(job)?;
-            self.inner.store.put(&key, &Item { times, data })?;
+            let item = Item {
+                tags,
+                ..Item::data(times, data)
+            };
+            self.inner.store.put(&key, &item)?;
             table.write_wins(&key);
         }
         self.flush_if_always().await?;
@@ -561,6 +673,7 @@ impl Engine {
         for table in self.inner.tables.iter() {
             let mut table = table.lock();
             table.backoff.retain(|_, b| b.until + KEEP > now);
+            table.errors.retain(|_, r| r.until > now);
         }
     }
 
@@ -640,6 +753,7 @@ impl Engine {
                 done: rx.clone(),
                 superseded: false,
                 reinvalidate: false,
+                reason,
             },
         );
         let engine = self.clone();
@@ -667,23 +781,35 @@ impl Engine {
         let timeout = config.refresh_timeout;
         let started = Instant::now();
         metrics.fetches_in_flight.inc();
+        // A refresh sends the stored validator, so the worker may answer NotModified.
+        let validator: Arc<[u8]> = match reason {
+            FetchReason::Miss => Arc::from(Vec::new()),
+            _ => match self.inner.store.get(key) {
+                Ok(Some(item)) => Arc::from(item.validator),
+                _ => Arc::from(Vec::new()),
+            },
+        };
         let outcome = self
             .inner
             .workers
             .fetch(
                 job,
                 Arc::from(key.args()),
+                validator,
                 reason,
                 Instant::now() + timeout,
                 SystemTime::now() + timeout,
                 timeout,
             )
             .await;
-        let result = outcome.and_then(|f| self.check_fetched(f, config));
+        let took = started.elapsed();
+        let landed = outcome.and_then(|f| self.check_fetched(f, config, took));
         metrics.fetches_in_flight.dec();
-        metrics
-            .fetch_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.fetch_duration.observe(took.as_secs_f64());
+        if matches!(landed, Ok(Landed::NotModified { .. })) {
+            metrics.not_modified.inc();
+        }
+        let (result, stored) = self.finish_flight(key, job, config, metrics, id, landed);
         match &result {
             Ok(_) => metrics.fetches_succeeded.inc(),
             Err(e) => {
@@ -691,7 +817,6 @@ impl Engine {
                 metrics.fetches_failed.inc()
             }
         };
-        let stored = self.finish_flight(key, job, config, metrics, id, &result);
         if stored {
             if let Err(e) = self.flush_if_always().await {
                 tracing::error!(error = %e, "flush after a fetch failed");
@@ -701,28 +826,65 @@ impl Engine {
     }
 
     /// Checks a worker's answer against the limits and gives it its times.
-    fn check_fetched(&self, fetched: Fetched, config: &JobConfig) -> Result<Item, Error> {
-        let limit = self.inner.settings.limits.max_data_bytes;
-        if fetched.data.len() > limit {
-            return Err(Error::FetchFailed(format!(
-                "the worker answered {} bytes of data, over the limit of {limit} bytes",
-                fetched.data.len()
-            )));
-        }
-        let lifetime = fetched.lifetime.unwrap_or(config.lifetime);
-        if lifetime > MAX_SPAN {
-            return Err(Error::FetchFailed(format!(
-                "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
-            )));
-        }
-        Ok(Item {
-            times: policy::times_for_new(SystemTime::now(), lifetime),
-            data: fetched.data,
+    fn check_fetched(
+        &self,
+        fetched: Fetched,
+        config: &JobConfig,
+        took: Duration,
+    ) -> Result<Landed, Error> {
+        let check_lifetime = |lifetime: Duration| {
+            if lifetime > MAX_SPAN {
+                return Err(Error::FetchFailed(format!(
+                    "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
+                )));
+            }
+            Ok(lifetime)
+        };
+        let now = SystemTime::now();
+        Ok(match fetched {
+            Fetched::Value {
+                data,
+                lifetime,
+                validator,
+                tags,
+            } => {
+                let limit = self.inner.settings.limits.max_data_bytes;
+                if data.len() > limit {
+                    return Err(Error::FetchFailed(format!(
+                        "the worker answered {} bytes of data, over the limit of {limit} bytes",
+                        data.len()
+                    )));
+                }
+                let lifetime = check_lifetime(lifetime.unwrap_or(config.lifetime))?;
+                Landed::Item(Item {
+                    times: policy::times_for_new(now, lifetime),
+                    fetch_took: took,
+                    validator,
+                    tags,
+                    absent: false,
+                    data,
+                })
+            }
+            Fetched::Absent { lifetime, tags } => {
+                let lifetime = check_lifetime(lifetime.unwrap_or(config.absent_lifetime()))?;
+                Landed::Item(Item {
+                    times: policy::times_for_new(now, lifetime),
+                    fetch_took: took,
+                    tags,
+                    absent: true,
+                    ..Item::data(policy::times_for_new(now, lifetime), Vec::new())
+                })
+            }
+            Fetched::NotModified { lifetime } => Landed::NotModified {
+                lifetime: check_lifetime(lifetime.unwrap_or(config.lifetime))?,
+                fetch_took: took,
+            },
         })
     }
 
     /// Removes the flight, stores its result unless a write superseded it, keeps the
-    /// backoff, and starts the refresh an Invalidate asked for. Whether it stored.
+    /// backoff (and, for a missing item, the error for `error_ttl`), and starts the
+    /// refresh an Invalidate asked for. The result the waiters get, and whether it stored.
     fn finish_flight(
         &self,
         key: &ItemKey,
@@ -730,16 +892,46 @@ impl Engine {
         config: &JobConfig,
         metrics: &Arc<JobMetrics>,
         id: u64,
-        result: &Result<Item, Error>,
-    ) -> bool {
+        landed: Result<Landed, Error>,
+    ) -> (Result<Item, Error>, bool) {
         let mut table = self.shard(key).lock();
-        let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
-            return false;
+        let flight = table.flights.remove(key).filter(|f| f.id == id);
+        let result = landed.and_then(|landed| match landed {
+            Landed::Item(item) => Ok(item),
+            // Confirmed against what is stored now, under the item's lock.
+            Landed::NotModified {
+                lifetime,
+                fetch_took,
+            } => {
+                let stored =
+                    self.inner.store.get(key)?.filter(|i| {
+                        !policy::is_past_ttl(i.times.stored_at, config, SystemTime::now())
+                    });
+                let times = policy::not_modified(
+                    stored.as_ref().map(|i| i.times),
+                    SystemTime::now(),
+                    lifetime,
+                );
+                match (stored, times) {
+                    (Some(item), Some(times)) => Ok(Item {
+                        times,
+                        fetch_took,
+                        ..item
+                    }),
+                    _ => Err(Error::FetchFailed(
+                        "the worker answered not_modified but no stored data".into(),
+                    )),
+                }
+            }
+        });
+        let Some(flight) = flight else {
+            return (result, false);
         };
         let mut stored = false;
-        match result {
+        match &result {
             Ok(item) => {
                 table.backoff.remove(key);
+                table.errors.remove(key);
                 if !flight.superseded && self.still_known(job).is_ok() {
                     let mut item = item.clone();
                     if flight.reinvalidate {
@@ -754,7 +946,7 @@ impl Engine {
             }
             // A full queue says nothing of the origin: no backoff for it.
             Err(Error::QueueFull { .. }) => {}
-            Err(_) => {
+            Err(e) => {
                 let failures = table.backoff.get(key).map_or(0, |b| b.failures) + 1;
                 let delay = policy::backoff_delay(
                     failures,
@@ -769,6 +961,17 @@ impl Engine {
                         until: Instant::now() + delay,
                     },
                 );
+                if let (Some(ttl), FetchReason::Miss, false) =
+                    (config.error_ttl, flight.reason, flight.superseded)
+                {
+                    table.errors.insert(
+                        key.clone(),
+                        Remembered {
+                            error: e.clone(),
+                            until: Instant::now() + ttl,
+                        },
+                    );
+                }
             }
         }
         if flight.reinvalidate && !flight.superseded && !table.backed_off(key) {
@@ -782,7 +985,7 @@ impl Engine {
                 FetchReason::Invalidated,
             );
         }
-        stored
+        (result, stored)
     }
 }
 
@@ -793,6 +996,7 @@ impl Table {
             flight.superseded = true;
         }
         self.backoff.remove(key);
+        self.errors.remove(key);
     }
 
     fn backed_off(&self, key: &ItemKey) -> bool {
@@ -803,9 +1007,9 @@ impl Table {
 }
 
 fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetOutcome {
-    let (data, times) = match item {
-        Some(i) => (i.data, Some(i.times)),
-        None => (Vec::new(), None),
+    let (data, times, absent, tags) = match item {
+        Some(i) => (i.data, Some(i.times), i.absent, i.tags),
+        None => (Vec::new(), None, false, Vec::new()),
     };
     GetOutcome {
         state,
@@ -813,6 +1017,16 @@ fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetO
         times,
         refresh_scheduled,
         fetched: false,
+        absent,
+        tags,
+    }
+}
+
+/// What the policy needs of a stored item.
+fn seen(item: &Item) -> Seen {
+    Seen {
+        times: item.times,
+        fetch_took: item.fetch_took,
     }
 }
 

@@ -1,7 +1,7 @@
 //! cachebackd: serves cached data at once and refreshes it in the background, with the fetch
 //! code living in the app servers that register with it as workers.
 //!
-//! One module per concern: [`config`] (the command line and the TOML file), [`model`]
+//! One module per concern: [`additions`] (the edge of the protocol's additions), [`config`] (the command line and the TOML file), [`model`]
 //! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
 //! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
@@ -9,6 +9,7 @@
 //! [`metrics`] (Prometheus), [`systemd`] (readiness, watchdog, socket activation) and
 //! [`ctl`] (`cachebackd ctl`).
 
+pub mod additions;
 pub mod admin;
 pub mod config;
 pub mod ctl;

@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1::{
-    self as pb, cacheback_server::Cacheback, daemon_message, fetch_result, get_result,
-    worker_message,
+    self as pb, cacheback_server::Cacheback, daemon_message, get_result, worker_message,
 };
 use futures_util::future::join_all;
 use prost::Message;
@@ -18,10 +17,11 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::engine::{Engine, GetOutcome};
+use crate::additions;
+use crate::engine::{Engine, GetOptions, GetOutcome};
 use crate::error::Error;
-use crate::model::{FetchReason, ItemState, JobConfig, JobName, MAX_SPAN};
-use crate::workers::{Answered, Fetched, Outbound, WorkerId};
+use crate::model::{FetchReason, ItemState, JobConfig, JobName, Tag, MAX_SPAN};
+use crate::workers::{Answered, FetchOrder, Outbound, WorkerId};
 
 /// Fetches a worker takes at once when its Register says 0.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
@@ -78,11 +78,14 @@ impl CachebackService {
         if req.peek {
             return Ok(get_response(self.engine.peek(&job, &req.args)?));
         }
-        let outcome = within(
-            deadline,
-            self.engine.get(&job, &req.args, req.fetch_on_miss),
-        )
-        .await?;
+        let options = GetOptions {
+            fetch_on_miss: req.fetch_on_miss,
+            max_age: req
+                .max_age
+                .map(|d| additions::span("GetRequest.max_age", d, true))
+                .transpose()?,
+        };
+        let outcome = within(deadline, self.engine.get(&job, &req.args, options)).await?;
         Ok(get_response(outcome))
     }
 
@@ -170,7 +173,11 @@ impl Cacheback for CachebackService {
             .lifetime
             .map(|d| span("SetRequest.lifetime", d, true))
             .transpose()?;
-        let expires_at = self.engine.set(&job, &req.args, req.data, lifetime).await?;
+        let tags = Tag::parse_item_tags(&req.tags, self.engine.limits())?;
+        let expires_at = self
+            .engine
+            .set(&job, &req.args, req.data, lifetime, tags)
+            .await?;
         Ok(Response::new(pb::SetResponse {
             expires_at: Some(expires_at.into()),
         }))
@@ -201,6 +208,18 @@ impl Cacheback for CachebackService {
         Ok(Response::new(pb::DeleteResponse { found }))
     }
 
+    async fn invalidate_tags(
+        &self,
+        req: Request<pb::InvalidateTagsRequest>,
+    ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        let _call = self.calls.token();
+        let tags = additions::tags_to_invalidate(&req.into_inner().tags, self.engine.limits())?;
+        let mark = self.engine.invalidate_tags(&tags).await?;
+        Ok(Response::new(pb::InvalidateTagsResponse {
+            invalidated_before: Some(mark.into()),
+        }))
+    }
+
     type RegisterJobStream = DaemonStream;
 
     async fn register_job(
@@ -223,12 +242,11 @@ impl Cacheback for CachebackService {
         });
         let fetches = ReceiverStream::new(rx).map(|out| match out {
             Outbound::Fetch(order) => Ok(pb::DaemonMessage {
-                kind: Some(daemon_message::Kind::Fetch(pb::FetchRequest {
-                    request_id: order.request_id.to_string(),
-                    args: order.args.to_vec(),
-                    reason: fetch_reason(order.reason) as i32,
-                    deadline: Some(order.deadline.into()),
-                    ..Default::default()
+                kind: Some(daemon_message::Kind::Fetch(fetch_request(order))),
+            }),
+            Outbound::Batch(orders) => Ok(pb::DaemonMessage {
+                kind: Some(daemon_message::Kind::Batch(pb::FetchBatch {
+                    fetches: orders.into_iter().map(fetch_request).collect(),
                 })),
             }),
             Outbound::Close(e) => Err(Status::from(e)),
@@ -270,6 +288,7 @@ impl WorkerStream {
             }
             Ok(None) | Err(_) => return,
         };
+        let max_batch = register.max_batch.clamp(1, MAX_MAX_IN_FLIGHT) as usize;
         let (job, config, worker_id, max_in_flight) = match self.register(register).await {
             Ok(registration) => registration,
             Err(status) => {
@@ -280,8 +299,13 @@ impl WorkerStream {
         // Counted as a worker of the job before it hears Registered, so that whoever sees
         // the registration also sees the worker. Its fetches cannot overtake Registered:
         // the response stream reads them only once `reg_tx` is dropped.
-        self.engine
-            .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
+        if let Err(e) =
+            self.engine
+                .add_worker(&job, worker_id, max_in_flight, max_batch, self.tx.clone())
+        {
+            let _ = reg_tx.send(Err(e.into())).await;
+            return;
+        }
         let registered = pb::DaemonMessage {
             kind: Some(daemon_message::Kind::Registered(pb::Registered {
                 worker_id: worker_id.to_string(),
@@ -359,28 +383,7 @@ impl WorkerStream {
                     return None;
                 }
             };
-            let outcome = match result.outcome {
-                Some(fetch_result::Outcome::Value(v)) => match v.lifetime {
-                    Some(d) => span("FetchedValue.lifetime", d, true)
-                        .map(|lifetime| Fetched {
-                            data: v.data,
-                            lifetime: Some(lifetime),
-                        })
-                        .map_err(|s| s.message().to_owned()),
-                    None => Ok(Fetched {
-                        data: v.data,
-                        lifetime: None,
-                    }),
-                },
-                Some(fetch_result::Outcome::Error(e)) => Err(e.message),
-                Some(fetch_result::Outcome::Absent(_)) => {
-                    Err("this daemon does not store FetchedAbsent answers yet".into())
-                }
-                Some(fetch_result::Outcome::NotModified(_)) => {
-                    Err("this daemon does not take NotModified answers yet".into())
-                }
-                None => Err("the worker answered with neither a value nor an error".into()),
-            };
+            let outcome = additions::outcome(result.outcome, self.engine.limits());
             match self
                 .engine
                 .workers()
@@ -465,19 +468,33 @@ fn config_from_proto(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig
             Some(x) => span("JobConfig.cache_ttl", x, false)?,
             None => d.cache_ttl,
         },
+        ..d
     })
+    .and_then(|config| Ok(additions::job_settings(&c, config, &d)?))
 }
 
 /// The effective config as sent in `Registered.config`.
 pub fn config_to_proto(c: &JobConfig) -> pb::JobConfig {
     let d = |x: Duration| prost_types::Duration::try_from(x).unwrap_or_default();
-    pb::JobConfig {
+    let mut out = pb::JobConfig {
         lifetime: Some(d(c.lifetime)),
         refresh_timeout: Some(d(c.refresh_timeout)),
         fetch_on_miss: Some(c.fetch_on_miss),
         fetch_on_stale_threshold: c.fetch_on_stale_threshold.map(d),
         cache_ttl: Some(d(c.cache_ttl)),
         ..Default::default()
+    };
+    additions::job_settings_to_proto(c, &mut out);
+    out
+}
+
+fn fetch_request(order: FetchOrder) -> pb::FetchRequest {
+    pb::FetchRequest {
+        request_id: order.request_id.to_string(),
+        args: order.args.to_vec(),
+        reason: fetch_reason(order.reason) as i32,
+        deadline: Some(order.deadline.into()),
+        validator: order.validator.to_vec(),
     }
 }
 
@@ -486,6 +503,7 @@ fn fetch_reason(r: FetchReason) -> pb::FetchReason {
         FetchReason::Miss => pb::FetchReason::Miss,
         FetchReason::Stale => pb::FetchReason::Stale,
         FetchReason::Invalidated => pb::FetchReason::Invalidated,
+        FetchReason::Early => pb::FetchReason::Early,
     }
 }
 
@@ -502,6 +520,7 @@ fn get_response(o: GetOutcome) -> pb::GetResponse {
         expires_at: o.times.and_then(|t| ts(t.expires_at)),
         refresh_scheduled: o.refresh_scheduled,
         fetched: o.fetched,
-        ..Default::default()
+        absent: o.absent,
+        tags: o.tags.into_iter().map(|t| t.as_str().to_owned()).collect(),
     }
 }

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::model::{FetchReason, JobName};
+use crate::model::{FetchReason, JobName, Tag};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A worker's identity on its stream (sent to it in `Registered.worker_id`).
 pub type WorkerId = Uuid;
@@ -38,6 +39,8 @@ pub struct FetchOrder {
     pub reason: FetchReason,
     /// When the daemon stops waiting for the answer.
     pub deadline: SystemTime,
+    /// The stored item's validator, for a conditional refresh; empty if none.
+    pub validator: Arc<[u8]>,
 }
 
 /// What the daemon sends down a worker's stream.
@@ -45,17 +48,38 @@ pub struct FetchOrder {
 pub enum Outbound {
     /// A fetch to run.
     Fetch(FetchOrder),
+    /// Several fetches in one message (the worker's `max_batch` > 1), each answered alone.
+    Batch(Vec<FetchOrder>),
     /// End the stream with this error.
     Close(Error),
 }
 
-/// A worker's successful answer.
+/// A worker's successful answer, checked at the edge (validator and tags within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    /// The data.
-    pub data: Vec<u8>,
-    /// A per-item lifetime replacing the job's, if the worker gave one.
-    pub lifetime: Option<Duration>,
+pub enum Fetched {
+    /// The data, with what is stored alongside it.
+    Value {
+        /// The data.
+        data: Vec<u8>,
+        /// A per-item lifetime replacing the job's, if the worker gave one.
+        lifetime: Option<Duration>,
+        /// Sent back with the next refresh of the item.
+        validator: Vec<u8>,
+        /// The item's tags.
+        tags: Vec<Tag>,
+    },
+    /// The origin has no such data: stored as an absence (negative caching).
+    Absent {
+        /// Replaces the job's `absent_lifetime`, if the worker gave one.
+        lifetime: Option<Duration>,
+        /// The item's tags.
+        tags: Vec<Tag>,
+    },
+    /// The stored data is still current: extend it.
+    NotModified {
+        /// Replaces the job's lifetime, if the worker gave one.
+        lifetime: Option<Duration>,
+    },
 }
 
 /// A worker's answer: data, or its error message.
@@ -105,13 +129,29 @@ struct JobWorkers {
 struct Slot {
     id: WorkerId,
     max_in_flight: usize,
+    /// Most fetches per message (1: one FetchRequest each).
+    max_batch: usize,
     tx: mpsc::Sender<Outbound>,
     in_flight: HashMap<RequestId, Pending>,
+    /// Where the size of every message of fetches sent to it is recorded.
+    batch_sizes: Histogram,
+}
+
+/// How a worker takes its fetches.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    /// Most unanswered fetches at once.
+    pub max_in_flight: usize,
+    /// Most fetches per message.
+    pub max_batch: usize,
+    /// Records the size of every message of fetches.
+    pub batch_sizes: Histogram,
 }
 
 /// A fetch waiting for its answer, in the queue or on a worker.
 struct Pending {
     args: Arc<[u8]>,
+    validator: Arc<[u8]>,
     reason: FetchReason,
     deadline: Instant,
     deadline_wall: SystemTime,
@@ -157,22 +197,24 @@ impl Workers {
             .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
     }
 
-    /// Adds a worker for `job` that takes at most `max_in_flight` fetches at once; queued
-    /// fetches go to it at once. `tx` is its stream.
+    /// Adds a worker for `job` that takes fetches as `capacity` says; queued fetches go to
+    /// it at once. `tx` is its stream.
     pub fn register(
         &self,
         job: &JobName,
         id: WorkerId,
-        max_in_flight: usize,
+        capacity: Capacity,
         tx: mpsc::Sender<Outbound>,
     ) {
         let mut jobs = self.shared.jobs.lock();
         let entry = jobs.entry(job.clone()).or_default();
         entry.workers.push(Slot {
             id,
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight: capacity.max_in_flight.max(1),
+            max_batch: capacity.max_batch.max(1),
             tx,
             in_flight: HashMap::new(),
+            batch_sizes: capacity.batch_sizes,
         });
         entry.drain_queue();
     }
@@ -209,11 +251,13 @@ impl Workers {
     }
 
     /// Runs one fetch of `args` for `job` on a worker: waits (queued) for a free worker,
-    /// then for its answer, until `deadline`.
+    /// then for its answer, until `deadline`. `validator` goes with it (conditional refresh).
+    #[allow(clippy::too_many_arguments)]
     pub async fn fetch(
         &self,
         job: &JobName,
         args: Arc<[u8]>,
+        validator: Arc<[u8]>,
         reason: FetchReason,
         deadline: Instant,
         deadline_wall: SystemTime,
@@ -232,6 +276,7 @@ impl Workers {
             }
             entry.queue.push_back(Pending {
                 args,
+                validator,
                 reason,
                 deadline,
                 deadline_wall,
@@ -285,40 +330,70 @@ impl Workers {
 }
 
 impl JobWorkers {
-    /// Hands queued fetches to the least loaded workers with free capacity, in order.
+    /// Hands queued fetches to the least loaded workers with free capacity, in order. The
+    /// fetches one worker gets in one pass go to it in messages of up to its `max_batch`:
+    /// what is ready is batched, nothing waits for a batch to fill.
     fn drain_queue(&mut self) {
+        let mut orders: Vec<Vec<FetchOrder>> = vec![Vec::new(); self.workers.len()];
         while let Some(pending) = self.queue.pop_front() {
             if pending.abandoned() {
                 continue;
             }
-            let Some(slot) = self
+            let Some((index, slot)) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.in_flight.len() < w.max_in_flight && !w.tx.is_closed())
-                .min_by_key(|w| w.in_flight.len())
+                .enumerate()
+                .filter(|(_, w)| w.in_flight.len() < w.max_in_flight && !w.tx.is_closed())
+                .min_by_key(|(_, w)| w.in_flight.len())
             else {
                 self.queue.push_front(pending);
-                return;
+                break;
             };
             let request_id = Uuid::new_v4();
-            let order = FetchOrder {
+            orders[index].push(FetchOrder {
                 request_id,
                 args: pending.args.clone(),
                 reason: pending.reason,
                 deadline: pending.deadline_wall,
-            };
-            // The channel holds at most `max_in_flight` orders, one per slot, so it is only
-            // ever full or closed when the stream is going away: the fetch then waits for
-            // the next worker.
-            match slot.tx.try_send(Outbound::Fetch(order)) {
-                Ok(()) => {
-                    pending.dispatched.store(true, Ordering::Relaxed);
-                    slot.in_flight.insert(request_id, pending);
-                }
-                Err(_) => {
-                    self.queue.push_front(pending);
-                    // Mark the slot unusable until its stream task unregisters it.
-                    slot.max_in_flight = 0;
+                validator: pending.validator.clone(),
+            });
+            slot.in_flight.insert(request_id, pending);
+        }
+        for (slot, orders) in self.workers.iter_mut().zip(orders) {
+            let mut orders = orders.into_iter().peekable();
+            while orders.peek().is_some() {
+                let chunk: Vec<FetchOrder> = orders.by_ref().take(slot.max_batch).collect();
+                slot.batch_sizes.observe(chunk.len() as f64);
+                let ids: Vec<RequestId> = chunk.iter().map(|o| o.request_id).collect();
+                let message = if slot.max_batch > 1 {
+                    Outbound::Batch(chunk)
+                } else {
+                    Outbound::Fetch(chunk.into_iter().next().expect("a chunk is never empty"))
+                };
+                // The channel holds at most `max_in_flight` messages, at most one per
+                // slot, so it is only ever full or closed when the stream is going away:
+                // the fetches then wait for the next worker.
+                match slot.tx.try_send(message) {
+                    Ok(()) => {
+                        for id in &ids {
+                            if let Some(p) = slot.in_flight.get(id) {
+                                p.dispatched.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        let rest: Vec<RequestId> = ids
+                            .into_iter()
+                            .chain(orders.by_ref().map(|o| o.request_id))
+                            .collect();
+                        for id in rest.iter().rev() {
+                            if let Some(pending) = slot.in_flight.remove(id) {
+                                self.queue.push_front(pending);
+                            }
+                        }
+                        // Mark the slot unusable until its stream task unregisters it.
+                        slot.max_in_flight = 0;
+                    }
                 }
             }
         }
