@@ -15,29 +15,44 @@ const JOB: &str = "policy-absent";
 #[tokio::test]
 async fn fetched_absent_is_stored_with_absent_lifetime_and_read_back_absent() {
     let mut d = Daemon::start().await;
-    let mut c = d.client();
+    let c = d.client();
     let cfg = JobConfig {
         absent_lifetime: Some(dur(1.0)),
         ..job_config(300.0, 20.0)
     };
-    let mut w = TestWorker::register(&d, JOB, cfg.clone()).await;
+    let mut w = TestWorker::register(&d, JOB, cfg).await;
 
     let pending = spawn_get(&c, JOB, b"[\"nobody\"]", None);
     let fetch = w.next_fetch().await;
-    assert!(w.send(absent_msg(&fetch.request_id, None, &["users"])).await);
-    let r = join_get(pending).await.expect("an absence is a successful fetch");
-    assert_eq!((r.state(), r.absent, r.fetched), (ItemState::Fresh, true, true));
+    assert!(
+        w.send(absent_msg(&fetch.request_id, None, &["users"]))
+            .await
+    );
+    let r = join_get(pending)
+        .await
+        .expect("an absence is a successful fetch");
+    assert_eq!(
+        (r.state(), r.absent, r.fetched),
+        (ItemState::Fresh, true, true)
+    );
     assert!(r.data.is_empty());
     assert_eq!(r.tags, vec!["users".to_string()]);
     let (stored_at, expires_at) = (r.stored_at.unwrap(), r.expires_at.unwrap());
-    assert_span(seconds_between(&stored_at, &expires_at), 1.0, "absent_lifetime");
+    assert_span(
+        seconds_between(&stored_at, &expires_at),
+        1.0,
+        "absent_lifetime",
+    );
 
     // Read back as any item: FRESH, absent, no fetch; it survives a restart.
     drop(w);
     d.restart().await;
     let mut c2 = d.client();
     let r = get(&mut c2, JOB, b"[\"nobody\"]").await;
-    assert_eq!((r.state(), r.absent, r.fetched), (ItemState::Fresh, true, false));
+    assert_eq!(
+        (r.state(), r.absent, r.fetched),
+        (ItemState::Fresh, true, false)
+    );
     let r = peek(&mut c2, JOB, b"[\"nobody\"]").await;
     assert!(r.absent);
 
@@ -45,10 +60,14 @@ async fn fetched_absent_is_stored_with_absent_lifetime_and_read_back_absent() {
     let mut w = TestWorker::register(&d, JOB, cfg).await;
     sleep_until_wall(wall(&expires_at) + Duration::from_millis(50)).await;
     let r = get(&mut c2, JOB, b"[\"nobody\"]").await;
-    assert_eq!((r.state(), r.absent, r.refresh_scheduled), (ItemState::Stale, true, true));
+    assert_eq!(
+        (r.state(), r.absent, r.refresh_scheduled),
+        (ItemState::Stale, true, true)
+    );
     let fetch = w.next_fetch().await;
     assert_eq!(fetch.reason(), FetchReason::Stale);
-    w.reply_value(&fetch.request_id, b"\"found\"".to_vec(), None).await;
+    w.reply_value(&fetch.request_id, b"\"found\"".to_vec(), None)
+        .await;
     let r = eventually(WAIT, || {
         let mut c = c2.clone();
         async move {
@@ -57,10 +76,12 @@ async fn fetched_absent_is_stored_with_absent_lifetime_and_read_back_absent() {
         }
     })
     .await;
-    assert_eq!((r.state(), r.data.as_slice()), (ItemState::Fresh, &b"\"found\""[..]));
-    c = c2;
-    // Delete removes an absence as any item.
-    assert!(delete(&mut c, JOB, b"[\"nobody\"]").await.found);
+    assert_eq!(
+        (r.state(), r.data.as_slice()),
+        (ItemState::Fresh, &b"\"found\""[..])
+    );
+    // Delete removes it as any item.
+    assert!(delete(&mut c2, JOB, b"[\"nobody\"]").await.found);
 }
 
 #[tokio::test]
@@ -74,7 +95,10 @@ async fn fetched_absent_with_its_own_lifetime_overrides_absent_lifetime() {
     let r = join_get(pending).await.unwrap();
     assert!(r.absent && r.tags.is_empty());
     assert_span(
-        seconds_between(r.stored_at.as_ref().unwrap(), r.expires_at.as_ref().unwrap()),
+        seconds_between(
+            r.stored_at.as_ref().unwrap(),
+            r.expires_at.as_ref().unwrap(),
+        ),
         7.0,
         "FetchedAbsent.lifetime",
     );
@@ -94,12 +118,18 @@ async fn error_ttl_fails_a_missing_items_sync_get_at_once_until_a_set_or_delete(
     let fetch = w.next_fetch().await;
     w.reply_error(&fetch.request_id, "origin is down").await;
     let status = join_get(pending).await.unwrap_err();
-    assert_eq!((status.code(), status.message()), (Code::Unavailable, "origin is down"));
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unavailable, "origin is down")
+    );
 
     // Within error_ttl: the same answer at once, and no fetch.
     for _ in 0..3 {
         let status = try_get(&mut c, JOB, b"[3]", None).await.unwrap_err();
-        assert_eq!((status.code(), status.message()), (Code::Unavailable, "origin is down"));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "origin is down")
+        );
     }
     w.assert_no_fetch(&c, JOB).await;
 
@@ -117,7 +147,8 @@ async fn error_ttl_fails_a_missing_items_sync_get_at_once_until_a_set_or_delete(
     delete(&mut c, JOB, b"[3]").await;
     let pending = spawn_get(&c, JOB, b"[3]", None);
     let fetch = w.next_fetch().await;
-    w.reply_value(&fetch.request_id, b"\"back\"".to_vec(), None).await;
+    w.reply_value(&fetch.request_id, b"\"back\"".to_vec(), None)
+        .await;
     assert_eq!(join_get(pending).await.unwrap().data, b"\"back\"");
 }
 
@@ -149,7 +180,8 @@ async fn error_ttl_runs_out_and_leaves_stale_items_served() {
         })
     });
     let fetch = w.next_fetch().await;
-    w.reply_value(&fetch.request_id, b"\"ok\"".to_vec(), None).await;
+    w.reply_value(&fetch.request_id, b"\"ok\"".to_vec(), None)
+        .await;
     let r = within("Get", pending).await.unwrap().unwrap();
     assert_eq!(r.data, b"\"ok\"");
 

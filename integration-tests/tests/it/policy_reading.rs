@@ -25,7 +25,10 @@ async fn max_age_fetches_an_older_fresh_item_synchronously_and_falls_back_to_it_
 
     // Young enough for a loose bound: a plain fresh hit.
     let r = try_get_max_age(&mut c, JOB, b"[1]", 60.0).await.unwrap();
-    assert_eq!((r.state(), r.fetched, r.refresh_scheduled), (ItemState::Fresh, false, false));
+    assert_eq!(
+        (r.state(), r.fetched, r.refresh_scheduled),
+        (ItemState::Fresh, false, false)
+    );
 
     // Older than 0.5 s, though fresh: fetched synchronously, reason STALE.
     let pending = {
@@ -36,10 +39,18 @@ async fn max_age_fetches_an_older_fresh_item_synchronously_and_falls_back_to_it_
     assert_eq!(fetch.reason(), FetchReason::Stale);
     w.reply_error(&fetch.request_id, "origin down").await;
     let r = within("Get with max_age", pending).await.unwrap().unwrap();
-    assert_eq!(r.state(), ItemState::Fresh, "the old data, in the state it is in");
+    assert_eq!(
+        r.state(),
+        ItemState::Fresh,
+        "the old data, in the state it is in"
+    );
     assert_eq!(r.data, b"\"old\"");
     assert!(!r.fetched);
-    assert_same_instant(r.expires_at.as_ref().unwrap(), s.expires_at.as_ref().unwrap(), "expires_at");
+    assert_same_instant(
+        r.expires_at.as_ref().unwrap(),
+        s.expires_at.as_ref().unwrap(),
+        "expires_at",
+    );
 
     // Again (backoff never holds back a synchronous fetch), and this time it lands.
     let pending = {
@@ -47,9 +58,13 @@ async fn max_age_fetches_an_older_fresh_item_synchronously_and_falls_back_to_it_
         tokio::spawn(async move { try_get_max_age(&mut c, JOB, b"[1]", 0.5).await })
     };
     let fetch = w.next_fetch().await;
-    w.reply_value(&fetch.request_id, b"\"new\"".to_vec(), None).await;
+    w.reply_value(&fetch.request_id, b"\"new\"".to_vec(), None)
+        .await;
     let r = within("Get with max_age", pending).await.unwrap().unwrap();
-    assert_eq!((r.state(), r.data.as_slice(), r.fetched), (ItemState::Fresh, &b"\"new\""[..], true));
+    assert_eq!(
+        (r.state(), r.data.as_slice(), r.fetched),
+        (ItemState::Fresh, &b"\"new\""[..], true)
+    );
     w.assert_no_fetch(&c, JOB).await;
 }
 
@@ -71,7 +86,10 @@ async fn max_age_applies_to_each_get_many_item_and_peek_ignores_it() {
     };
     // A peek with a tiny max_age reads what is stored and starts nothing.
     let r = peek_with_max_age(&mut c, item(0.1, true)).await;
-    assert_eq!((r.state(), r.data.as_slice(), r.fetched), (ItemState::Fresh, &b"\"two\""[..], false));
+    assert_eq!(
+        (r.state(), r.data.as_slice(), r.fetched),
+        (ItemState::Fresh, &b"\"two\""[..], false)
+    );
     w.assert_no_fetch(&c, JOB).await;
 
     let pending = {
@@ -80,9 +98,18 @@ async fn max_age_applies_to_each_get_many_item_and_peek_ignores_it() {
         tokio::spawn(async move { c.get_many(GetManyRequest { requests }).await })
     };
     let fetch = w.next_fetch().await;
-    assert_eq!((fetch.args.as_slice(), fetch.reason()), (&b"[2]"[..], FetchReason::Stale));
-    w.reply_value(&fetch.request_id, b"\"fetched\"".to_vec(), None).await;
-    let results = within("GetMany", pending).await.unwrap().unwrap().into_inner().results;
+    assert_eq!(
+        (fetch.args.as_slice(), fetch.reason()),
+        (&b"[2]"[..], FetchReason::Stale)
+    );
+    w.reply_value(&fetch.request_id, b"\"fetched\"".to_vec(), None)
+        .await;
+    let results = within("GetMany", pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .results;
     let responses: Vec<_> = results
         .into_iter()
         .map(|r| match r.outcome {
@@ -90,9 +117,15 @@ async fn max_age_applies_to_each_get_many_item_and_peek_ignores_it() {
             other => panic!("item failed: {other:?}"),
         })
         .collect();
-    assert_eq!(responses[0].data, b"\"two\"", "the loose bound: the stored data");
+    assert_eq!(
+        responses[0].data, b"\"two\"",
+        "the loose bound: the stored data"
+    );
     assert!(!responses[0].fetched);
-    assert_eq!(responses[1].data, b"\"fetched\"", "the tight bound waited for a fetch");
+    assert_eq!(
+        responses[1].data, b"\"fetched\"",
+        "the tight bound waited for a fetch"
+    );
     assert!(responses[1].fetched);
 }
 
@@ -120,9 +153,13 @@ async fn max_age_and_the_threshold_the_smaller_bound_wins() {
     };
     let fetch = w.next_fetch().await;
     assert_eq!(fetch.reason(), FetchReason::Stale);
-    w.reply_value(&fetch.request_id, b"\"new\"".to_vec(), None).await;
+    w.reply_value(&fetch.request_id, b"\"new\"".to_vec(), None)
+        .await;
     let r = within("Get", pending).await.unwrap().unwrap();
-    assert!(r.fetched, "past the threshold: fetched although max_age allowed it");
+    assert!(
+        r.fetched,
+        "past the threshold: fetched although max_age allowed it"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +171,10 @@ async fn a_negative_max_age_is_invalid_argument() {
         .get(GetRequest {
             job: JOB.into(),
             args: b"[4]".to_vec(),
-            max_age: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            max_age: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await
