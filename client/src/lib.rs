@@ -41,6 +41,7 @@
 mod client;
 mod codec;
 mod error;
+mod fetched;
 mod handle;
 mod job;
 mod time;
@@ -55,7 +56,8 @@ pub use client::{
 };
 pub use codec::{decode_args, encode_args};
 pub use error::{Error, Result};
-pub use handle::{Invalidated, Item, ItemState, JobHandle};
+pub use fetched::{FetchContext, FetchReason, Fetched};
+pub use handle::{Invalidated, Item, ItemState, JobHandle, Read};
 pub use job::{BoxError, Job, JobConfig};
 pub use worker::{Worker, WorkerHandle};
 

@@ -365,7 +365,9 @@ impl JobWorkers {
                 let chunk: Vec<FetchOrder> = orders.by_ref().take(slot.max_batch).collect();
                 slot.batch_sizes.observe(chunk.len() as f64);
                 let ids: Vec<RequestId> = chunk.iter().map(|o| o.request_id).collect();
-                let message = if slot.max_batch > 1 {
+                // A lone fetch goes as a plain FetchRequest, so the worker answers it as
+                // one (with its validator).
+                let message = if chunk.len() > 1 {
                     Outbound::Batch(chunk)
                 } else {
                     Outbound::Fetch(chunk.into_iter().next().expect("a chunk is never empty"))

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod client_additions;
 mod client_attribute;
 mod client_interop;
 mod client_jobs;
