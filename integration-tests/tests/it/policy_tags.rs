@@ -211,3 +211,51 @@ async fn bad_tags_or_validator_in_a_worker_answer_are_a_failed_fetch_and_the_str
         .expect("256 bytes and 32 tags are allowed");
     assert_eq!(r.tags.len(), 32);
 }
+
+#[tokio::test]
+async fn ctl_sets_tags_invalidates_them_and_peeks_or_bounds_the_age_of_a_get() {
+    use crate::ops_support::{ctl, ctl_json};
+    let d = Daemon::start().await;
+    let addr = d.endpoint();
+    let mut w = TestWorker::register(&d, A, job_config(300.0, 20.0)).await;
+    let set = ctl_json(
+        &addr,
+        &["set", A, "[1]", "\"one\"", "--tag", "t1", "--tag", "t2"],
+    )
+    .await;
+    assert!(set["expires_at"].is_string());
+    let got = ctl_json(&addr, &["get", A, "[1]", "--peek"]).await;
+    assert_eq!(got["state"], "FRESH");
+    assert_eq!(got["tags"], serde_json::json!(["t1", "t2"]));
+    assert_eq!(got["absent"], false);
+
+    let marked = ctl_json(&addr, &["invalidate-tags", "t2"]).await;
+    assert!(marked["invalidated_before"].is_string());
+    let got = ctl_json(&addr, &["get", A, "[1]", "--peek"]).await;
+    assert_eq!(
+        (got["state"].as_str(), got["refresh_scheduled"].as_bool()),
+        (Some("STALE"), Some(false))
+    );
+    // A peek started nothing.
+    let c = d.client();
+    w.assert_no_fetch(&c, A).await;
+
+    // --max-age: the stale item is older than 1 ms, so the Get waits for a fetch.
+    let pending = tokio::spawn({
+        let addr = addr.clone();
+        async move { ctl_json(&addr, &["get", A, "[1]", "--max-age", "1ms"]).await }
+    });
+    let fetch = w.next_fetch().await;
+    assert_eq!(fetch.reason(), FetchReason::Stale);
+    w.reply_value(&fetch.request_id, b"\"two\"".to_vec(), None)
+        .await;
+    let got = within("ctl get --max-age", pending).await.unwrap();
+    assert_eq!(
+        (got["data"].as_str(), got["fetched"].as_bool()),
+        (Some("\"two\""), Some(true))
+    );
+
+    let bad = ctl(&addr, &["invalidate-tags", "bad tag"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"));
+}
