@@ -310,9 +310,20 @@ impl Workers {
         let mut jobs = self.shared.jobs.lock();
         let pending = Uuid::parse_str(request_id).ok().and_then(|rid| {
             let entry = jobs.get_mut(job)?;
+            let queued = entry.queue.len();
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
             let pending = slot.in_flight.remove(&rid)?;
-            entry.drain_queue();
+            // A batching worker answers a batch as a burst: its freed slots are refilled
+            // once a batch's worth is free (or it has nothing left), so that the backlog
+            // keeps going out in batches rather than one by one. New fetches are sent at
+            // once regardless (`fetch` drains).
+            let free = slot.max_in_flight.saturating_sub(slot.in_flight.len());
+            if slot.max_batch <= 1
+                || slot.in_flight.is_empty()
+                || free >= slot.max_batch.min(queued)
+            {
+                entry.drain_queue();
+            }
             Some(pending)
         });
         drop(jobs);

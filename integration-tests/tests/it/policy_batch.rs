@@ -85,7 +85,7 @@ async fn max_batch_sends_the_ready_fetches_in_batches_of_at_most_max_batch() {
 }
 
 #[tokio::test]
-async fn every_fetch_of_a_batch_counts_against_max_in_flight() {
+async fn every_fetch_of_a_batch_counts_against_max_in_flight_and_the_backlog_goes_in_batches() {
     let d = Daemon::start().await;
     let mut c = d.client();
     queue_fetches(&d, &mut c, 10).await;
@@ -95,22 +95,34 @@ async fn every_fetch_of_a_batch_counts_against_max_in_flight() {
         .max_batch(32)
         .connect(&d.endpoint())
         .await;
-    let mut first = Vec::new();
+    let mut batch = Vec::new();
     for _ in 0..4 {
-        first.push(w.next_fetch().await);
+        batch.push(w.next_fetch().await);
     }
     assert_eq!(w.batch_sizes(), vec![4], "four slots: a batch of four");
+    // Half the batch answered: two slots free, less than a batch, so the backlog waits.
+    for f in &batch[..2] {
+        w.reply_value(&f.request_id, b"1".to_vec(), None).await;
+    }
     assert!(w
-        .next_fetch_within(std::time::Duration::from_millis(200))
+        .next_fetch_within(std::time::Duration::from_millis(300))
         .await
         .is_none());
-    // Two answers free two slots: the next two fetches follow.
-    for f in &first[..2] {
+    // The rest answered: the next batch of four, then the last two.
+    for f in &batch[2..] {
+        w.reply_value(&f.request_id, b"1".to_vec(), None).await;
+    }
+    let mut batch = Vec::new();
+    for _ in 0..4 {
+        batch.push(w.next_fetch().await);
+    }
+    for f in &batch {
         w.reply_value(&f.request_id, b"1".to_vec(), None).await;
     }
     w.next_fetch().await;
     w.next_fetch().await;
-    assert_eq!(w.fetch_count(), 6);
+    assert_eq!(w.batch_sizes(), vec![4, 4, 2]);
+    assert_eq!(w.fetch_count(), 10);
 }
 
 #[tokio::test]
