@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use cachebackd_proto::wire;
+
 use crate::error::Error;
 
 /// The size limits the daemon enforces on what it is sent.
@@ -20,9 +22,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_job_name_bytes: 128,
-            max_args_bytes: 4096,
-            max_data_bytes: 4 * 1024 * 1024,
+            max_job_name_bytes: wire::MAX_JOB_NAME_BYTES,
+            max_args_bytes: wire::MAX_ARGS_BYTES,
+            max_data_bytes: wire::MAX_DATA_BYTES,
         }
     }
 }
@@ -32,7 +34,7 @@ impl Limits {
     pub fn max_message_bytes(&self) -> usize {
         self.max_data_bytes
             .saturating_add(self.max_args_bytes)
-            .saturating_add(64 * 1024)
+            .saturating_add(wire::MESSAGE_OVERHEAD_BYTES)
     }
 
     /// Checks `args` against the limit.
@@ -62,11 +64,11 @@ impl Limits {
 
 /// A job's name: 1 to `max_job_name_bytes` bytes of `[A-Za-z0-9_.:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobName(String);
+pub(crate) struct JobName(String);
 
 impl JobName {
     /// Validates a name against the allowed alphabet and the length limit.
-    pub fn parse(name: &str, limits: &Limits) -> Result<JobName, Error> {
+    pub(crate) fn parse(name: &str, limits: &Limits) -> Result<JobName, Error> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("job name is empty".into()));
         }
@@ -94,7 +96,7 @@ impl JobName {
     }
 
     /// The name as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -116,11 +118,11 @@ impl fmt::Display for JobName {
 /// The job name never holds a 0x00, so the layout is unambiguous and a job's items share
 /// one key prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ItemKey(Vec<u8>);
+pub(crate) struct ItemKey(Vec<u8>);
 
 impl ItemKey {
     /// The key of `args` within `job`.
-    pub fn new(job: &JobName, args: &[u8]) -> ItemKey {
+    pub(crate) fn new(job: &JobName, args: &[u8]) -> ItemKey {
         let mut key = Vec::with_capacity(job.as_str().len() + 1 + args.len());
         key.extend_from_slice(job.as_str().as_bytes());
         key.push(0);
@@ -129,25 +131,19 @@ impl ItemKey {
     }
 
     /// The prefix shared by every item of `job`.
-    pub fn job_prefix(job: &JobName) -> Vec<u8> {
+    pub(crate) fn job_prefix(job: &JobName) -> Vec<u8> {
         let mut prefix = job.as_str().as_bytes().to_vec();
         prefix.push(0);
         prefix
     }
 
     /// The key as stored.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    /// The job part of the key.
-    pub fn job_bytes(&self) -> &[u8] {
-        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
-        &self.0[..end]
-    }
-
     /// The args part of the key.
-    pub fn args(&self) -> &[u8] {
+    pub(crate) fn args(&self) -> &[u8] {
         match self.0.iter().position(|&b| b == 0) {
             Some(i) => &self.0[i + 1..],
             None => &[],
@@ -187,11 +183,11 @@ impl JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            lifetime: Duration::from_secs(300),
-            refresh_timeout: Duration::from_secs(60),
-            fetch_on_miss: true,
+            lifetime: wire::JOB_LIFETIME,
+            refresh_timeout: wire::JOB_REFRESH_TIMEOUT,
+            fetch_on_miss: wire::JOB_FETCH_ON_MISS,
             fetch_on_stale_threshold: None,
-            cache_ttl: Duration::from_secs(30 * 24 * 3600),
+            cache_ttl: wire::JOB_CACHE_TTL,
             early_refresh_beta: None,
             absent_lifetime: None,
             error_ttl: None,
@@ -200,11 +196,11 @@ impl Default for JobConfig {
 }
 
 /// Longest span the daemon accepts anywhere (a century), so time arithmetic cannot overflow.
-pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Why a fetch was asked for (PROTOCOL.md `FetchReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchReason {
+pub(crate) enum FetchReason {
     /// The item was not cached.
     Miss,
     /// The item was stale.
@@ -217,7 +213,7 @@ pub enum FetchReason {
 
 /// An item's freshness as a Get reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemState {
+pub(crate) enum ItemState {
     /// Within its lifetime.
     Fresh,
     /// Past its lifetime, still within `cache_ttl`.
@@ -253,20 +249,20 @@ impl Beta {
 }
 
 /// Most tags one item may carry.
-pub const MAX_TAGS_PER_ITEM: usize = 32;
+pub(crate) const MAX_TAGS_PER_ITEM: usize = 32;
 /// Most tags one InvalidateTags may name.
-pub const MAX_TAGS_PER_CALL: usize = 100;
+pub(crate) const MAX_TAGS_PER_CALL: usize = 100;
 /// Longest validator, in bytes.
-pub const MAX_VALIDATOR_BYTES: usize = 256;
+pub(crate) const MAX_VALIDATOR_BYTES: usize = 256;
 
 /// A tag on items (`InvalidateTags`): spelled like a job name, so the same rules and the
 /// same message apply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(String);
+pub(crate) struct Tag(String);
 
 impl Tag {
     /// Validates a tag as a job name is validated.
-    pub fn parse(tag: &str, limits: &Limits) -> Result<Tag, Error> {
+    pub(crate) fn parse(tag: &str, limits: &Limits) -> Result<Tag, Error> {
         JobName::parse(tag, limits)
             .map(|n| Tag(n.0))
             .map_err(|e| Error::InvalidArgument(e.to_string().replacen("job name", "tag", 1)))
@@ -274,7 +270,7 @@ impl Tag {
 
     /// Validates an item's tags: at most [`MAX_TAGS_PER_ITEM`], each well formed; duplicates
     /// are kept once.
-    pub fn parse_item_tags(tags: &[String], limits: &Limits) -> Result<Vec<Tag>, Error> {
+    pub(crate) fn parse_item_tags(tags: &[String], limits: &Limits) -> Result<Vec<Tag>, Error> {
         if tags.len() > MAX_TAGS_PER_ITEM {
             return Err(Error::InvalidArgument(format!(
                 "{} tags on one item, over the limit of {MAX_TAGS_PER_ITEM}",
@@ -296,7 +292,7 @@ impl Tag {
     }
 
     /// The tag as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -314,7 +310,7 @@ impl fmt::Display for Tag {
 }
 
 /// A validator (`FetchedValue.validator`): opaque, at most [`MAX_VALIDATOR_BYTES`].
-pub fn check_validator(validator: &[u8]) -> Result<(), Error> {
+pub(crate) fn check_validator(validator: &[u8]) -> Result<(), Error> {
     if validator.len() > MAX_VALIDATOR_BYTES {
         return Err(Error::InvalidArgument(format!(
             "validator is {} bytes, over the limit of {MAX_VALIDATOR_BYTES} bytes",

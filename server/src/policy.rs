@@ -29,7 +29,7 @@ use crate::model::{Beta, FetchReason, ItemState, JobConfig};
 
 /// What the store says about an item's age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Times {
+pub(crate) struct Times {
     /// When the data was fetched or set (or last confirmed by a NotModified).
     pub stored_at: SystemTime,
     /// When it stops being fresh.
@@ -39,7 +39,7 @@ pub struct Times {
 /// What a Get knows of a stored item: its times, marks applied, and how long the fetch
 /// that stored it took (XFetch's `delta`; zero for a Set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Its times, every invalidation mark applied.
     pub times: Times,
     /// How long the fetch that stored it took.
@@ -48,7 +48,7 @@ pub struct Seen {
 
 /// An item's freshness at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
+pub(crate) enum Freshness {
     /// Within its lifetime.
     Fresh,
     /// Past its lifetime, within `cache_ttl`.
@@ -58,7 +58,7 @@ pub enum Freshness {
 }
 
 /// Classifies an item (or its absence) at `now`.
-pub fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> Freshness {
+pub(crate) fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> Freshness {
     let Some(t) = times else {
         return Freshness::Absent;
     };
@@ -73,12 +73,12 @@ pub fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> F
 
 /// How old an item is at `now`: the time since it was stored (zero if the clock stepped
 /// back past it).
-pub fn age(times: Times, now: SystemTime) -> Duration {
+pub(crate) fn age(times: Times, now: SystemTime) -> Duration {
     now.duration_since(times.stored_at).unwrap_or_default()
 }
 
 /// Whether an item stored at `stored_at` is past the job's hard `cache_ttl` at `now`.
-pub fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -> bool {
+pub(crate) fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -> bool {
     match now.duration_since(stored_at) {
         Ok(age) => age >= config.cache_ttl,
         Err(_) => false,
@@ -90,7 +90,7 @@ pub fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -
 /// instant on at the latest; a mark older than the item does not touch it. Applied as
 /// items are read, so an invalidation writes one record however many items it covers,
 /// and each item refreshes on its next Get (no stampede).
-pub fn after_marks(times: Times, marks: impl IntoIterator<Item = SystemTime>) -> Times {
+pub(crate) fn after_marks(times: Times, marks: impl IntoIterator<Item = SystemTime>) -> Times {
     let expires_at = marks
         .into_iter()
         .filter(|&mark| times.stored_at <= mark)
@@ -102,7 +102,10 @@ pub fn after_marks(times: Times, marks: impl IntoIterator<Item = SystemTime>) ->
 }
 
 /// [`after_marks`] with a job's one mark.
-pub fn after_job_invalidation(times: Times, invalidated_before: Option<SystemTime>) -> Times {
+pub(crate) fn after_job_invalidation(
+    times: Times,
+    invalidated_before: Option<SystemTime>,
+) -> Times {
     after_marks(times, invalidated_before)
 }
 
@@ -112,7 +115,7 @@ pub fn after_job_invalidation(times: Times, invalidated_before: Option<SystemTim
 /// (0, 1] (passed in, so tests are exact). The longer the last fetch took and the nearer
 /// expiry, the likelier; an item stored by a Set (`fetch_took` zero) is never refreshed
 /// early, nor is any item of a job without a beta.
-pub fn early_refresh(seen: Seen, beta: Option<Beta>, now: SystemTime, u: f64) -> bool {
+pub(crate) fn early_refresh(seen: Seen, beta: Option<Beta>, now: SystemTime, u: f64) -> bool {
     let Some(beta) = beta else {
         return false;
     };
@@ -127,13 +130,17 @@ pub fn early_refresh(seen: Seen, beta: Option<Beta>, now: SystemTime, u: f64) ->
 /// The times of an item a worker confirmed as unchanged (`NotModified`) at `now`: the
 /// origin vouched for it now, so it is as young as a fresh fetch. `None` when nothing is
 /// stored any more: then there is nothing to confirm, and the answer is a failed fetch.
-pub fn not_modified(stored: Option<Times>, now: SystemTime, lifetime: Duration) -> Option<Times> {
+pub(crate) fn not_modified(
+    stored: Option<Times>,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Option<Times> {
     stored.map(|_| times_for_new(now, lifetime))
 }
 
 /// What an asynchronous refresh does on this Get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
+pub(crate) enum Refresh {
     /// Start one now.
     Start(FetchReason),
     /// One is in flight already; nothing more starts.
@@ -146,14 +153,14 @@ pub enum Refresh {
 
 impl Refresh {
     /// Whether the caller is told a refresh is scheduled (`GetResponse.refresh_scheduled`).
-    pub fn scheduled(self) -> bool {
+    pub(crate) fn scheduled(self) -> bool {
         matches!(self, Refresh::Start(_) | Refresh::InFlight)
     }
 }
 
 /// The plan for one Get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GetPlan {
+pub(crate) enum GetPlan {
     /// Serve the fresh data, refreshing early as `Refresh` says (usually: nothing).
     ServeFresh(Refresh),
     /// Serve the stale data, refreshing as `Refresh` says.
@@ -175,7 +182,7 @@ pub enum GetPlan {
 
 /// What else a Get must know besides the item: the request and the flight table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GetContext {
+pub(crate) struct GetContext {
     /// `GetRequest.fetch_on_miss`, if the caller set it.
     pub fetch_on_miss_override: Option<bool>,
     /// `GetRequest.max_age`, if the caller set it.
@@ -190,7 +197,7 @@ pub struct GetContext {
 }
 
 /// Decides what a Get at `now` does with what it found; `u` is its XFetch draw in (0, 1].
-pub fn plan_get(
+pub(crate) fn plan_get(
     seen: Option<Seen>,
     config: &JobConfig,
     ctx: GetContext,
@@ -253,7 +260,7 @@ pub fn plan_get(
 /// consecutive failure: `base` doubling per failure, capped at `cap` (the job's
 /// `refresh_timeout`), then scaled by `jitter` in [0.5, 1.0] so that items that failed
 /// together do not retry together.
-pub fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+pub(crate) fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
     let raw = base.saturating_mul(1u32 << exp).min(cap.max(base));
     raw.mul_f64(jitter.clamp(0.5, 1.0))
@@ -261,7 +268,7 @@ pub fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) 
 
 /// The times of an item stored now with `lifetime`, to the microsecond: the precision of
 /// the store, so that what a call answers is exactly what a later read finds.
-pub fn times_for_new(now: SystemTime, lifetime: Duration) -> Times {
+pub(crate) fn times_for_new(now: SystemTime, lifetime: Duration) -> Times {
     let micros = |d: Duration| Duration::from_micros(d.as_micros().min(u64::MAX as u128) as u64);
     let since_epoch = now
         .duration_since(SystemTime::UNIX_EPOCH)

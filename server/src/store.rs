@@ -18,7 +18,7 @@ use crate::policy::{self, Times};
 
 /// One cached item as it is stored: its times, what came with its data, and the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// When it was fetched or set, and when it stops being fresh.
     pub times: Times,
     /// How long the fetch that stored it took (XFetch's `delta`); zero for a Set.
@@ -35,7 +35,7 @@ pub struct Item {
 
 impl Item {
     /// An item of plain data with nothing else: what a Set without tags stores.
-    pub fn data(times: Times, data: Vec<u8>) -> Item {
+    pub(crate) fn data(times: Times, data: Vec<u8>) -> Item {
         Item {
             times,
             fetch_took: Duration::ZERO,
@@ -64,7 +64,7 @@ const JOB_FORMAT_1: u8 = 1;
 
 impl Item {
     /// Encodes the record.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let tags: usize = self.tags.iter().map(|t| 1 + t.as_str().len()).sum();
         let mut out =
             Vec::with_capacity(ITEM_HEADER + 11 + self.validator.len() + tags + self.data.len());
@@ -86,7 +86,7 @@ impl Item {
     }
 
     /// Decodes only the times: what the sweeper needs.
-    pub fn decode_times(bytes: &[u8]) -> Option<Times> {
+    pub(crate) fn decode_times(bytes: &[u8]) -> Option<Times> {
         if bytes.len() < ITEM_HEADER || !matches!(bytes[0], ITEM_FORMAT | ITEM_FORMAT_1) {
             return None;
         }
@@ -99,7 +99,7 @@ impl Item {
     }
 
     /// Decodes a whole record; `None` if it is not one of ours.
-    pub fn decode(bytes: &[u8]) -> Option<Item> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Item> {
         let times = Item::decode_times(bytes)?;
         if bytes[0] == ITEM_FORMAT_1 {
             return Some(Item::data(times, bytes[ITEM_HEADER..].to_vec()));
@@ -241,7 +241,7 @@ fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
 }
 
 /// When writes reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Flushed in the background every flush interval (100 ms by default).
     #[default]
@@ -250,9 +250,32 @@ pub enum Durability {
     Always,
 }
 
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "interval" => Ok(Durability::Interval),
+            "always" => Ok(Durability::Always),
+            _ => Err(format!(
+                "{s:?} is not a durability: write \"interval\" or \"always\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Interval => "interval",
+            Durability::Always => "always",
+        })
+    }
+}
+
 /// How much of the store one job takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Items stored (stale ones included, until swept).
     pub items: u64,
     /// Bytes of their data (headers and keys not counted).
@@ -289,7 +312,7 @@ impl From<Usage> for Counts {
 
 /// What the daemon needs from storage. Synchronous: every call is a short local operation;
 /// `flush` may block on the disk and is run off the async threads.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Reads an item. A record that fails to decode is removed, counted and reported absent.
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
     /// Writes an item.
@@ -332,7 +355,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The sled store under `DATA_DIR/store`.
-pub struct SledStore {
+pub(crate) struct SledStore {
     db: sled::Db,
     items: sled::Tree,
     jobs: sled::Tree,
@@ -350,7 +373,7 @@ pub struct SledStore {
 
 /// How the store came up.
 #[derive(Debug, Default)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     /// Where a store that could not be opened was moved to, if one was.
     pub moved_aside: Option<PathBuf>,
     /// Why it could not be opened.
@@ -361,7 +384,7 @@ impl SledStore {
     /// Opens (or creates) the store under `data_dir`. A store that fails to open is moved
     /// aside to `store.corrupt-<unix seconds>` and a fresh one is created; only a data dir
     /// that cannot be used at all (locked by another process, not writable) is an error.
-    pub fn open(
+    pub(crate) fn open(
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {

@@ -24,13 +24,33 @@ use crate::model::{FetchReason, JobName, Tag};
 use prometheus_client::metrics::histogram::Histogram;
 
 /// A worker's identity on its stream (sent to it in `Registered.worker_id`).
-pub type WorkerId = Uuid;
-/// A fetch's identity (sent in `FetchRequest.request_id`).
-pub type RequestId = Uuid;
+pub(crate) type WorkerId = Uuid;
+/// A fetch's identity (sent in `FetchRequest.request_id`), parsed once, at the edge: an
+/// answer whose id is not one is never looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RequestId(Uuid);
+
+impl RequestId {
+    /// A new, random id.
+    fn new() -> RequestId {
+        RequestId(Uuid::new_v4())
+    }
+
+    /// The id a worker sent back, or `None` if it is not one of ours.
+    pub(crate) fn parse(text: &str) -> Option<RequestId> {
+        Uuid::parse_str(text).ok().map(RequestId)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A fetch handed to a worker.
 #[derive(Debug, Clone)]
-pub struct FetchOrder {
+pub(crate) struct FetchOrder {
     /// Matches the worker's answer to this fetch.
     pub request_id: RequestId,
     /// The item's args.
@@ -45,7 +65,7 @@ pub struct FetchOrder {
 
 /// What the daemon sends down a worker's stream.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A fetch to run.
     Fetch(FetchOrder),
     /// Several fetches in one message (the worker's `max_batch` > 1), each answered alone.
@@ -56,7 +76,7 @@ pub enum Outbound {
 
 /// A worker's successful answer, checked at the edge (validator and tags within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// The data, with what is stored alongside it.
     Value {
         /// The data.
@@ -83,11 +103,11 @@ pub enum Fetched {
 }
 
 /// A worker's answer: data, or its error message.
-pub type Outcome = Result<Fetched, String>;
+pub(crate) type Outcome = Result<Fetched, String>;
 
 /// What became of a worker's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answered {
+pub(crate) enum Answered {
     /// It answered a waiting fetch.
     Delivered,
     /// Its fetch had outlived its deadline: dropped, the slot freed.
@@ -98,7 +118,7 @@ pub enum Answered {
 
 /// Counters kept by the registry.
 #[derive(Debug, Default)]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     /// Answers whose request id was not in flight on their stream.
     pub unknown_answers: AtomicU64,
     /// Answers that came after their fetch's deadline.
@@ -109,12 +129,14 @@ pub struct WorkerStats {
 
 /// The registry: a cheap-to-clone handle.
 #[derive(Clone)]
-pub struct Workers {
+pub(crate) struct Workers {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held (sends are `try_send`).
+    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held
+    // (sends are `try_send`). Last in the lock order (engine shard, then engine jobs, then
+    // this; see `engine`): nothing here calls back into the engine while holding it.
     jobs: Mutex<HashMap<JobName, JobWorkers>>,
     queue_capacity: usize,
     stats: WorkerStats,
@@ -139,7 +161,7 @@ struct Slot {
 
 /// How a worker takes its fetches.
 #[derive(Debug, Clone)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     /// Most unanswered fetches at once.
     pub max_in_flight: usize,
     /// Most fetches per message.
@@ -168,7 +190,7 @@ impl Pending {
 
 impl Workers {
     /// An empty registry whose per-job queues hold at most `queue_capacity` fetches.
-    pub fn new(queue_capacity: usize) -> Workers {
+    pub(crate) fn new(queue_capacity: usize) -> Workers {
         Workers {
             shared: Arc::new(Shared {
                 jobs: Mutex::new(HashMap::new()),
@@ -179,19 +201,19 @@ impl Workers {
     }
 
     /// The registry's counters.
-    pub fn stats(&self) -> &WorkerStats {
+    pub(crate) fn stats(&self) -> &WorkerStats {
         &self.shared.stats
     }
 
     /// How many workers serve `job` now.
-    pub fn count(&self, job: &JobName) -> usize {
+    pub(crate) fn count(&self, job: &JobName) -> usize {
         let jobs = self.shared.jobs.lock();
         jobs.get(job).map_or(0, |j| j.workers.len())
     }
 
     /// Whether `job`'s queue of fetches waiting for a worker is full: a fetch started now
     /// would be refused.
-    pub fn queue_full(&self, job: &JobName) -> bool {
+    pub(crate) fn queue_full(&self, job: &JobName) -> bool {
         let jobs = self.shared.jobs.lock();
         jobs.get(job)
             .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
@@ -199,7 +221,7 @@ impl Workers {
 
     /// Adds a worker for `job` that takes fetches as `capacity` says; queued fetches go to
     /// it at once. `tx` is its stream.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         job: &JobName,
         id: WorkerId,
@@ -221,7 +243,7 @@ impl Workers {
 
     /// Removes a worker whose stream ended; its live fetches go to the other workers of the
     /// job at once (or back to the head of the queue).
-    pub fn unregister(&self, job: &JobName, id: WorkerId) {
+    pub(crate) fn unregister(&self, job: &JobName, id: WorkerId) {
         let mut jobs = self.shared.jobs.lock();
         let Some(entry) = jobs.get_mut(job) else {
             return;
@@ -253,7 +275,7 @@ impl Workers {
     /// Runs one fetch of `args` for `job` on a worker: waits (queued) for a free worker,
     /// then for its answer, until `deadline`. `validator` goes with it (conditional refresh).
     #[allow(clippy::too_many_arguments)]
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         job: &JobName,
         args: Arc<[u8]>,
@@ -299,20 +321,29 @@ impl Workers {
         }
     }
 
+    /// Counts an answer whose request id is not one the daemon gives out: dropped.
+    pub(crate) fn unknown_answer(&self) -> Answered {
+        self.shared
+            .stats
+            .unknown_answers
+            .fetch_add(1, Ordering::Relaxed);
+        Answered::Unknown
+    }
+
     /// Delivers a worker's answer to the fetch it belongs to and frees its slot.
-    pub fn answer(
+    pub(crate) fn answer(
         &self,
         job: &JobName,
         worker: WorkerId,
-        request_id: &str,
+        request_id: RequestId,
         outcome: Outcome,
     ) -> Answered {
         let mut jobs = self.shared.jobs.lock();
-        let pending = Uuid::parse_str(request_id).ok().and_then(|rid| {
+        let pending = (|| {
             let entry = jobs.get_mut(job)?;
             let queued = entry.queue.len();
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
-            let pending = slot.in_flight.remove(&rid)?;
+            let pending = slot.in_flight.remove(&request_id)?;
             // A batching worker answers a batch as a burst: its freed slots are refilled
             // once a batch's worth is free (or it has nothing left), so that the backlog
             // keeps going out in batches rather than one by one. New fetches are sent at
@@ -325,7 +356,7 @@ impl Workers {
                 entry.drain_queue();
             }
             Some(pending)
-        });
+        })();
         drop(jobs);
         let stats = &self.shared.stats;
         let Some(pending) = pending else {
@@ -360,7 +391,7 @@ impl JobWorkers {
                 self.queue.push_front(pending);
                 break;
             };
-            let request_id = Uuid::new_v4();
+            let request_id = RequestId::new();
             orders[index].push(FetchOrder {
                 request_id,
                 args: pending.args.clone(),

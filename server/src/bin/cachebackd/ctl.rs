@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How to reach the daemon, and what to ask it.
 #[derive(Debug, Clone, Args)]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// The daemon's address: host:port, http://host:port, or unix:/path/to.sock.
     #[arg(
         long,
@@ -52,7 +52,7 @@ pub struct CtlArgs {
 
 /// What `cachebackd ctl` can do.
 #[derive(Debug, Clone, Subcommand)]
-pub enum CtlCommand {
+pub(crate) enum CtlCommand {
     /// Read an item (fetching it on a miss as its job says, unless --no-fetch).
     Get {
         /// The job.
@@ -136,13 +136,15 @@ fn item_args(typed: &str, raw: bool) -> Result<Vec<u8>, String> {
         )
     };
     match serde_json::from_str::<Value>(typed) {
-        Ok(array @ Value::Array(_)) => cacheback::encode_args(&array).map_err(|e| e.to_string()),
+        Ok(array @ Value::Array(_)) => {
+            cachebackd_proto::args::encode_args(&array).map_err(|e| e.to_string())
+        }
         _ => Err(not_an_array()),
     }
 }
 
 /// Runs one command; the process's exit code (1 for any error, said on stderr).
-pub fn main(args: CtlArgs) -> ExitCode {
+pub(crate) fn main(args: CtlArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -208,7 +210,7 @@ fn status_error(s: tonic::Status) -> String {
 
 async fn run(args: &CtlArgs) -> Result<Output, String> {
     let ch = channel(&args.addr).await?;
-    let limit = 64 * 1024 * 1024;
+    let limit = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
     let mut main = CachebackClient::new(ch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
