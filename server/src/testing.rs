@@ -266,6 +266,11 @@ impl FakeWorker {
         self.reply(order, Ok(fetched))
     }
 
+    /// Answers `order` with any outcome of a fetch (an absence, NotModified, tags...).
+    pub(crate) fn answer_with(&self, order: &FetchOrder, fetched: Fetched) -> Answered {
+        self.reply(order, Ok(fetched))
+    }
+
     /// Answers `order` with an error.
     pub(crate) fn fail(&self, order: &FetchOrder, message: &str) -> Answered {
         self.reply(order, Err(message.to_owned()))

@@ -21,6 +21,8 @@
 //! DeleteJob holds every shard while it removes the job, which is what lets item writes
 //! re-check their job under their shard (`still_known`).
 
+#[cfg(test)]
+mod additions_tests;
 mod backoff;
 mod flights;
 mod jobs;
