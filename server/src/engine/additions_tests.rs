@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio::time::advance;
 
+use super::testing::{settle, until, FakeWorker, Rig};
 use super::{EngineSettings, GetOptions};
 use crate::error::Error;
 use crate::model::{Beta, FetchReason, ItemState, JobConfig, JobName, Tag};
-use crate::testing::{settle, until, FakeWorker, Rig};
 use crate::workers::Fetched;
 
 fn tag(name: &str) -> Tag {

@@ -29,6 +29,8 @@ mod jobs;
 mod sweeper;
 mod tags;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
