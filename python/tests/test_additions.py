@@ -167,3 +167,26 @@ def test_the_new_settings_are_registered_and_bad_ones_refused(
     with pytest.raises(CachebackError) as refused:
         client.invalidate_tags([])
     assert "1 to 100" in str(refused.value)
+
+
+def test_the_async_client_reads_with_max_age_and_peek_and_invalidates_tags(
+    daemon: Any, client: Client, make_worker: Callable[..., Worker]
+) -> None:
+    import asyncio
+
+    from cachebackd.aio import AsyncClient
+
+    job = Users(client)
+    make_worker(job)
+
+    async def scenario() -> None:
+        async with AsyncClient(daemon.target) as aio:
+            users = aio.job(job)
+            await users.set(9, "by hand")
+            peeked = await users.get_item(9, peek=True)
+            assert (peeked.state, peeked.tags) == (FRESH, ("user:9", "users"))
+            await aio.invalidate_tags(["user:9"])
+            assert (await users.get_item(9, peek=True)).state is STALE
+            assert await users.get(9, max_age=0) == "user 9"
+
+    asyncio.run(scenario())
