@@ -262,6 +262,17 @@ mod tests {
         let more: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
         assert!(tags_to_invalidate(&more, &limits()).is_err());
         assert!(tags_to_invalidate(&["".into()], &limits()).is_err());
+        // Longer job names may be allowed; a tag still fits its record's length byte.
+        let long_names = Limits {
+            max_job_name_bytes: 1000,
+            ..limits()
+        };
+        assert!(tags_to_invalidate(&["t".repeat(255)], &long_names).is_ok());
+        let err = tags_to_invalidate(&["t".repeat(256)], &long_names).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidArgument("tag is 256 bytes, over the limit of 255 bytes".into())
+        );
     }
 
     #[test]

@@ -252,6 +252,8 @@ impl Beta {
 pub(crate) const MAX_TAGS_PER_ITEM: usize = 32;
 /// Most tags one InvalidateTags may name.
 pub(crate) const MAX_TAGS_PER_CALL: usize = 100;
+/// Longest tag, in bytes (job names are 128 by default; a tag never exceeds this).
+pub(crate) const MAX_TAG_BYTES: usize = 255;
 /// Longest validator, in bytes.
 pub(crate) const MAX_VALIDATOR_BYTES: usize = 256;
 
@@ -263,9 +265,17 @@ pub(crate) struct Tag(String);
 impl Tag {
     /// Validates a tag as a job name is validated.
     pub(crate) fn parse(tag: &str, limits: &Limits) -> Result<Tag, Error> {
-        JobName::parse(tag, limits)
+        let tag = JobName::parse(tag, limits)
             .map(|n| Tag(n.0))
-            .map_err(|e| Error::InvalidArgument(e.to_string().replacen("job name", "tag", 1)))
+            .map_err(|e| Error::InvalidArgument(e.to_string().replacen("job name", "tag", 1)))?;
+        // An item record keeps a tag's length in one byte, whatever job names are allowed.
+        if tag.0.len() > MAX_TAG_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "tag is {} bytes, over the limit of {MAX_TAG_BYTES} bytes",
+                tag.0.len()
+            )));
+        }
+        Ok(tag)
     }
 
     /// Validates an item's tags: at most [`MAX_TAGS_PER_ITEM`], each well formed; duplicates
