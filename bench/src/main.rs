@@ -6,6 +6,7 @@
 //! redis-server — and this process is the client of all of them, with the same settings.
 //! Ratios to the baseline, not absolute figures, are what carry from one machine to another.
 
+mod additions;
 mod hits;
 mod load;
 mod marks;
@@ -108,6 +109,9 @@ enum Scenario {
     Hits,
     Storm,
     Refresh,
+    /// The additions: hot-key STALE share with and without early refresh, and refresh
+    /// throughput with max_batch 1 and 32.
+    Additions,
     Memory,
 }
 
@@ -119,6 +123,7 @@ struct Plan {
     refresh_items: u64,
     ping_pong_messages: u64,
     memory_items: u64,
+    hot_key_secs: f64,
 }
 
 impl Plan {
@@ -139,6 +144,7 @@ impl Plan {
                 .items
                 .unwrap_or(if cli.quick { 50_000 } else { 1_000_000 })
                 .max(1),
+            hot_key_secs: if cli.quick { 3.0 } else { 10.0 },
         }
     }
 }
@@ -206,7 +212,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         found
     };
 
-    if wants(Scenario::Hits) || wants(Scenario::Storm) || wants(Scenario::Refresh) {
+    let daemon_scenarios = [
+        Scenario::Hits,
+        Scenario::Storm,
+        Scenario::Refresh,
+        Scenario::Additions,
+    ];
+    if daemon_scenarios.into_iter().any(wants) {
         let data_dir = dir.path().join("data");
         let (daemon, daemon_at) =
             procs::start_daemon(&bin, &data_dir, dir.path().join("cachebackd.log"), &[]).await?;
@@ -324,6 +336,49 @@ async fn run(cli: Cli) -> Result<(), String> {
                     );
                     report.refresh.push((d, pp.clone()));
                 }
+            }
+        }
+
+        if wants(Scenario::Additions) {
+            for early in [false, true] {
+                eprintln!("hot key, early refresh {early} ({} s)", plan.hot_key_secs);
+                let r = additions::hot_key(daemon_at, &daemon_ch[..4], early, plan.hot_key_secs, 0)
+                    .await?;
+                eprintln!(
+                    "  {} Gets, {} STALE ({:.3}%), {} fetches",
+                    r.gets,
+                    r.stale,
+                    100.0 * r.stale_share(),
+                    r.fetches
+                );
+                report.hot_key.push(r);
+            }
+            for max_batch in [1, 32] {
+                eprintln!("batched refresh, max_batch {max_batch}");
+                let mut total: Option<additions::Batched> = None;
+                for round in 0..plan.rounds {
+                    let r = additions::batched(
+                        daemon.pid(),
+                        daemon_at,
+                        &daemon_ch[..4],
+                        max_batch,
+                        round,
+                    )
+                    .await?;
+                    total = Some(match total {
+                        None => r,
+                        Some(t) => additions::Batched {
+                            answered: t.answered + r.answered,
+                            batches: t.batches + r.batches,
+                            secs: t.secs + r.secs,
+                            server_cpu: t.server_cpu.zip(r.server_cpu).map(|(a, b)| a + b),
+                            ..t
+                        },
+                    });
+                }
+                let t = total.expect("at least one round");
+                eprintln!("  {:.0}/s, {} batches", t.per_sec(), t.batches);
+                report.batched.push(t);
             }
         }
 

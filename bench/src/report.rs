@@ -24,6 +24,10 @@ pub struct Report {
     pub storm_baseline: Option<Storm>,
     /// Refresh runs against the daemon, each with its ping-pong baseline.
     pub refresh: Vec<(Refresh, Refresh)>,
+    /// Hot-key runs, without and with early refresh.
+    pub hot_key: Vec<crate::additions::HotKey>,
+    /// Batched refresh drains, by max_batch.
+    pub batched: Vec<crate::additions::Batched>,
     /// Memory and disk.
     pub memory: Option<Memory>,
     /// Redis's memory for the same items.
@@ -193,6 +197,46 @@ impl Report {
                 String::new(),
             ]);
         }
+        for h in &self.hot_key {
+            rows.push([
+                "hot key: Gets answered STALE".into(),
+                format!(
+                    "1 item, lifetime 1 s, fetch 50 ms, c={}, {:.0} s, {}",
+                    64,
+                    h.secs,
+                    if h.early {
+                        "early_refresh_beta 1"
+                    } else {
+                        "no early refresh"
+                    }
+                ),
+                format!(
+                    "{:.3}% ({} of {} Gets; {} fetches)",
+                    100.0 * h.stale_share(),
+                    h.stale,
+                    h.gets,
+                    h.fetches
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for b in &self.batched {
+            rows.push([
+                "refresh, queued, drained (items/s)".into(),
+                format!("1 stream, window 64, max_batch {}", b.max_batch),
+                format!(
+                    "{}/s ({} FetchBatch){}",
+                    thousands(b.per_sec()),
+                    b.batches,
+                    cpu_note(b.cpu_per_refresh_us(), "refresh")
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
         for note in &self.notes {
             rows.push([
                 "note".into(),
@@ -257,6 +301,8 @@ impl Report {
                 "ping_pong": b.to_json(),
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
             })).collect::<Vec<_>>(),
+            "hot_key": self.hot_key.iter().map(crate::additions::HotKey::to_json).collect::<Vec<_>>(),
+            "batched_refresh": self.batched.iter().map(crate::additions::Batched::to_json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(Memory::to_json),
             "notes": self.notes,
             "redis": {

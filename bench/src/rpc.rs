@@ -64,6 +64,7 @@ pub async fn register(channel: Channel, job: &str, config: pb::JobConfig) -> Res
         delay: Duration::ZERO,
         data: Arc::new(Vec::new()),
         gate: None,
+        max_batch: 0,
     };
     Worker::start(channel, spec, Tally::new()).await?.stop();
     Ok(())

@@ -107,6 +107,33 @@ impl Client {
         JobHandle::new(self.clone(), job)
     }
 
+    /// Marks every item, of any job, that carries one of `tags` and was stored until now
+    /// stale (see [`Job::tags`]): each is served stale and refreshed on its next read, so
+    /// a tag on a million items causes no stampede. Returns the mark: items stored at or
+    /// before it are stale. 1 to 100 tags, each spelled like a job name.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// // Bob renamed himself: everything showing his name refreshes on its next read.
+    /// client.invalidate_tags(&["user:bob"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<std::time::SystemTime> {
+        let request = cachebackd_proto::v1::InvalidateTagsRequest {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let response = self
+            .raw()
+            .invalidate_tags(self.request(request))
+            .await
+            .map_err(|status| Error::status_of("InvalidateTags", &tags.join(","), status))?
+            .into_inner();
+        response
+            .invalidated_before
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .ok_or_else(|| Error::Protocol("InvalidateTags answered without a mark".to_owned()))
+    }
+
     /// The generated gRPC client on the same connection, with the same message limits,
     /// for what the typed API does not cover.
     ///

@@ -40,6 +40,7 @@
 
 mod client;
 mod error;
+mod fetched;
 mod handle;
 mod job;
 mod time;
@@ -56,7 +57,8 @@ pub use client::{
     current_client, set_default_client, with_client, Client, ClientBuilder, DEFAULT_URL, URL_ENV,
 };
 pub use error::{Error, Result};
-pub use handle::{Invalidated, Item, ItemState, JobHandle};
+pub use fetched::{FetchContext, FetchReason, Fetched};
+pub use handle::{Invalidated, Item, ItemState, JobHandle, Read};
 pub use job::{BoxError, Job, JobConfig};
 pub use worker::{Worker, WorkerHandle};
 

@@ -11,9 +11,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::budget::{Planned, ResponseBudget};
 use crate::convert::{self, get_response};
-use crate::engine::Engine;
+use crate::engine::{Engine, GetOptions};
 use crate::error::Error;
-use crate::model::{ItemKey, JobName};
+use crate::model::{ItemKey, JobName, Tag};
 use crate::shutdown::Shutdown;
 use crate::worker_stream;
 
@@ -69,11 +69,14 @@ impl CachebackService {
         if req.peek {
             return Ok(get_response(self.engine.peek(&job, &req.args)?));
         }
-        let outcome = within(
-            deadline,
-            self.engine.get(&job, &req.args, req.fetch_on_miss),
-        )
-        .await?;
+        let options = GetOptions {
+            fetch_on_miss: req.fetch_on_miss,
+            max_age: req
+                .max_age
+                .map(|d| convert::span("GetRequest.max_age", d, true))
+                .transpose()?,
+        };
+        let outcome = within(deadline, self.engine.get(&job, &req.args, options)).await?;
         Ok(get_response(outcome))
     }
 
@@ -183,7 +186,11 @@ impl Cacheback for CachebackService {
             .lifetime
             .map(|d| convert::span("SetRequest.lifetime", d, true))
             .transpose()?;
-        let expires_at = self.engine.set(&job, &req.args, req.data, lifetime).await?;
+        let tags = Tag::parse_item_tags(&req.tags, self.engine.limits())?;
+        let expires_at = self
+            .engine
+            .set(&job, &req.args, req.data, lifetime, tags)
+            .await?;
         Ok(Response::new(pb::SetResponse {
             expires_at: Some(expires_at.into()),
         }))
@@ -212,6 +219,18 @@ impl Cacheback for CachebackService {
         let job = self.item(&req.job, &req.args)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
+    }
+
+    async fn invalidate_tags(
+        &self,
+        req: Request<pb::InvalidateTagsRequest>,
+    ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        let _call = self.shutdown.call();
+        let tags = convert::tags_to_invalidate(&req.into_inner().tags, self.engine.limits())?;
+        let mark = self.engine.invalidate_tags(&tags).await?;
+        Ok(Response::new(pb::InvalidateTagsResponse {
+            invalidated_before: Some(mark.into()),
+        }))
     }
 
     type RegisterJobStream = worker_stream::DaemonStream;

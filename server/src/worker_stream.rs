@@ -47,6 +47,7 @@ pub(crate) fn open(
     });
     let fetches = ReceiverStream::new(rx).map(|out| match out {
         Outbound::Fetch(order) => Ok(convert::fetch_request(order)),
+        Outbound::Batch(orders) => Ok(convert::fetch_batch(orders)),
         Outbound::Close(e) => Err(Status::from(e)),
     });
     // Registered (or the registration's error) always comes first.
@@ -85,6 +86,7 @@ impl WorkerStream {
             }
             Ok(None) | Err(_) => return,
         };
+        let max_batch = register.max_batch.clamp(1, MAX_MAX_IN_FLIGHT) as usize;
         let (job, config, worker_id, max_in_flight) = match self.register(register).await {
             Ok(registration) => registration,
             Err(status) => {
@@ -95,8 +97,13 @@ impl WorkerStream {
         // Counted as a worker of the job before it hears Registered, so that whoever sees
         // the registration also sees the worker. Its fetches cannot overtake Registered:
         // the response stream reads them only once `reg_tx` is dropped.
-        self.engine
-            .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
+        if let Err(e) =
+            self.engine
+                .add_worker(&job, worker_id, max_in_flight, max_batch, self.tx.clone())
+        {
+            let _ = reg_tx.send(Err(e.into())).await;
+            return;
+        }
         let registered = pb::DaemonMessage {
             kind: Some(daemon_message::Kind::Registered(pb::Registered {
                 worker_id: worker_id.to_string(),
@@ -206,7 +213,7 @@ impl WorkerStream {
                     return None;
                 }
             };
-            let outcome = convert::fetch_outcome(result.outcome);
+            let outcome = convert::fetch_outcome(result.outcome, self.engine.limits());
             let workers = self.engine.workers();
             let answered = match RequestId::parse(&result.request_id) {
                 Some(id) => workers.answer(job, worker, id, outcome),

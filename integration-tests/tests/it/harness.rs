@@ -841,6 +841,8 @@ struct Shared {
     log: Mutex<Vec<FetchRequest>>,
     /// Messages other than FetchRequest received after `Registered` (should stay empty).
     unexpected: Mutex<Vec<DaemonMessage>>,
+    /// The size of every FetchBatch received, in order (its fetches join `log`).
+    batches: Mutex<Vec<usize>>,
     count: AtomicUsize,
 }
 
@@ -860,6 +862,7 @@ pub struct WorkerBuilder {
     job: String,
     config: JobConfig,
     max_in_flight: u32,
+    max_batch: u32,
     name: String,
     handler: Option<Handler>,
     delay: Duration,
@@ -875,6 +878,12 @@ impl WorkerBuilder {
     /// `Register.max_in_flight` (default 0, which the daemon reads as 16).
     pub fn max_in_flight(mut self, n: u32) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// `Register.max_batch` (default 0: one FetchRequest per message).
+    pub fn max_batch(mut self, n: u32) -> Self {
+        self.max_batch = n;
         self
     }
 
@@ -919,14 +928,11 @@ impl WorkerBuilder {
     /// socket).
     pub async fn try_connect_with(self, mut client: Client) -> Result<TestWorker, Status> {
         let (tx, rx) = mpsc::channel(256);
-        tx.send(register_msg(
-            &self.job,
-            self.config,
-            self.max_in_flight,
-            &self.name,
-        ))
-        .await
-        .expect("queue Register");
+        let mut register = register_msg(&self.job, self.config, self.max_in_flight, &self.name);
+        if let Some(worker_message::Kind::Register(r)) = &mut register.kind {
+            r.max_batch = self.max_batch;
+        }
+        tx.send(register).await.expect("queue Register");
         let mut stream = within(
             "RegisterJob call",
             client.register_job(ReceiverStream::new(rx)),
@@ -945,6 +951,7 @@ impl WorkerBuilder {
             tx: Mutex::new(Some(tx)),
             log: Mutex::new(Vec::new()),
             unexpected: Mutex::new(Vec::new()),
+            batches: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
         });
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
@@ -993,6 +1000,16 @@ async fn read_daemon_messages(
                 shared.count.fetch_add(1, Ordering::SeqCst);
                 shared.log.lock().unwrap().push(fetch.clone());
                 let _ = fetch_tx.send(fetch);
+            }
+            Ok(Some(DaemonMessage {
+                kind: Some(daemon_message::Kind::Batch(batch)),
+            })) => {
+                shared.batches.lock().unwrap().push(batch.fetches.len());
+                for fetch in batch.fetches {
+                    shared.count.fetch_add(1, Ordering::SeqCst);
+                    shared.log.lock().unwrap().push(fetch.clone());
+                    let _ = fetch_tx.send(fetch);
+                }
             }
             Ok(Some(other)) => shared.unexpected.lock().unwrap().push(other),
             Ok(None) => break Ok(()),
@@ -1043,6 +1060,7 @@ impl TestWorker {
             job: job.into(),
             config: JobConfig::default(),
             max_in_flight: 0,
+            max_batch: 0,
             name: format!("test-worker-{job}"),
             handler: None,
             delay: Duration::ZERO,
@@ -1118,6 +1136,11 @@ impl TestWorker {
     /// Every FetchRequest received so far, in order (both modes).
     pub fn fetches(&self) -> Vec<FetchRequest> {
         self.shared.log.lock().unwrap().clone()
+    }
+
+    /// The size of every FetchBatch received so far, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.shared.batches.lock().unwrap().clone()
     }
 
     /// Messages other than FetchRequest received after `Registered` (should be none).

@@ -16,6 +16,8 @@ The daemon is found at CACHEBACKD_TARGET (`host:port` or `unix:/path`), else
 127.0.0.1:7070.
 """
 
+from datetime import datetime
+
 from ._codec import encode_args, encode_json
 from .client import (
     DEFAULT_TARGET,
@@ -31,11 +33,20 @@ from .client import (
 )
 from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed
 from .job import Call, CachedFunction, FunctionJob, Job, cacheback, validate_name
+from .outcomes import Absent, FetchContext, Fetched, NotModified, fetch_context
 from .worker import Worker
 
 __version__ = "0.1.0"
 
+def invalidate_tags(tags: "list[str] | tuple[str, ...]", client: "Client | None" = None) -> "datetime":
+    """Mark every item, of any job, carrying one of `tags` stale (through `client`, else
+    the process-wide one): each refreshes on its next read, so a tag on a million items
+    causes no stampede. See `Job.tags`."""
+    return (client or default_client()).invalidate_tags(tags)
+
+
 __all__ = [
+    "Absent",
     "DEFAULT_TARGET",
     "TARGET_ENV",
     "TOKEN_ENV",
@@ -46,17 +57,22 @@ __all__ = [
     "Call",
     "Client",
     "CodecError",
+    "FetchContext",
     "FetchFailed",
+    "Fetched",
     "FunctionJob",
     "Invalidated",
     "Item",
     "ItemState",
     "Job",
+    "NotModified",
     "Worker",
     "cacheback",
     "default_client",
     "encode_args",
     "encode_json",
+    "fetch_context",
+    "invalidate_tags",
     "set_default_client",
     "validate_name",
 ]

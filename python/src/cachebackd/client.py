@@ -74,6 +74,11 @@ class Item:
     refresh_scheduled: bool
     #: This call waited for a synchronous fetch (its own or one it joined).
     fetched: bool
+    #: The origin said there is no such data (a fetch raised `Absent`): `data` is None,
+    #: the state FRESH or STALE as for any item.
+    absent: bool = False
+    #: The item's tags (see `invalidate_tags`).
+    tags: tuple[str, ...] = ()
 
     @property
     def hit(self) -> bool:
@@ -81,8 +86,8 @@ class Item:
         return self.state is not ItemState.MISS
 
     def decoded(self, decode: Callable[[bytes], Any]) -> "Item":
-        """This item with its data decoded (left None on a MISS)."""
-        return replace(self, data=decode(self.data) if self.hit else None)
+        """This item with its data decoded (left None on a MISS and for an absence)."""
+        return replace(self, data=decode(self.data) if self.hit and not self.absent else None)
 
     @property
     def expiry(self) -> Optional[float]:
@@ -130,15 +135,22 @@ def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tup
 
 
 def get_request(
-    job: str, args: bytes, fetch_on_miss: Optional[bool], *, peek: bool = False
+    job: str,
+    args: bytes,
+    fetch_on_miss: Optional[bool],
+    *,
+    peek: bool = False,
+    max_age: Optional[Seconds] = None,
 ) -> pb.GetRequest:
     """A GetRequest; `fetch_on_miss` None leaves the job's setting in force; `peek` reads
-    what is stored and starts nothing."""
+    what is stored and starts nothing; `max_age` bounds the age of the data answered."""
     request = pb.GetRequest(job=job, args=args)
     if fetch_on_miss is not None:
         request.fetch_on_miss = fetch_on_miss
     if peek:
         request.peek = True
+    if max_age is not None:
+        request.max_age.CopyFrom(to_duration(max_age))
     return request
 
 
@@ -158,15 +170,23 @@ def item_from_reply(reply: pb.GetResponse) -> Item:
         expires_at=from_timestamp(reply.expires_at) if reply.HasField("expires_at") else None,
         refresh_scheduled=reply.refresh_scheduled,
         fetched=reply.fetched,
+        absent=reply.absent,
+        tags=tuple(reply.tags),
     )
 
 
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def set_request(job: str, args: bytes, data: bytes, lifetime: Optional[Seconds]) -> pb.SetRequest:
+def set_request(
+    job: str,
+    args: bytes,
+    data: bytes,
+    lifetime: Optional[Seconds],
+    tags: Sequence[str] = (),
+) -> pb.SetRequest:
     """A SetRequest; `lifetime` None leaves the job's lifetime in force."""
-    request = pb.SetRequest(job=job, args=args, data=data)
+    request = pb.SetRequest(job=job, args=args, data=data, tags=list(tags))
     if lifetime is not None:
         request.lifetime.CopyFrom(to_duration(lifetime))
     return request
@@ -241,13 +261,16 @@ class Client:
         args: bytes,
         *,
         fetch_on_miss: Optional[bool] = None,
+        max_age: Optional[Seconds] = None,
         timeout: Any = _DEFAULT,
     ) -> Item:
         """Read an item; on a miss or a stale hit the daemon refreshes it as the job says.
 
-        `fetch_on_miss` overrides the job's setting for this call.
+        `fetch_on_miss` overrides the job's setting for this call. `max_age`: the caller
+        accepts data at most this old (since it was fetched or set); an older item, fresh
+        or stale, is fetched synchronously, and answered anyway if that fetch fails.
         """
-        request = get_request(job, args, fetch_on_miss)
+        request = get_request(job, args, fetch_on_miss, max_age=max_age)
         return item_from_reply(self._call(self.stub.Get, request, timeout))
 
     def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
@@ -295,14 +318,26 @@ class Client:
         data: bytes,
         *,
         lifetime: Optional[Seconds] = None,
+        tags: Sequence[str] = (),
         timeout: Any = _DEFAULT,
     ) -> datetime:
         """Store data for an item; returns when it stops being fresh.
 
-        `lifetime` replaces the job's lifetime for this item only.
+        `lifetime` replaces the job's lifetime for this item only; `tags` are stored with
+        it (see `invalidate_tags`).
         """
-        reply = self._call(self.stub.Set, set_request(job, args, data, lifetime), timeout)
+        request = set_request(job, args, data, lifetime, tags)
+        reply = self._call(self.stub.Set, request, timeout)
         return from_timestamp(reply.expires_at)
+
+    def invalidate_tags(self, tags: Sequence[str], *, timeout: Any = _DEFAULT) -> datetime:
+        """Mark every item, of any job, that carries one of `tags` and was stored until now
+        stale: each is served stale and refreshed on its next read, so a tag on a million
+        items causes no stampede. 1 to 100 tags. Returns the mark (items stored at or
+        before it are stale)."""
+        request = pb.InvalidateTagsRequest(tags=list(tags))
+        reply = self._call(self.stub.InvalidateTags, request, timeout)
+        return from_timestamp(reply.invalidated_before)
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""

@@ -288,6 +288,7 @@ mod tests {
                 fetch_on_miss: false,
                 fetch_on_stale_threshold: Some(Duration::from_secs(3600)),
                 cache_ttl: Duration::from_secs(7 * 86400),
+                ..JobConfig::default()
             }
         );
         // What check-config prints reads back to the same settings.

@@ -1,5 +1,5 @@
 //! `cachebackd ctl`: a command-line client for operators, over the main service (`get`,
-//! `set`, `invalidate`, `delete`), the admin service (`jobs`, `stats`, `invalidate-job`,
+//! `set`, `invalidate`, `delete`, `invalidate-tags`), the admin service (`jobs`, `stats`, `invalidate-job`,
 //! `delete-job`) and gRPC health (`health`). Text for people, `--json` for scripts: one JSON
 //! document on stdout per command.
 //!
@@ -62,6 +62,12 @@ pub(crate) enum CtlCommand {
         /// Answer MISS at once on a miss instead of waiting for a fetch.
         #[arg(long)]
         no_fetch: bool,
+        /// Read what is stored and start nothing (no fetch, no refresh).
+        #[arg(long)]
+        peek: bool,
+        /// Accept data at most this old: an older item is fetched before the answer.
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        max_age: Option<Duration>,
     },
     /// Store data for an item directly.
     Set {
@@ -74,6 +80,9 @@ pub(crate) enum CtlCommand {
         /// Fresh for this long instead of the job's lifetime.
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         lifetime: Option<Duration>,
+        /// A tag stored with the item (repeat for more).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
     },
     /// Mark an item stale now and schedule a refresh.
     Invalidate {
@@ -93,6 +102,13 @@ pub(crate) enum CtlCommand {
     Jobs,
     /// Daemon-wide figures: uptime, store size, totals.
     Stats,
+    /// Mark every item, of any job, that carries one of the tags stale; each refreshes on
+    /// its next Get.
+    InvalidateTags {
+        /// The tags (1 to 100).
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
     /// Mark every item of a job stale; each refreshes on its next Get.
     InvalidateJob {
         /// The job.
@@ -205,6 +221,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             job,
             args: a,
             no_fetch,
+            peek,
+            max_age,
         } => {
             let r = main
                 .get(timed(
@@ -213,7 +231,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         job: job.clone(),
                         args: item_args(a, args.raw_args)?,
                         fetch_on_miss: no_fetch.then_some(false),
-                        ..Default::default()
+                        max_age: max_age.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                        peek: *peek,
                     },
                 ))
                 .await
@@ -228,6 +247,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                 "expires_at": r.expires_at.map(|t| rfc3339(t.try_into().ok())),
                 "refresh_scheduled": r.refresh_scheduled,
                 "fetched": r.fetched,
+                "absent": r.absent,
+                "tags": r.tags,
             });
             let data = match String::from_utf8(r.data.clone()) {
                 Ok(s) => {
@@ -250,7 +271,12 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             if let Some(t) = &json["expires_at"].as_str() {
                 text += &format!("expires_at: {t}\n");
             }
-            if state != "MISS" {
+            if !r.tags.is_empty() {
+                text += &format!("tags: {}\n", r.tags.join(" "));
+            }
+            if r.absent {
+                text += "absent: the origin has no such data\n";
+            } else if state != "MISS" {
                 text += &format!("data: {data}\n");
             }
             Ok(Output { text, json })
@@ -260,6 +286,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             args: a,
             data,
             lifetime,
+            tags,
         } => {
             let r = main
                 .set(timed(
@@ -269,7 +296,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         args: item_args(a, args.raw_args)?,
                         data: data.clone().into_bytes(),
                         lifetime: lifetime.and_then(|d| prost_types::Duration::try_from(d).ok()),
-                        ..Default::default()
+                        tags: tags.clone(),
                     },
                 ))
                 .await
@@ -389,6 +416,24 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             }
             Ok(Output { text, json })
         }
+        CtlCommand::InvalidateTags { tags } => {
+            let r = main
+                .invalidate_tags(timed(
+                    args.timeout,
+                    pb::InvalidateTagsRequest { tags: tags.clone() },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mark = rfc3339(r.invalidated_before.and_then(|t| t.try_into().ok()));
+            Ok(Output {
+                text: format!(
+                    "tags {}: items stored until {mark} are stale now\n",
+                    tags.join(" ")
+                ),
+                json: json!({ "invalidated_before": mark }),
+            })
+        }
         CtlCommand::InvalidateJob { job } => {
             let r = admin
                 .invalidate_job(timed(
@@ -461,6 +506,9 @@ fn job_json(j: &pb::JobInfo) -> Value {
             "fetch_on_miss": c.fetch_on_miss,
             "fetch_on_stale_threshold": c.fetch_on_stale_threshold.map(span),
             "cache_ttl": c.cache_ttl.map(span),
+            "early_refresh_beta": c.early_refresh_beta,
+            "absent_lifetime": c.absent_lifetime.map(span),
+            "error_ttl": c.error_ttl.map(span),
         },
         "workers": j.workers,
         "items": j.items,
