@@ -15,9 +15,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::engine::EngineSettings;
 use crate::model::{JobConfig, Limits, MAX_SPAN};
 use crate::store::Durability;
+use crate::tls::TlsFiles;
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +184,10 @@ pub enum Command {
     },
     /// Talk to a running daemon: jobs, stats, get, set, invalidate, delete.
     Ctl(crate::ctl::CtlArgs),
+    /// Read a bearer token on stdin and print its sha256 in hex (for `token_sha256`).
+    HashToken,
+    /// Print a new random bearer token (32 bytes, base64url) and, on stderr, its sha256.
+    GenToken,
 }
 
 /// The settings on the command line; each one given overrides the file.
@@ -280,6 +286,18 @@ pub struct SettingsArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, or `off`. [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<MetricsListen>,
+
+    /// Serve TLS on every TCP listener with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA bundle (PEM): mTLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The daemon's effective settings, every default filled in.
@@ -317,6 +335,10 @@ pub struct Config {
     pub log_level: String,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Who may call, and what they may do (`[auth]`).
+    pub auth: AuthConfig,
+    /// TLS on the TCP listeners (`[tls]`, `--tls-*`).
+    pub tls: TlsFiles,
 }
 
 impl Default for Config {
@@ -339,6 +361,8 @@ impl Default for Config {
             log_format: LogFormat::Plain,
             log_level: "info".into(),
             metrics_listen: None,
+            auth: AuthConfig::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -423,6 +447,9 @@ impl Config {
         set(&mut self.log_format, a.log_format);
         set(&mut self.log_level, a.log_level.clone());
         set(&mut self.metrics_listen, a.metrics_listen.map(|m| m.0));
+        set(&mut self.tls.cert, a.tls_cert.clone().map(Some));
+        set(&mut self.tls.key, a.tls_key.clone().map(Some));
+        set(&mut self.tls.client_ca, a.tls_client_ca.clone().map(Some));
     }
 
     /// The size limits.
@@ -517,6 +544,8 @@ struct FileConfig {
     log_level: Option<Text<LogFilter>>,
     metrics_listen: Option<Text<MetricsListen>>,
     job_defaults: Option<FileJobDefaults>,
+    auth: Option<AuthConfig>,
+    tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -565,6 +594,8 @@ impl FileConfig {
             );
             set(&mut d.cache_ttl, j.cache_ttl.map(|x| x.0));
         }
+        set(&mut c.auth, self.auth);
+        set(&mut c.tls, self.tls);
     }
 }
 
@@ -594,6 +625,8 @@ impl From<&Config> for FileConfig {
                 fetch_on_stale_threshold: Some(Text(Threshold(j.fetch_on_stale_threshold))),
                 cache_ttl: Some(Positive(j.cache_ttl)),
             }),
+            auth: Some(c.auth.clone()),
+            tls: c.tls.is_enabled().then(|| c.tls.clone()),
         }
     }
 }

@@ -21,9 +21,11 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
+use crate::auth::Auth;
 use crate::config::{Config, ListenAddr};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::security::Reloader;
 use crate::service::CachebackService;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
@@ -53,6 +55,9 @@ pub enum DaemonError {
     /// The reflection service could not be built from the descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The principals or the TLS files cannot be used.
+    #[error("{0}")]
+    Security(String),
 }
 
 enum Bound {
@@ -72,6 +77,29 @@ pub async fn run_with_sockets(
     passed: Vec<PassedSocket>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
+    run_with_reload(config, passed, stop, None).await
+}
+
+/// [`run_with_sockets`], reloading the principals and TLS files from `reload` on SIGHUP.
+pub async fn run_with_reload(
+    config: Config,
+    passed: Vec<PassedSocket>,
+    stop: CancellationToken,
+    reload: Option<crate::security::ReloadSource>,
+) -> Result<(), DaemonError> {
+    let security = crate::security::load(&config, None).map_err(DaemonError::Security)?;
+    let auth = Auth::new(security.principals);
+    let tls = security
+        .tls
+        .map(|c| std::sync::Arc::new(arc_swap::ArcSwap::new(c)));
+    let reloader = reload.and_then(|source| {
+        Reloader {
+            source,
+            auth: auth.clone(),
+            tls: tls.clone(),
+        }
+        .spawn(stop.clone())
+    });
     let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
     if let Some(aside) = &report.moved_aside {
         tracing::error!(
@@ -118,6 +146,7 @@ pub async fn run_with_sockets(
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
+            .layer(auth.layer())
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -125,6 +154,12 @@ pub async fn run_with_sockets(
             .add_service(reflection_v1alpha.clone());
         let signal = stop.clone().cancelled_owned();
         match listener {
+            Bound::Tcp(l) if tls.is_some() => {
+                let incoming = crate::tls::incoming(l, tls.clone().expect("TLS is on"));
+                servers.spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, signal).await
+                });
+            }
             Bound::Tcp(l) => {
                 let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
                 servers.spawn(async move {
@@ -140,7 +175,8 @@ pub async fn run_with_sockets(
         }
     }
     let metrics_server = metrics_listener.map(|l| {
-        let registry = metrics.registry(engine.clone(), store_moved_aside);
+        let mut registry = metrics.registry(engine.clone(), store_moved_aside);
+        auth.register_metrics(&mut registry);
         tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
     });
     let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));
@@ -152,6 +188,8 @@ pub async fn run_with_sockets(
         listen = ?serving_on,
         metrics = ?config.metrics_listen,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
+        auth_required = auth.required(),
         jobs,
         "cachebackd is serving"
     );
@@ -199,6 +237,9 @@ pub async fn run_with_sockets(
             }
             let _ = std::fs::remove_file(path);
         }
+    }
+    if let Some(r) = reloader {
+        let _ = r.await;
     }
     watchdog_stop.cancel();
     if let Some(w) = watchdog {

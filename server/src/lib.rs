@@ -7,9 +7,11 @@
 //! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
 //! [`metrics`] (Prometheus), [`systemd`] (readiness, watchdog, socket activation) and
-//! [`ctl`] (`cachebackd ctl`).
+//! [`ctl`] (`cachebackd ctl`). Securing it: [`auth`] (principals, roles, the auth layer),
+//! [`tls`] (TLS and mTLS on TCP listeners) and [`security`] (loading and SIGHUP reloads).
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -19,7 +21,9 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod security;
 pub mod service;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 pub mod workers;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::auth::Access;
 use crate::engine::{Engine, GetOutcome};
 use crate::error::Error;
 use crate::model::{FetchReason, ItemState, JobConfig, JobName, MAX_SPAN};
@@ -71,10 +72,12 @@ impl CachebackService {
     /// One Get, as the `Get` RPC and each item of `GetMany` do it.
     async fn get_one(
         &self,
+        access: &Access,
         req: &pb::GetRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::GetResponse, Status> {
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         if req.peek {
             return Ok(get_response(self.engine.peek(&job, &req.args)?));
         }
@@ -100,7 +103,8 @@ impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let _call = self.calls.token();
         let deadline = caller_deadline(&req);
-        let response = self.get_one(&req.into_inner(), deadline).await?;
+        let access = Access::of(&req)?;
+        let response = self.get_one(&access, &req.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
 
@@ -110,6 +114,7 @@ impl Cacheback for CachebackService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let _call = self.calls.token();
         let deadline = caller_deadline(&req);
+        let access = Access::of(&req)?;
         let requests = req.into_inner().requests;
         if requests.len() > MAX_GET_MANY {
             return Err(Status::invalid_argument(format!(
@@ -117,7 +122,7 @@ impl Cacheback for CachebackService {
                 requests.len()
             )));
         }
-        let outcomes = join_all(requests.iter().map(|r| self.get_one(r, deadline))).await;
+        let outcomes = join_all(requests.iter().map(|r| self.get_one(&access, r, deadline))).await;
         // Items past the response's size budget fail alone: the rest are still answered.
         // Sizes are exact encoded lengths, and room is kept for the error entry of every
         // item still to come, so the response always fits the encoding limit.
@@ -163,8 +168,10 @@ impl Cacheback for CachebackService {
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let _call = self.calls.token();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         self.engine.limits().check_data(&req.data)?;
         let lifetime = req
             .lifetime
@@ -181,8 +188,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
         let _call = self.calls.token();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let outcome = self.engine.invalidate(&job, &req.args).await?;
         Ok(Response::new(pb::InvalidateResponse {
             found: outcome.found,
@@ -195,8 +204,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let _call = self.calls.token();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
     }
@@ -207,6 +218,7 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::RegisterJobStream>, Status> {
+        let access = Access::of(&req)?;
         let mut inbound = req.into_inner();
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
@@ -218,6 +230,7 @@ impl Cacheback for CachebackService {
                 engine,
                 shutdown,
                 tx,
+                access,
             };
             stream.run(&mut inbound, reg_tx).await;
         });
@@ -244,6 +257,8 @@ struct WorkerStream {
     engine: Engine,
     shutdown: CancellationToken,
     tx: mpsc::Sender<Outbound>,
+    /// Who opened the stream: its Register must name a job they may serve.
+    access: Access,
 }
 
 impl WorkerStream {
@@ -310,6 +325,7 @@ impl WorkerStream {
         r: pb::Register,
     ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
         let job = JobName::parse(&r.job, self.engine.limits())?;
+        self.access.allow(&job)?;
         let config = config_from_proto(r.config.unwrap_or_default(), self.engine.job_defaults())?;
         let max_in_flight = match r.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,

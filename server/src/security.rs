@@ -1,0 +1,169 @@
+//! The security settings as a whole — the principals of `[auth]` and the TLS files — as the
+//! daemon loads them at start, `check-config` verifies them, and SIGHUP reloads them.
+//!
+//! A reload re-reads the config file (the flags still win) and builds everything anew
+//! before it swaps anything in: principals and the TLS config change together or not at
+//! all, and a bad file keeps the old settings in force, with the reason in the log. Open
+//! connections are untouched (they keep the TLS session they made); new ones, and every
+//! new call, see the new settings.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Auth, Principals};
+use crate::config::{Config, ConfigError};
+use crate::tls::{self, TlsError};
+
+/// The security settings, built and checked.
+pub struct Security {
+    /// Who may call.
+    pub principals: Principals,
+    /// The TLS config of the TCP listeners, if TLS is on.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// Builds the security settings of `config`, reading the TLS files; the error names the
+/// key and, if it came from `file`, its line.
+pub fn load(config: &Config, file: Option<&Path>) -> Result<Security, String> {
+    let principals = Principals::build(&config.auth).map_err(|e| match file {
+        Some(path) => format!("config file {}: {e}", path.display()),
+        None => e,
+    })?;
+    let tls = tls::server_config(&config.tls).map_err(|e| describe_tls(&e, config, file))?;
+    Ok(Security { principals, tls })
+}
+
+/// Where a TLS error is: the line of the key in the file, if the file gave the value;
+/// else the flag that did.
+fn describe_tls(e: &TlsError, config: &Config, file: Option<&Path>) -> String {
+    let Some(key) = e.key() else {
+        return e.to_string();
+    };
+    let given = match key {
+        "cert" => &config.tls.cert,
+        "key" => &config.tls.key,
+        _ => &config.tls.client_ca,
+    };
+    let line = file.and_then(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        let spans: Spans = toml::from_str(&text).ok()?;
+        let t = spans.tls?;
+        let span = match key {
+            "cert" => t.cert,
+            "key" => t.key,
+            _ => t.client_ca,
+        }?;
+        (given.as_deref() == Some(Path::new(span.get_ref()))).then(|| {
+            let line = text[..span.span().start].matches('\n').count() + 1;
+            (path.to_owned(), line)
+        })
+    });
+    match line {
+        Some((path, line)) => format!(
+            "config file {}: line {line}: key `tls.{key}`: {e}",
+            path.display()
+        ),
+        None if given.is_some() => format!("--tls-{}: {e}", key.replace('_', "-")),
+        None => e.to_string(),
+    }
+}
+
+/// Just the `[tls]` paths of a file, with where they are.
+#[derive(Deserialize)]
+struct Spans {
+    tls: Option<TlsSpans>,
+}
+
+#[derive(Deserialize)]
+struct TlsSpans {
+    cert: Option<toml::Spanned<String>>,
+    key: Option<toml::Spanned<String>>,
+    client_ca: Option<toml::Spanned<String>>,
+}
+
+/// Reads the settings as at start: the file again (its path comes back too, for the
+/// line numbers of errors), then the same flags.
+pub type ReloadSource =
+    Box<dyn Fn() -> Result<(Config, Option<std::path::PathBuf>), ConfigError> + Send + Sync>;
+
+/// What SIGHUP reloads, and how to read the settings again.
+pub struct Reloader {
+    /// Reads the settings again.
+    pub source: ReloadSource,
+    /// Where the principals are swapped in.
+    pub auth: Auth,
+    /// Where the TLS config is swapped in, if TLS is on.
+    pub tls: Option<tls::Current>,
+}
+
+impl Reloader {
+    /// Listens for SIGHUP until `stop`, reloading on each. The handler is installed before
+    /// this returns, so a SIGHUP sent once the daemon says it is ready never kills it.
+    pub fn spawn(self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = hup.recv() => if r.is_none() { return },
+                }
+                match self.reload() {
+                    Ok(summary) => tracing::info!("SIGHUP: reloaded {summary}"),
+                    Err(why) => tracing::error!(
+                        "SIGHUP: reload failed, the previous principals and TLS files stay in force: {why}"
+                    ),
+                }
+            }
+        }))
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        let (config, file) = (self.source)().map_err(|e| e.to_string())?;
+        let security = load(&config, file.as_deref())?;
+        match (&self.tls, &security.tls) {
+            (Some(_), None) => {
+                return Err(
+                    "TLS was on at start and the settings now turn it off: restart to do that"
+                        .into(),
+                )
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "TLS was off at start and the settings now turn it on: restart to do that"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        let summary = format!(
+            "{} principals (auth {}){}",
+            security.principals.len(),
+            if security.principals.required() {
+                "required"
+            } else {
+                "optional"
+            },
+            if security.tls.is_some() {
+                ", TLS certificate and key"
+            } else {
+                ""
+            }
+        );
+        self.auth.replace(security.principals);
+        if let (Some(current), Some(new)) = (&self.tls, security.tls) {
+            current.store(new);
+        }
+        Ok(summary)
+    }
+}
