@@ -40,6 +40,7 @@
 
 mod client;
 mod codec;
+mod credentials;
 mod error;
 mod handle;
 mod job;
@@ -51,9 +52,13 @@ extern crate self as cacheback;
 
 pub use cacheback_macros::cacheback;
 pub use client::{
-    current_client, set_default_client, with_client, Client, ClientBuilder, DEFAULT_URL, URL_ENV,
+    current_client, set_default_client, with_client, Client, ClientBuilder, Transport, DEFAULT_URL,
+    URL_ENV,
 };
 pub use codec::{decode_args, encode_args};
+pub use credentials::{
+    CallCredentials, TlsConfig, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV,
+};
 pub use error::{Error, Result};
 pub use handle::{Invalidated, Item, ItemState, JobHandle};
 pub use job::{BoxError, Job, JobConfig};
