@@ -345,7 +345,9 @@ impl ClientBuilder {
                 return Err(invalid("a unix: URL needs a socket path"));
             }
         } else if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
-            return Err(invalid("expected http://host:port, https://host:port or unix:/path"));
+            return Err(invalid(
+                "expected http://host:port, https://host:port or unix:/path",
+            ));
         }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| invalid(&e.to_string()))?
@@ -371,7 +373,8 @@ impl ClientBuilder {
     /// The call credentials; refuses to send a token in plaintext beyond this machine.
     fn credentials(&self) -> Result<CallCredentials> {
         let plaintext = !self.url.starts_with("https://");
-        if self.token.is_some() && plaintext && !is_local(&self.url) && !self.allow_plaintext_token {
+        if self.token.is_some() && plaintext && !is_local(&self.url) && !self.allow_plaintext_token
+        {
             return Err(Error::Credentials {
                 url: self.url.clone(),
                 reason: "a bearer token would travel in plaintext to another machine: use an \
@@ -379,7 +382,7 @@ impl ClientBuilder {
                     .into(),
             });
         }
-        CallCredentials::bearer(self.token.as_deref(), &self.url)
+        CallCredentials::for_url(self.token.as_deref(), &self.url)
     }
 
     fn client(self, channel: Channel, credentials: CallCredentials) -> Client {

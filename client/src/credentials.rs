@@ -33,21 +33,39 @@ pub struct CallCredentials {
 }
 
 impl CallCredentials {
-    pub(crate) fn bearer(token: Option<&str>, url: &str) -> Result<CallCredentials, Error> {
-        let Some(token) = token else {
-            return Ok(CallCredentials::default());
-        };
+    /// Sends `token`; fails if it cannot travel as gRPC metadata (visible ASCII only).
+    /// The error never shows the token.
+    ///
+    /// ```
+    /// let credentials = cacheback::CallCredentials::bearer("s3cret").unwrap();
+    /// ```
+    pub fn bearer(token: &str) -> Result<CallCredentials, Error> {
         let mut value: MetadataValue<Ascii> =
             format!("Bearer {token}")
                 .parse()
                 .map_err(|_| Error::Credentials {
-                    url: url.to_owned(),
-                    reason: "the token holds characters that cannot travel in gRPC metadata (visible ASCII only)".into(),
+                    url: String::new(),
+                    reason: "the token holds characters that cannot travel in gRPC metadata \
+                         (visible ASCII only)"
+                        .into(),
                 })?;
         value.set_sensitive(true);
         Ok(CallCredentials {
             authorization: Some(value),
         })
+    }
+
+    pub(crate) fn for_url(token: Option<&str>, url: &str) -> Result<CallCredentials, Error> {
+        match token {
+            None => Ok(CallCredentials::default()),
+            Some(t) => CallCredentials::bearer(t).map_err(|e| match e {
+                Error::Credentials { reason, .. } => Error::Credentials {
+                    url: url.to_owned(),
+                    reason,
+                },
+                other => other,
+            }),
+        }
     }
 }
 
@@ -109,7 +127,11 @@ impl TlsConfig {
     /// The settings `CACHEBACKD_TLS_CA`, `CACHEBACKD_TLS_CERT` and `CACHEBACKD_TLS_KEY`
     /// name (files, read now); `None` if none is set.
     pub fn from_env() -> Result<Option<TlsConfig>, Error> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let (ca, cert, key) = (var(TLS_CA_ENV), var(TLS_CERT_ENV), var(TLS_KEY_ENV));
         if ca.is_none() && cert.is_none() && key.is_none() {
             return Ok(None);
@@ -124,11 +146,15 @@ impl TlsConfig {
             tls = tls.ca_pem(read(TLS_CA_ENV, ca)?);
         }
         match (&cert, &key) {
-            (Some(c), Some(k)) => tls = tls.identity_pem(read(TLS_CERT_ENV, c)?, read(TLS_KEY_ENV, k)?),
+            (Some(c), Some(k)) => {
+                tls = tls.identity_pem(read(TLS_CERT_ENV, c)?, read(TLS_KEY_ENV, k)?)
+            }
             (None, None) => {}
             _ => {
                 return Err(Error::Tls {
-                    reason: format!("{TLS_CERT_ENV} and {TLS_KEY_ENV} go together: set both or neither"),
+                    reason: format!(
+                        "{TLS_CERT_ENV} and {TLS_KEY_ENV} go together: set both or neither"
+                    ),
                 })
             }
         }
@@ -182,14 +208,18 @@ mod tests {
         ] {
             assert!(is_local(url), "{url}");
         }
-        for url in ["http://10.0.0.1:7070", "http://cache.internal:7070", "http://[::2]:1"] {
+        for url in [
+            "http://10.0.0.1:7070",
+            "http://cache.internal:7070",
+            "http://[::2]:1",
+        ] {
             assert!(!is_local(url), "{url}");
         }
     }
 
     #[test]
     fn a_token_that_cannot_be_metadata_is_refused_without_showing_it() {
-        let e = CallCredentials::bearer(Some("sécret"), "http://127.0.0.1:1").unwrap_err();
+        let e = CallCredentials::for_url(Some("sécret"), "http://127.0.0.1:1").unwrap_err();
         assert!(!e.to_string().contains("sécret"), "{e}");
     }
 }

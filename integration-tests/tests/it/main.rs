@@ -21,5 +21,7 @@ mod ops_observability;
 mod ops_support;
 mod reads;
 mod registration;
+mod security_auth;
+mod security_support;
 mod workers;
 mod writes;
