@@ -23,5 +23,6 @@ mod reads;
 mod registration;
 mod security_auth;
 mod security_support;
+mod security_tls;
 mod workers;
 mod writes;
