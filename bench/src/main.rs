@@ -16,6 +16,7 @@ mod redis_bench;
 mod refresh;
 mod report;
 mod rpc;
+mod secure;
 mod storm;
 mod worker;
 
@@ -109,6 +110,8 @@ enum Scenario {
     Storm,
     Refresh,
     Memory,
+    /// Get hits with a bearer token and with TLS, as ratios to the same daemon without.
+    Security,
 }
 
 /// The sizes of one run.
@@ -334,6 +337,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         if !status.success() {
             return Err(format!("the daemon exited with {status} on SIGTERM"));
         }
+    }
+
+    if wants(Scenario::Security) {
+        eprintln!("Get hits with a token and with TLS");
+        let grid: Vec<hits::Setting> = hits::Setting::grid(&[100], &[16, 64], &[4]);
+        report.security = secure::run(&bin, dir.path(), &grid, plan.spec, plan.rounds).await?;
     }
 
     if wants(Scenario::Memory) {
