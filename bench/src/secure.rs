@@ -177,10 +177,9 @@ pub async fn run(
         let mut channels = Vec::new();
         for _ in 0..conns {
             channels.push(
-                endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| format!("cannot connect to the {} daemon: {e}", variant.label()))?,
+                endpoint.connect().await.map_err(|e| {
+                    format!("cannot connect to the {} daemon: {e}", variant.label())
+                })?,
             );
         }
         hits::prepare(&channels, settings).await?;
@@ -220,7 +219,11 @@ pub async fn run(
                     .collect();
                 let run = load::closed_loop(spec, callers, Some(t.proc.pid())).await;
                 if let Some(e) = &run.first_error {
-                    return Err(format!("{} Get at {}: {e}", t.variant.label(), setting.label()));
+                    return Err(format!(
+                        "{} Get at {}: {e}",
+                        t.variant.label(),
+                        setting.label()
+                    ));
                 }
                 match &mut totals[i] {
                     Some(total) => total.merge(run),
@@ -276,7 +279,8 @@ async fn hash_token(bin: &Path) -> Result<String, String> {
 /// A self-signed certificate for localhost: (cert file, key file, its PEM as the CA).
 fn certificate(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf, String), String> {
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let params = CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| e.to_string())?;
+    let params =
+        CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let (cert_path, key_path) = (dir.join("bench-cert.pem"), dir.join("bench-key.pem"));
     std::fs::write(&cert_path, cert.pem()).map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@ use cachebackd_proto::v1::cacheback_client::CachebackClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::credentials::{is_local, CallCredentials, TlsConfig, TOKEN_ENV};
+use crate::credentials::{is_local, CallCredentials, TlsConfig, Token, TOKEN_ENV};
 use crate::{Error, Job, JobHandle, Result};
 
 /// What every gRPC client of a [`Client`] runs on: its HTTP/2 channel, with the bearer
@@ -192,7 +192,7 @@ pub struct ClientBuilder {
     keepalive_timeout: Duration,
     timeout: Option<Duration>,
     max_message_size: usize,
-    token: Option<String>,
+    token: Option<Token>,
     tls: Option<TlsConfig>,
     allow_plaintext_token: bool,
 }
@@ -211,7 +211,10 @@ impl ClientBuilder {
             keepalive_timeout: Duration::from_secs(10),
             timeout: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            token: std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Token),
             tls: None,
             allow_plaintext_token: false,
         }
@@ -224,7 +227,7 @@ impl ClientBuilder {
     /// let builder = cacheback::ClientBuilder::new("unix:/run/cachebackd.sock").token("s3cret");
     /// ```
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.token = Some(Token(token.into()));
         self
     }
 
@@ -382,7 +385,7 @@ impl ClientBuilder {
                     .into(),
             });
         }
-        CallCredentials::for_url(self.token.as_deref(), &self.url)
+        CallCredentials::for_url(self.token.as_ref().map(|t| t.0.as_str()), &self.url)
     }
 
     fn client(self, channel: Channel, credentials: CallCredentials) -> Client {
@@ -473,6 +476,18 @@ mod tests {
         ] {
             ClientBuilder::new(url).endpoint().unwrap();
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token_or_the_key() {
+        let builder = ClientBuilder::new("https://cache:7070")
+            .token("s3cret-token")
+            .tls(TlsConfig::new().identity_pem("CERT", "PRIVATE KEY BYTES"));
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("s3cret-token") && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

@@ -40,15 +40,15 @@ impl CallCredentials {
     /// let credentials = cacheback::CallCredentials::bearer("s3cret").unwrap();
     /// ```
     pub fn bearer(token: &str) -> Result<CallCredentials, Error> {
+        let refused = || Error::Credentials {
+            url: String::new(),
+            reason: "a token must be visible ASCII without spaces (as gen-token makes them)".into(),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(refused());
+        }
         let mut value: MetadataValue<Ascii> =
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| Error::Credentials {
-                    url: String::new(),
-                    reason: "the token holds characters that cannot travel in gRPC metadata \
-                         (visible ASCII only)"
-                        .into(),
-                })?;
+            format!("Bearer {token}").parse().map_err(|_| refused())?;
         value.set_sensitive(true);
         Ok(CallCredentials {
             authorization: Some(value),
@@ -93,11 +93,32 @@ impl Interceptor for CallCredentials {
 /// let client = cacheback::Client::builder("https://cache.internal:7070").tls(tls).connect().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TlsConfig {
     ca_pem: Option<Vec<u8>>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
     domain: Option<String>,
+}
+
+/// Shows which settings are there, never the private key.
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "(set)"))
+            .field("identity", &self.identity.as_ref().map(|_| "(set)"))
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// A bearer token, kept out of `Debug` output.
+#[derive(Clone)]
+pub(crate) struct Token(pub(crate) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
 }
 
 impl TlsConfig {

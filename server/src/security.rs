@@ -167,3 +167,42 @@ impl Reloader {
         Ok(summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_and_tls_sections_are_read_and_printed_back() {
+        let hash = crate::auth::token::TokenHash::of("t");
+        let text = format!(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\n[auth]\nrequired = true\n\
+             [[auth.principal]]\nname = \"web\"\ntoken_sha256 = [\"{hash}\"]\n\
+             tls_names = [\"web.internal\"]\nunix_uids = [7]\nroles = [\"reader\", \"admin\"]\n\
+             jobs = [\"tweets.*\"]\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert!(c.auth.required);
+        assert_eq!(c.auth.principals.len(), 1);
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.tls.client_ca, None);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        let p = Principals::build(&c.auth).unwrap();
+        assert_eq!(p.by_token("t").map(|p| p.name()), Some("web"));
+    }
+
+    #[test]
+    fn a_tls_file_error_names_its_flag_when_no_file_gave_it() {
+        let mut c = Config::default();
+        c.tls.cert = Some("/nonexistent/c.pem".into());
+        c.tls.key = Some("/nonexistent/k.pem".into());
+        let e = load(&c, None).err().unwrap();
+        assert!(
+            e.starts_with("--tls-cert: tls.cert /nonexistent/c.pem:"),
+            "{e}"
+        );
+        c.tls.cert = None;
+        let e = load(&c, None).err().unwrap();
+        assert!(e.contains("tls.cert is required with tls.key"), "{e}");
+    }
+}
