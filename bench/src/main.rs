@@ -341,7 +341,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     if wants(Scenario::Security) {
         eprintln!("Get hits with a token and with TLS");
-        let grid: Vec<hits::Setting> = hits::Setting::grid(&[100], &[16, 64], &[4]);
+        let grid: Vec<hits::Setting> = hits::Setting::grid(&[100, 10 * 1024], &[16, 64], &[4]);
         report.security = secure::run(&bin, dir.path(), &grid, plan.spec, plan.rounds).await?;
     }
 
