@@ -39,7 +39,6 @@
 #![warn(missing_docs)]
 
 mod client;
-mod codec;
 mod credentials;
 mod error;
 mod handle;
@@ -51,11 +50,13 @@ mod worker;
 extern crate self as cacheback;
 
 pub use cacheback_macros::cacheback;
+/// The canonical args codec lives in the protocol crate, so that the daemon's tools share
+/// it without depending on this client.
+pub use cachebackd_proto::args::{decode_args, encode_args};
 pub use client::{
     current_client, set_default_client, with_client, Client, ClientBuilder, Transport, DEFAULT_URL,
     URL_ENV,
 };
-pub use codec::{decode_args, encode_args};
 pub use credentials::{
     CallCredentials, TlsConfig, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV,
 };

@@ -14,8 +14,6 @@ use cachebackd_proto::v1::cacheback_server::CachebackServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -23,10 +21,11 @@ use tonic_health::ServingStatus;
 use crate::admin::AdminService;
 use crate::auth::Auth;
 use crate::config::{Config, ListenAddr};
+use crate::counters::Metrics;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
 use crate::security::Reloader;
 use crate::service::CachebackService;
+use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
 
@@ -65,26 +64,22 @@ enum Bound {
     Unix(UnixListener),
 }
 
-/// Runs the daemon until `stop` is cancelled, then shuts down gracefully.
-pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonError> {
-    run_with_sockets(config, Vec::new(), stop).await
-}
-
 /// Runs the daemon on the sockets systemd passed (socket activation) when there are any,
-/// else on the configured listen addresses, until `stop` is cancelled.
+/// else on the configured listen addresses, until `shutdown`'s drain begins; then shuts
+/// down gracefully and returns once every task it spawned has ended.
 pub async fn run_with_sockets(
     config: Config,
     passed: Vec<PassedSocket>,
-    stop: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
-    run_with_reload(config, passed, stop, None).await
+    run_with_reload(config, passed, shutdown, None).await
 }
 
 /// [`run_with_sockets`], reloading the principals and TLS files from `reload` on SIGHUP.
 pub async fn run_with_reload(
     config: Config,
     passed: Vec<PassedSocket>,
-    stop: CancellationToken,
+    shutdown: Shutdown,
     reload: Option<crate::security::ReloadSource>,
 ) -> Result<(), DaemonError> {
     let security = crate::security::load(&config, None).map_err(DaemonError::Security)?;
@@ -92,14 +87,14 @@ pub async fn run_with_reload(
     let tls = security
         .tls
         .map(|c| std::sync::Arc::new(arc_swap::ArcSwap::new(c)));
-    let reloader = reload.and_then(|source| {
+    if let Some(source) = reload {
         Reloader {
             source,
             auth: auth.clone(),
             tls: tls.clone(),
         }
-        .spawn(stop.clone())
-    });
+        .spawn(&shutdown);
+    }
     let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
     if let Some(aside) = &report.moved_aside {
         tracing::error!(
@@ -111,26 +106,25 @@ pub async fn run_with_reload(
     let store_moved_aside = report.moved_aside.is_some();
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
     let metrics = Metrics::new();
-    let engine = Engine::with_metrics(store, config.engine_settings(), metrics.clone())?;
+    let engine = Engine::new(
+        store,
+        config.engine_settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
 
     let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
-    let end_streams = CancellationToken::new();
-    let calls = TaskTracker::new();
     let max = config.max_message_bytes();
-    let service = CachebackServer::new(CachebackService::new(
-        engine.clone(),
-        end_streams.clone(),
-        calls.clone(),
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let service = CachebackServer::new(CachebackService::new(engine.clone(), shutdown.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let admin = CachebackAdminServer::new(AdminService::new(
         engine.clone(),
         store_moved_aside,
-        calls.clone(),
+        shutdown.clone(),
     ));
-    let (health, health_service) = crate::health::service(end_streams.clone()).await;
+    let (health, health_service) = crate::health::service(shutdown.clone()).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cachebackd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -152,7 +146,7 @@ pub async fn run_with_reload(
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
-        let signal = stop.clone().cancelled_owned();
+        let signal = shutdown.drain_token().cancelled_owned();
         match listener {
             Bound::Tcp(l) if tls.is_some() => {
                 let incoming = crate::tls::incoming(l, tls.clone().expect("TLS is on"));
@@ -174,14 +168,13 @@ pub async fn run_with_reload(
             }
         }
     }
-    let metrics_server = metrics_listener.map(|l| {
-        let mut registry = metrics.registry(engine.clone(), store_moved_aside);
+    if let Some(l) = metrics_listener {
+        let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         auth.register_metrics(&mut registry);
-        tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
-    });
-    let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));
-    let watchdog_stop = CancellationToken::new();
-    let watchdog = systemd::spawn_watchdog(watchdog_stop.clone());
+        shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
+    }
+    shutdown.spawn(engine.clone().run_sweeper());
+    systemd::spawn_watchdog(&shutdown);
 
     let jobs = engine.jobs().len();
     tracing::info!(
@@ -198,22 +191,14 @@ pub async fn run_with_reload(
         serving_on.join(", ")
     ));
 
-    stop.cancelled().await;
+    shutdown.draining().await;
     systemd::stopping("draining in-flight calls");
     crate::health::set_all(&health, ServingStatus::NotServing).await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining in-flight calls");
-    calls.close();
-    let drained = tokio::time::timeout(config.drain_grace, calls.wait())
-        .await
-        .is_ok();
-    if !drained {
+    if !shutdown.wait_for_calls(config.drain_grace).await {
         tracing::warn!("drain grace period over; calls still in flight are cut off");
     }
-    end_streams.cancel();
-    let _ = sweeper.await;
-    if let Some(m) = metrics_server {
-        let _ = m.await;
-    }
+    shutdown.close();
     let wait_servers = async {
         while let Some(r) = servers.join_next().await {
             if let Ok(Err(e)) = r {
@@ -227,6 +212,9 @@ pub async fn run_with_reload(
     {
         tracing::warn!("some connections did not close in time");
     }
+    if !shutdown.wait_for_tasks(Duration::from_secs(2)).await {
+        tracing::warn!("some tasks did not end in time");
+    }
     if let Err(e) = engine.close().await {
         tracing::error!(error = %e, "closing the store failed");
     }
@@ -237,13 +225,6 @@ pub async fn run_with_reload(
             }
             let _ = std::fs::remove_file(path);
         }
-    }
-    if let Some(r) = reloader {
-        let _ = r.await;
-    }
-    watchdog_stop.cancel();
-    if let Some(w) = watchdog {
-        let _ = w.await;
     }
     tracing::info!("cachebackd stopped");
     Ok(())

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::rustls::ServerConfig;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Principals};
 use crate::config::{Config, ConfigError};
+use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsError};
 
 /// The security settings, built and checked.
@@ -102,20 +102,22 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Listens for SIGHUP until `stop`, reloading on each. The handler is installed before
-    /// this returns, so a SIGHUP sent once the daemon says it is ready never kills it.
-    pub fn spawn(self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    /// Listens for SIGHUP until the drain, reloading on each, in a task `shutdown` owns.
+    /// The handler is installed before this returns, so a SIGHUP sent once the daemon says
+    /// it is ready never kills it.
+    pub fn spawn(self, shutdown: &Shutdown) {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP: no reloads");
-                return None;
+                return;
             }
         };
-        Some(tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.draining() => return,
                     r = hup.recv() => if r.is_none() { return },
                 }
                 match self.reload() {
@@ -125,7 +127,7 @@ impl Reloader {
                     ),
                 }
             }
-        }))
+        });
     }
 
     fn reload(&self) -> Result<String, String> {

@@ -59,6 +59,11 @@ impl TlsFiles {
     pub fn is_enabled(&self) -> bool {
         self.cert.is_some() || self.key.is_some() || self.client_ca.is_some()
     }
+
+    /// Whether nothing of TLS is set (then `[tls]` is left out of what check-config prints).
+    pub fn is_unset(&self) -> bool {
+        !self.is_enabled()
+    }
 }
 
 /// Why TLS cannot be set up from the files.

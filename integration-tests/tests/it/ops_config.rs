@@ -10,10 +10,12 @@ const JOB: &str = "ops-config";
 
 /// Runs the binary to its end with `args` (it is expected to exit by itself).
 async fn run(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    // Outside the cap: the first call may build the binary.
+    let bin = daemon_bin();
     within(
         "cachebackd to exit",
         tokio::task::spawn_blocking(move || {
-            Command::new(daemon_bin())
+            Command::new(bin)
                 .args(args)
                 .stdin(Stdio::null())
                 .output()

@@ -2,14 +2,18 @@
 //! stderr, serve until SIGTERM/SIGINT, reload the principals and TLS files on SIGHUP. Also
 //! `cachebackd check-config FILE`, `cachebackd ctl …`, `hash-token` and `gen-token`.
 
+mod cli;
+mod ctl;
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cachebackd::config::{Cli, Command, Config, LogFormat, SettingsArgs};
+use cachebackd::config::{Config, LogFormat};
+use cachebackd::shutdown::Shutdown;
 use clap::Parser;
+use cli::{Cli, Command, SettingsArgs};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 /// The exit code of a configuration error (sysexits' EX_CONFIG). The systemd unit names it
 /// in `RestartPreventExitStatus=`, so a bad config is not restarted in a loop.
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
-        Some(Command::Ctl(args)) => cachebackd::ctl::main(args),
+        Some(Command::Ctl(args)) => ctl::main(args),
         Some(Command::HashToken) => cachebackd::auth::token::hash_token_main(),
         Some(Command::GenToken) => cachebackd::auth::token::gen_token_main(),
         None => serve(&cli.settings),
@@ -44,7 +48,7 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn serve(args: &SettingsArgs) -> ExitCode {
-    let config = match Config::load(args)
+    let config = match cli::load(args)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             cachebackd::security::load(&config, args.config.as_deref()).map(|_| config)
@@ -55,9 +59,10 @@ fn serve(args: &SettingsArgs) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // SIGHUP reads the settings as at start: the file again, then the same flags.
     let reload_args = args.clone();
     let reload: cachebackd::security::ReloadSource =
-        Box::new(move || Config::load(&reload_args).map(|c| (c, reload_args.config.clone())));
+        Box::new(move || cli::load(&reload_args).map(|c| (c, reload_args.config.clone())));
     // SAFETY: no other thread exists yet (the runtime starts below).
     let passed = match unsafe { cachebackd::systemd::take_passed_sockets() } {
         Ok(p) => p,
@@ -78,7 +83,7 @@ fn serve(args: &SettingsArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let stop = CancellationToken::new();
+        let shutdown = Shutdown::new();
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -89,15 +94,15 @@ fn serve(args: &SettingsArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let on_signal = stop.clone();
+        let on_signal = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            on_signal.cancel();
+            on_signal.begin_drain();
         });
-        match cachebackd::daemon::run_with_reload(config, passed, stop, Some(reload)).await {
+        match cachebackd::daemon::run_with_reload(config, passed, shutdown, Some(reload)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cachebackd cannot run");
