@@ -83,6 +83,7 @@ pub async fn run_with_reload(
     reload: Option<crate::security::ReloadSource>,
 ) -> Result<(), DaemonError> {
     let security = crate::security::load(&config, None).map_err(DaemonError::Security)?;
+    crate::security::warn_if_tokens_in_plaintext(&config);
     let auth = Auth::new(security.principals);
     let tls = security
         .tls

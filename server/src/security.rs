@@ -38,6 +38,26 @@ pub fn load(config: &Config, file: Option<&Path>) -> Result<Security, String> {
     Ok(Security { principals, tls })
 }
 
+/// Warns when bearer tokens would cross the network in the clear: a principal has tokens,
+/// TLS is off, and a TCP listener is not on loopback.
+pub fn warn_if_tokens_in_plaintext(config: &Config) {
+    let tokens = config
+        .auth
+        .principals
+        .iter()
+        .any(|p| !p.token_sha256.is_empty());
+    if !tokens || config.tls.is_enabled() {
+        return;
+    }
+    for addr in &config.listen {
+        if let crate::config::ListenAddr::Tcp(a) = addr {
+            if !a.ip().is_loopback() {
+                tracing::warn!(listen = %a, "bearer tokens will travel in plaintext: serve TLS ([tls]) on this listener");
+            }
+        }
+    }
+}
+
 /// Where a TLS error is: the line of the key in the file, if the file gave the value;
 /// else the flag that did.
 fn describe_tls(e: &TlsError, config: &Config, file: Option<&Path>) -> String {
