@@ -1,37 +1,38 @@
 //! cachebackd: serves cached data at once and refreshes it in the background, with the fetch
 //! code living in the app servers that register with it as workers.
 //!
-//! One module per concern: [`config`] (the command line and the TOML file), [`model`]
-//! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
-//! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
-//! scheduling), [`service`] (the tonic service), [`worker_stream`] (one worker's stream),
-//! [`convert`] (protobuf to model and back), and [`daemon`] (listeners, lifecycle and
-//! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
-//! [`counters`] (what the engine counts), [`metrics`] (the Prometheus exporter), and [`systemd`] (readiness, watchdog, socket activation).
-//! Securing it: [`auth`] (principals, roles, the auth layer), [`tls`] (TLS and mTLS on TCP
-//! listeners) and [`security`] (loading and SIGHUP reloads).
-//! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
+//! The library is the daemon; its public face is what the `cachebackd` binary needs:
+//! [`config`] (the settings), [`daemon`] (run it), [`shutdown`] (stop it), [`systemd`]
+//! (the sockets systemd passed), [`security`] (the principals and TLS files: load, check,
+//! reload on SIGHUP; `hash-token`, `gen-token`) and [`error`]. The command line (`cachebackd --help`,
+//! `check-config`, `ctl`) is the binary's own.
+//!
+//! Inside, one module per concern: `model` (validated names and configs), `policy` (the
+//! staleness rules, pure), `store` (sled), `workers` (dispatch to registered workers),
+//! `engine` (single-flight, refresh scheduling), `service` (the tonic service),
+//! `worker_stream` (one worker's stream), `convert` (protobuf to model and back), `clock`
+//! (wall time, injectable), `admin` (the admin service), `health` (gRPC health),
+//! `counters` (what the engine counts), `metrics` (the Prometheus exporter), `auth`
+//! (principals, roles, the one auth layer) and `tls` (TLS and mTLS on TCP listeners).
 
-pub mod admin;
-pub mod auth;
-pub mod clock;
+mod admin;
+mod auth;
+mod clock;
 pub mod config;
-pub mod convert;
-pub mod counters;
+mod convert;
+mod counters;
 pub mod daemon;
-pub mod engine;
+mod engine;
 pub mod error;
-pub mod health;
-pub mod metrics;
-pub mod model;
-pub mod policy;
+mod health;
+mod metrics;
+mod model;
+mod policy;
 pub mod security;
-pub mod service;
+mod service;
 pub mod shutdown;
-pub mod store;
+mod store;
 pub mod systemd;
-#[cfg(test)]
-mod testing;
-pub mod tls;
-pub mod worker_stream;
-pub mod workers;
+mod tls;
+mod worker_stream;
+mod workers;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::rustls::ServerConfig;
 
+pub use crate::auth::token::{gen_token_main, hash_token_main};
 use crate::auth::{Auth, Principals};
 use crate::config::{Config, ConfigError};
 use crate::shutdown::Shutdown;
@@ -22,9 +23,9 @@ use crate::tls::{self, TlsError};
 /// The security settings, built and checked.
 pub struct Security {
     /// Who may call.
-    pub principals: Principals,
+    pub(crate) principals: Principals,
     /// The TLS config of the TCP listeners, if TLS is on.
-    pub tls: Option<Arc<ServerConfig>>,
+    pub(crate) tls: Option<Arc<ServerConfig>>,
 }
 
 /// Builds the security settings of `config`, reading the TLS files; the error names the
@@ -40,7 +41,7 @@ pub fn load(config: &Config, file: Option<&Path>) -> Result<Security, String> {
 
 /// Warns when bearer tokens would cross the network in the clear: a principal has tokens,
 /// TLS is off, and a TCP listener is not on loopback.
-pub fn warn_if_tokens_in_plaintext(config: &Config) {
+pub(crate) fn warn_if_tokens_in_plaintext(config: &Config) {
     let tokens = config
         .auth
         .principals
@@ -112,20 +113,20 @@ pub type ReloadSource =
     Box<dyn Fn() -> Result<(Config, Option<std::path::PathBuf>), ConfigError> + Send + Sync>;
 
 /// What SIGHUP reloads, and how to read the settings again.
-pub struct Reloader {
+pub(crate) struct Reloader {
     /// Reads the settings again.
-    pub source: ReloadSource,
+    pub(crate) source: ReloadSource,
     /// Where the principals are swapped in.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Where the TLS config is swapped in, if TLS is on.
-    pub tls: Option<tls::Current>,
+    pub(crate) tls: Option<tls::Current>,
 }
 
 impl Reloader {
     /// Listens for SIGHUP until the drain, reloading on each, in a task `shutdown` owns.
     /// The handler is installed before this returns, so a SIGHUP sent once the daemon says
     /// it is ready never kills it.
-    pub fn spawn(self, shutdown: &Shutdown) {
+    pub(crate) fn spawn(self, shutdown: &Shutdown) {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {

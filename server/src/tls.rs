@@ -68,7 +68,7 @@ impl TlsFiles {
 
 /// Why TLS cannot be set up from the files.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A file is missing from the settings.
     #[error("tls.{missing} is required with tls.{given}")]
     Incomplete {
@@ -94,7 +94,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// The key of the file the error is about, if one.
-    pub fn key(&self) -> Option<&'static str> {
+    pub(crate) fn key(&self) -> Option<&'static str> {
         match self {
             TlsError::File { key, .. } => Some(key),
             TlsError::Incomplete { missing, .. } => Some(missing),
@@ -109,7 +109,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// A rustls server config from the files (`None` if TLS is not configured). HTTP/2 is the
 /// only protocol offered by ALPN: gRPC clients (grpc-core's among them) insist on it.
-pub fn server_config(files: &TlsFiles) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+pub(crate) fn server_config(files: &TlsFiles) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if !files.is_enabled() {
         return Ok(None);
     }
@@ -196,20 +196,20 @@ fn pem_error(e: rustls::pki_types::pem::Error) -> String {
 }
 
 /// The server config in force, swapped whole by a reload.
-pub type Current = Arc<ArcSwap<ServerConfig>>;
+pub(crate) type Current = Arc<ArcSwap<ServerConfig>>;
 
 /// What the auth layer learns of a TLS connection: the peer's address and, with mTLS, the
 /// names of its verified certificate (its DNS SANs, else its CN).
 #[derive(Debug, Clone)]
-pub struct TlsPeer {
+pub(crate) struct TlsPeer {
     /// The peer's address.
-    pub remote: Option<SocketAddr>,
+    pub(crate) remote: Option<SocketAddr>,
     /// The certificate's names, if the client presented one.
-    pub names: Option<Arc<[String]>>,
+    pub(crate) names: Option<Arc<[String]>>,
 }
 
 /// One TLS connection, carrying its [`TlsPeer`].
-pub struct TlsConn {
+pub(crate) struct TlsConn {
     stream: TlsStream<TcpStream>,
     peer: TlsPeer,
 }
@@ -261,7 +261,7 @@ impl AsyncWrite for TlsConn {
 /// `serve_with_incoming_shutdown`. Each connection uses the config in force when it was
 /// accepted. Handshakes run side by side (a slow client holds up no one) and end with the
 /// stream: when the server stops reading it, the accept loop and its handshakes stop.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     current: Current,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {

@@ -9,21 +9,21 @@ use std::str::FromStr;
 
 /// A validated glob over job names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobGlob(String);
+pub(crate) struct JobGlob(String);
 
 impl JobGlob {
     /// The glob that matches every job.
-    pub fn any() -> JobGlob {
+    pub(crate) fn any() -> JobGlob {
         JobGlob("*".into())
     }
 
     /// Whether this glob is `*` alone: every job, present and future.
-    pub fn is_any(&self) -> bool {
+    pub(crate) fn is_any(&self) -> bool {
         self.0.bytes().all(|b| b == b'*')
     }
 
     /// Whether `name` matches the whole glob.
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         let (p, s) = (self.0.as_bytes(), name.as_bytes());
         let (mut pi, mut si) = (0, 0);
         // Where the last `*` was, and where in `name` it began matching.

@@ -26,7 +26,7 @@ use crate::tls::TlsPeer;
 /// Why a call was refused: the `reason` label of `cachebackd_auth_denied_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum DenyReason {
+pub(crate) enum DenyReason {
     /// Credentials are required and none were sent.
     no_credentials,
     /// Credentials were sent that are malformed or match no principal.
@@ -102,7 +102,7 @@ fn rule(path: &str) -> (&'static str, Need) {
 /// [`Auth::replace`] is how a reload swaps in new principals (calls in flight keep the
 /// set they started with).
 #[derive(Clone, Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     shared: Arc<Shared>,
 }
 
@@ -115,7 +115,7 @@ struct Shared {
 
 impl Auth {
     /// Starts with `principals`.
-    pub fn new(principals: Principals) -> Auth {
+    pub(crate) fn new(principals: Principals) -> Auth {
         let family = Family::<ReasonLabels, Counter>::default();
         let denied =
             DenyReason::ALL.map(|reason| family.get_or_create_owned(&ReasonLabels { reason }));
@@ -129,17 +129,17 @@ impl Auth {
     }
 
     /// Puts `principals` in force for every call from now on.
-    pub fn replace(&self, principals: Principals) {
+    pub(crate) fn replace(&self, principals: Principals) {
         self.shared.principals.store(Arc::new(principals));
     }
 
     /// Whether credentials are required now.
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         self.shared.principals.load().required()
     }
 
     /// Registers `auth_denied` (`cachebackd_auth_denied_total{reason}`) in `registry`.
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    pub(crate) fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "auth_denied",
             "Calls refused by authentication or authorization, by reason",
@@ -148,7 +148,7 @@ impl Auth {
     }
 
     /// The layer to put in front of the services.
-    pub fn layer(&self) -> AuthLayer {
+    pub(crate) fn layer(&self) -> AuthLayer {
         AuthLayer { auth: self.clone() }
     }
 
@@ -321,7 +321,7 @@ struct Denial {
 
 /// What the layer decided a call may do, for the services to check the jobs it names.
 #[derive(Clone, Debug)]
-pub struct Access {
+pub(crate) struct Access {
     caller: Option<Arc<Principal>>,
     rpc: &'static str,
     auth: Auth,
@@ -330,7 +330,7 @@ pub struct Access {
 impl Access {
     /// The access the auth layer attached to `req`. A call that reached a service without
     /// one is refused: the layer is missing, and the safe answer is no.
-    pub fn of<T>(req: &tonic::Request<T>) -> Result<Access, Status> {
+    pub(crate) fn of<T>(req: &tonic::Request<T>) -> Result<Access, Status> {
         req.extensions()
             .get::<Access>()
             .cloned()
@@ -338,7 +338,7 @@ impl Access {
     }
 
     /// Whether the caller may use `job` (PERMISSION_DENIED, counted and logged, if not).
-    pub fn allow(&self, job: &JobName) -> Result<(), Status> {
+    pub(crate) fn allow(&self, job: &JobName) -> Result<(), Status> {
         let job = job.as_str();
         match &self.caller {
             Some(p) if !p.may_use(job) => Err(self.auth.deny(Denial {
@@ -360,7 +360,7 @@ impl Access {
 
 /// The tower layer of [`Auth`].
 #[derive(Clone, Debug)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     auth: Auth,
 }
 
@@ -377,7 +377,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 
 /// The service [`AuthLayer`] wraps around the routes.
 #[derive(Clone, Debug)]
-pub struct AuthService<S> {
+pub(crate) struct AuthService<S> {
     inner: S,
     auth: Auth,
 }

@@ -5,10 +5,10 @@
 //! layer every call passes, which answers UNAUTHENTICATED / PERMISSION_DENIED itself and
 //! hands the services an [`Access`] to check the jobs a message names.
 
-pub mod glob;
-pub mod layer;
-pub mod principals;
-pub mod token;
+pub(crate) mod glob;
+pub(crate) mod layer;
+pub(crate) mod principals;
+pub(crate) mod token;
 
-pub use layer::{Access, Auth, AuthLayer};
-pub use principals::{AuthConfig, Principals, Role};
+pub(crate) use layer::{Access, Auth};
+pub(crate) use principals::Principals;

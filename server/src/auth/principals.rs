@@ -18,7 +18,7 @@ use super::token::TokenHash;
 /// What a principal may do. Each role allows a set of RPCs (PROTOCOL.md, "Security").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     /// Get, GetMany, Subscribe.
     Reader,
     /// Set, Invalidate, Delete; InvalidateTags with `jobs = ["*"]`.
@@ -53,33 +53,33 @@ pub struct AuthConfig {
     /// Whether a call without credentials is refused. Off by default: then an anonymous
     /// call may do everything, and a credential that is sent must still be valid.
     #[serde(default)]
-    pub required: bool,
+    pub(crate) required: bool,
     /// The principals (`[[auth.principal]]`).
     #[serde(default, rename = "principal", skip_serializing_if = "Vec::is_empty")]
-    pub principals: Vec<PrincipalConfig>,
+    pub(crate) principals: Vec<PrincipalConfig>,
 }
 
 /// One `[[auth.principal]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PrincipalConfig {
+pub(crate) struct PrincipalConfig {
     /// How logs and error messages name it.
-    pub name: PrincipalName,
+    pub(crate) name: PrincipalName,
     /// The sha256 of each bearer token it may use (several, to rotate without a gap).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub token_sha256: Vec<TokenHash>,
+    pub(crate) token_sha256: Vec<TokenHash>,
     /// Client-certificate names (DNS SAN, else CN) that identify it over mTLS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tls_names: Vec<TlsName>,
+    pub(crate) tls_names: Vec<TlsName>,
     /// Uids of Unix-socket peers that it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unix_uids: Vec<u32>,
+    pub(crate) unix_uids: Vec<u32>,
     /// What it may do.
     #[serde(default)]
-    pub roles: Vec<Role>,
+    pub(crate) roles: Vec<Role>,
     /// Which jobs its roles apply to.
     #[serde(default = "every_job")]
-    pub jobs: Vec<JobGlob>,
+    pub(crate) jobs: Vec<JobGlob>,
 }
 
 fn every_job() -> Vec<JobGlob> {
@@ -88,7 +88,7 @@ fn every_job() -> Vec<JobGlob> {
 
 /// A principal's name: not empty, printable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PrincipalName(String);
+pub(crate) struct PrincipalName(String);
 
 impl std::str::FromStr for PrincipalName {
     type Err = String;
@@ -104,11 +104,11 @@ impl std::str::FromStr for PrincipalName {
 
 /// A client-certificate name, compared without regard to ASCII case (as DNS names are).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TlsName(String);
+pub(crate) struct TlsName(String);
 
 impl TlsName {
     /// The name in lower case.
-    pub fn new(name: &str) -> TlsName {
+    pub(crate) fn new(name: &str) -> TlsName {
         TlsName(name.to_ascii_lowercase())
     }
 }
@@ -153,7 +153,7 @@ text_serde! {
 
 /// A principal, as the daemon checks calls against it.
 #[derive(Debug)]
-pub struct Principal {
+pub(crate) struct Principal {
     name: String,
     roles: u8,
     jobs: Vec<JobGlob>,
@@ -161,27 +161,27 @@ pub struct Principal {
 
 impl Principal {
     /// Its name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Whether it holds `role`.
-    pub fn has(&self, role: Role) -> bool {
+    pub(crate) fn has(&self, role: Role) -> bool {
         self.roles & role.bit() != 0
     }
 
     /// Whether its globs match `job`.
-    pub fn may_use(&self, job: &str) -> bool {
+    pub(crate) fn may_use(&self, job: &str) -> bool {
         self.jobs.iter().any(|g| g.matches(job))
     }
 
     /// Whether it may use every job, present and future (`jobs = ["*"]`).
-    pub fn every_job(&self) -> bool {
+    pub(crate) fn every_job(&self) -> bool {
         self.jobs.iter().any(JobGlob::is_any)
     }
 
     /// Its globs, for messages.
-    pub fn jobs(&self) -> String {
+    pub(crate) fn jobs(&self) -> String {
         let globs: Vec<_> = self.jobs.iter().map(ToString::to_string).collect();
         globs.join(", ")
     }
@@ -189,7 +189,7 @@ impl Principal {
 
 /// Every principal, indexed by credential.
 #[derive(Debug, Default)]
-pub struct Principals {
+pub(crate) struct Principals {
     required: bool,
     tokens: Vec<(TokenHash, Arc<Principal>)>,
     tls_names: HashMap<TlsName, Arc<Principal>>,
@@ -200,7 +200,7 @@ pub struct Principals {
 impl Principals {
     /// Builds the lookup; refuses a credential given to two principals, or a name used
     /// twice, since either would make who is calling ambiguous.
-    pub fn build(c: &AuthConfig) -> Result<Principals, String> {
+    pub(crate) fn build(c: &AuthConfig) -> Result<Principals, String> {
         let mut out = Principals {
             required: c.required,
             count: c.principals.len(),
@@ -262,23 +262,18 @@ impl Principals {
     }
 
     /// Whether calls without credentials are refused.
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         self.required
     }
 
     /// How many principals there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// The principal whose token this is. Every stored hash is compared, each in constant
     /// time, so the answer takes as long whichever (if any) matches.
-    pub fn by_token(&self, token: &str) -> Option<&Arc<Principal>> {
+    pub(crate) fn by_token(&self, token: &str) -> Option<&Arc<Principal>> {
         let presented = TokenHash::of(token);
         let mut found = None;
         for (hash, principal) in &self.tokens {
@@ -290,12 +285,12 @@ impl Principals {
     }
 
     /// The principal a client certificate's name stands for.
-    pub fn by_tls_name(&self, name: &str) -> Option<&Arc<Principal>> {
+    pub(crate) fn by_tls_name(&self, name: &str) -> Option<&Arc<Principal>> {
         self.tls_names.get(&TlsName::new(name))
     }
 
     /// The principal a Unix peer's uid stands for.
-    pub fn by_uid(&self, uid: u32) -> Option<&Arc<Principal>> {
+    pub(crate) fn by_uid(&self, uid: u32) -> Option<&Arc<Principal>> {
         self.uids.get(&uid)
     }
 }

@@ -14,16 +14,16 @@ use subtle::ConstantTimeEq;
 
 /// The sha256 of a token.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TokenHash([u8; 32]);
+pub(crate) struct TokenHash([u8; 32]);
 
 impl TokenHash {
     /// The hash of `token` (its UTF-8 bytes, exactly as sent after `Bearer `).
-    pub fn of(token: &str) -> TokenHash {
+    pub(crate) fn of(token: &str) -> TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
     /// Compares in constant time.
-    pub fn ct_eq(&self, other: &TokenHash) -> bool {
+    pub(crate) fn ct_eq(&self, other: &TokenHash) -> bool {
         self.0.ct_eq(&other.0).into()
     }
 }
@@ -62,7 +62,7 @@ impl FromStr for TokenHash {
 
 /// A new random token: 32 bytes from the operating system's CSPRNG (through `rand`'s
 /// thread generator, seeded from it), base64url without padding (43 characters).
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

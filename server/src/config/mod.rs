@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthConfig;
+pub use crate::auth::principals::AuthConfig;
 use crate::engine::EngineSettings;
 pub use crate::model::{JobConfig, Limits};
 pub use crate::store::Durability;
-use crate::tls::TlsFiles;
+pub use crate::tls::TlsFiles;
 pub use values::{ListenAddr, LogFormat, MetricsListen, SocketMode, Threshold};
 
 /// The daemon's effective settings, every default filled in.

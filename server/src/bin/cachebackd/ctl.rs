@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 /// How to reach the daemon, and what to ask it.
 #[derive(Debug, Clone, Args)]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// The daemon's address: host:port, http://host:port, https://host:port (TLS), or
     /// unix:/path/to.sock.
     #[arg(
@@ -61,7 +61,7 @@ pub struct CtlArgs {
 
 /// What `cachebackd ctl` can do.
 #[derive(Debug, Clone, Subcommand)]
-pub enum CtlCommand {
+pub(crate) enum CtlCommand {
     /// Read an item (fetching it on a miss as its job says, unless --no-fetch).
     Get {
         /// The job.
@@ -137,7 +137,7 @@ fn item_args(typed: &str, raw: bool) -> Result<Vec<u8>, String> {
 }
 
 /// Runs one command; the process's exit code (1 for any error, said on stderr).
-pub fn main(args: CtlArgs) -> ExitCode {
+pub(crate) fn main(args: CtlArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -24,8 +24,8 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Ctl(args)) => ctl::main(args),
-        Some(Command::HashToken) => cachebackd::auth::token::hash_token_main(),
-        Some(Command::GenToken) => cachebackd::auth::token::gen_token_main(),
+        Some(Command::HashToken) => cachebackd::security::hash_token_main(),
+        Some(Command::GenToken) => cachebackd::security::gen_token_main(),
         None => serve(&cli.settings),
     }
 }
