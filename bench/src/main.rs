@@ -17,6 +17,7 @@ mod redis_bench;
 mod refresh;
 mod report;
 mod rpc;
+mod secure;
 mod storm;
 mod worker;
 
@@ -113,6 +114,8 @@ enum Scenario {
     /// throughput with max_batch 1 and 32.
     Additions,
     Memory,
+    /// Get hits with a bearer token and with TLS, as ratios to the same daemon without.
+    Security,
 }
 
 /// The sizes of one run.
@@ -389,6 +392,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         if !status.success() {
             return Err(format!("the daemon exited with {status} on SIGTERM"));
         }
+    }
+
+    if wants(Scenario::Security) {
+        eprintln!("Get hits with a token and with TLS");
+        let grid: Vec<hits::Setting> = hits::Setting::grid(&[100, 10 * 1024], &[16, 64], &[4]);
+        report.security = secure::run(&bin, dir.path(), &grid, plan.spec, plan.rounds).await?;
     }
 
     if wants(Scenario::Memory) {

@@ -34,6 +34,8 @@ pub struct Report {
     pub redis_memory: Option<RedisMemory>,
     /// Why Redis was not measured, if it was not.
     pub redis_skipped: Option<String>,
+    /// Get hits with a token and with TLS.
+    pub security: Vec<crate::secure::Row>,
     /// Anything else left out, and why.
     pub notes: Vec<String>,
 }
@@ -280,6 +282,9 @@ impl Report {
         for r in rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
         }
+        if !self.security.is_empty() {
+            out += &crate::secure::table(&self.security);
+        }
         out
     }
 
@@ -289,6 +294,7 @@ impl Report {
         json!({
             "run": header,
             "get_hits": self.hits.iter().map(hits::Row::to_json).collect::<Vec<_>>(),
+            "security": self.security.iter().map(crate::secure::Row::to_json).collect::<Vec<_>>(),
             "miss_storm": {
                 "cachebackd": self.storm.iter().map(Storm::to_json).collect::<Vec<_>>(),
                 "baseline": self.storm_baseline.as_ref().map(Storm::to_json),

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod credentials;
 mod error;
 mod fetched;
 mod handle;
@@ -54,7 +55,11 @@ pub use cacheback_macros::cacheback;
 /// it without depending on this client.
 pub use cachebackd_proto::args::{decode_args, encode_args};
 pub use client::{
-    current_client, set_default_client, with_client, Client, ClientBuilder, DEFAULT_URL, URL_ENV,
+    current_client, set_default_client, with_client, Client, ClientBuilder, Transport, DEFAULT_URL,
+    URL_ENV,
+};
+pub use credentials::{
+    CallCredentials, TlsConfig, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV,
 };
 pub use error::{Error, Result};
 pub use fetched::{FetchContext, FetchReason, Fetched};

@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use prost::Message;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::budget::{Planned, ResponseBudget};
 use crate::convert::{self, get_response};
 use crate::engine::{Engine, GetOptions};
@@ -62,10 +63,12 @@ impl CachebackService {
     /// One Get, as the `Get` RPC and each item of `GetMany` do it.
     async fn get_one(
         &self,
+        access: &Access,
         req: &pb::GetRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::GetResponse, Status> {
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         if req.peek {
             return Ok(get_response(self.engine.peek(&job, &req.args)?));
         }
@@ -92,7 +95,8 @@ impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
-        let response = self.get_one(&req.into_inner(), deadline).await?;
+        let access = Access::of(&req)?;
+        let response = self.get_one(&access, &req.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
 
@@ -102,6 +106,7 @@ impl Cacheback for CachebackService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
+        let access = Access::of(&req)?;
         let requests = req.into_inner().requests;
         if requests.len() > MAX_GET_MANY {
             return Err(Status::invalid_argument(format!(
@@ -128,19 +133,23 @@ impl Cacheback for CachebackService {
         let known: Vec<_> = requests
             .iter()
             .map(|r| match JobName::parse(&r.job, self.engine.limits()) {
-                Ok(job) => self.engine.store().data_len(&ItemKey::new(&job, &r.args)),
-                Err(_) => None,
+                // An item the caller may not read is not planned by its size: its Get is
+                // refused before anything about it is told.
+                Ok(job) if access.permits(&job) => {
+                    self.engine.store().data_len(&ItemKey::new(&job, &r.args))
+                }
+                _ => None,
             })
             .collect();
         let (plan, response_budget) = ResponseBudget::plan(budget, error_size, &known);
         let too_large_status = || Status::resource_exhausted(too_large_message(&too_large));
         let outcomes = join_all(requests.iter().zip(plan).map(|(r, planned)| {
-            let response_budget = &response_budget;
+            let (response_budget, access) = (&response_budget, &access);
             async move {
                 let Planned::Read(planned) = planned else {
                     return Err(too_large_status());
                 };
-                let response = self.get_one(r, deadline).await?;
+                let response = self.get_one(access, r, deadline).await?;
                 if response_budget.admit(planned, response.data.len()) {
                     Ok(response)
                 } else {
@@ -179,8 +188,10 @@ impl Cacheback for CachebackService {
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         self.engine.limits().check_data(&req.data)?;
         let lifetime = req
             .lifetime
@@ -201,8 +212,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let outcome = self.engine.invalidate(&job, &req.args).await?;
         Ok(Response::new(pb::InvalidateResponse {
             found: outcome.found,
@@ -215,8 +228,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
     }
@@ -239,8 +254,13 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::RegisterJobStream>, Status> {
-        let stream =
-            worker_stream::open(self.engine.clone(), self.shutdown.clone(), req.into_inner());
+        let access = Access::of(&req)?;
+        let stream = worker_stream::open(
+            self.engine.clone(),
+            self.shutdown.clone(),
+            access,
+            req.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 }

@@ -14,6 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
+use crate::auth::Access;
 use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -32,6 +33,7 @@ pub(crate) type DaemonStream =
 pub(crate) fn open(
     engine: Engine,
     shutdown: Shutdown,
+    access: Access,
     mut inbound: Streaming<pb::WorkerMessage>,
 ) -> DaemonStream {
     // Room for every fetch the worker may hold, plus Registered and a closing error.
@@ -42,6 +44,7 @@ pub(crate) fn open(
             engine,
             shutdown,
             tx,
+            access,
         };
         stream.run(&mut inbound, reg_tx).await;
     });
@@ -60,6 +63,8 @@ struct WorkerStream {
     engine: Engine,
     shutdown: Shutdown,
     tx: mpsc::Sender<Outbound>,
+    /// Who opened the stream: its Register must name a job they may serve.
+    access: Access,
 }
 
 impl WorkerStream {
@@ -134,6 +139,7 @@ impl WorkerStream {
         r: pb::Register,
     ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
         let job = JobName::parse(&r.job, self.engine.limits())?;
+        self.access.allow(&job)?;
         let config = convert::job_config(r.config.unwrap_or_default(), self.engine.job_defaults())?;
         let max_in_flight = match r.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,

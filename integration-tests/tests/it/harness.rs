@@ -45,7 +45,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
     Code, Status, Streaming,
 };
 
@@ -164,6 +164,7 @@ pub struct DaemonBuilder {
     args: Vec<OsString>,
     data_dir: Option<PathBuf>,
     envs: Vec<(OsString, OsString)>,
+    probe_tls: Option<ClientTlsConfig>,
 }
 
 impl DaemonBuilder {
@@ -200,6 +201,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// The daemon serves TLS on its TCP listener: probe its readiness over
+    /// `https://localhost:PORT` with `tls` (the CA, and a client identity under mTLS).
+    pub fn probe_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.probe_tls = Some(tls);
+        self
+    }
+
     /// Spawn the daemon and wait until it answers gRPC (up to [`READY_CAP`]).
     pub async fn start(self) -> Daemon {
         let tmp = tempfile::Builder::new()
@@ -217,6 +225,7 @@ impl DaemonBuilder {
             tmp,
             args: self.args,
             envs: self.envs,
+            probe_tls: self.probe_tls,
         };
         // Another process may take the port between our probe and the daemon's bind: then
         // try another one.
@@ -246,6 +255,7 @@ pub struct Daemon {
     tmp: tempfile::TempDir,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    probe_tls: Option<ClientTlsConfig>,
 }
 
 impl Daemon {
@@ -375,9 +385,14 @@ impl Daemon {
     /// UNAVAILABLE (NOT_FOUND for the probe's unregistered job is the usual answer).
     async fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
-        let endpoint = Endpoint::from_shared(self.endpoint())
-            .expect("valid endpoint")
-            .connect_timeout(Duration::from_secs(2));
+        let endpoint = match &self.probe_tls {
+            Some(tls) => Endpoint::from_shared(format!("https://localhost:{}", self.port))
+                .expect("valid endpoint")
+                .tls_config(tls.clone())
+                .expect("probe TLS config"),
+            None => Endpoint::from_shared(self.endpoint()).expect("valid endpoint"),
+        }
+        .connect_timeout(Duration::from_secs(2));
         loop {
             if let Some(status) = self
                 .child

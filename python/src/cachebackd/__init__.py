@@ -12,13 +12,15 @@ The Python client and worker of the cachebackd daemon, with django-cacheback's A
     Worker().serve(UserTweets).start()   # in the app server: runs fetches for the daemon
     tweets = UserTweets().get("bob")     # anywhere: cached data at once
 
-The daemon is found at CACHEBACKD_TARGET (`host:port` or `unix:/path`), else
-127.0.0.1:7070.
+The daemon is found at CACHEBACKD_TARGET (`host:port`, `https://host:port` for TLS, or
+`unix:/path`), else 127.0.0.1:7070; CACHEBACKD_TOKEN and CACHEBACKD_TLS_CA / _CERT / _KEY
+are its credentials.
 """
 
 from datetime import datetime
 
 from ._codec import encode_args, encode_json
+from ._security import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TlsConfig
 from .client import (
     DEFAULT_TARGET,
     TARGET_ENV,
@@ -49,6 +51,10 @@ __all__ = [
     "Absent",
     "DEFAULT_TARGET",
     "TARGET_ENV",
+    "TLS_CA_ENV",
+    "TLS_CERT_ENV",
+    "TLS_KEY_ENV",
+    "TlsConfig",
     "TOKEN_ENV",
     "URL_ENV",
     "CachebackError",

@@ -15,9 +15,7 @@ be an `async def`, which the worker runs to completion in its fetch thread.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional, Sequence
-
-import os
+from typing import Any, Optional, Sequence, Union
 
 import grpc
 import grpc.aio
@@ -25,16 +23,14 @@ import grpc.aio
 from ._codec import Seconds, encode_args, from_timestamp
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackStub
+from ._security import TlsConfig
 from .client import (
-    TOKEN_ENV,
+    Connection,
     Invalidated,
     Item,
     ItemState,
-    auth_metadata,
-    channel_options,
     get_request,
     item_from_reply,
-    resolve_target,
     set_request,
 )
 from .errors import CachebackError
@@ -44,7 +40,7 @@ _DEFAULT: Any = object()
 
 
 class AsyncClient:
-    """`Client` for asyncio code: the same target, timeout and methods, awaited.
+    """`Client` for asyncio code: the same target, credentials, timeout and methods, awaited.
 
     Make it inside the running event loop (grpc.aio channels belong to one loop).
     """
@@ -56,13 +52,14 @@ class AsyncClient:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
+        tls: Union[TlsConfig, bool, None] = None,
+        allow_plaintext_token: bool = False,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
+        self.target = connection.target
         self.timeout = timeout
-        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
-        self.channel = grpc.aio.insecure_channel(
-            self.target, options=channel_options(self.target, options)
-        )
+        self.metadata = connection.metadata
+        self.channel = connection.aio_channel()
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import grpc
 
@@ -20,6 +20,7 @@ from . import _wire
 from ._codec import Seconds, from_timestamp, to_duration
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
+from ._security import TlsConfig, check_plaintext_token, choose_tls, split_scheme
 from .errors import CachebackError, of_status
 
 #: The environment variable a `Client()` without a target reads.
@@ -118,10 +119,56 @@ class Invalidated:
 
 def resolve_target(target: Optional[str]) -> str:
     """The target to dial: `target`, else CACHEBACKD_TARGET, else CACHEBACKD_URL, else
-    the default; `http://host:port` is accepted for `host:port`."""
+    the default; `http://host:port` is accepted for `host:port` (and `https://host:port`,
+    which asks for TLS: see `Connection`)."""
     return _normalise_target(
         target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
     )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the daemon: the gRPC target, its channel options, the TLS settings
+    (None: plaintext), and the call metadata carrying the token."""
+
+    target: str
+    options: list[tuple[str, Any]]
+    tls: Optional[TlsConfig]
+    metadata: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def resolve(
+        cls,
+        target: Optional[str],
+        options: Sequence[tuple[str, Any]],
+        token: Optional[str],
+        tls: Union[TlsConfig, bool, None],
+        allow_plaintext_token: bool,
+    ) -> "Connection":
+        """Reads the environment for what is not given (target, CACHEBACKD_TOKEN,
+        CACHEBACKD_TLS_*) and refuses a token that would travel in plaintext to another
+        machine."""
+        grpc_target, https = split_scheme(resolve_target(target))
+        chosen = choose_tls(tls, https)
+        token = token or os.environ.get(TOKEN_ENV) or None
+        check_plaintext_token(grpc_target, token, chosen, allow_plaintext_token)
+        extra = chosen.options() if chosen is not None else []
+        return cls(
+            target=grpc_target,
+            options=channel_options(grpc_target, [*extra, *options]),
+            tls=chosen,
+            metadata=auth_metadata(token),
+        )
+
+    def channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.target, options=self.options)
+        return grpc.secure_channel(self.target, self.tls.credentials(), options=self.options)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options)
 
 
 def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -209,6 +256,13 @@ class Client:
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
     by the job's `refresh_timeout` on the daemon's side. `token` (default: the environment
     variable CACHEBACKD_TOKEN) is sent with every call as `authorization: Bearer <token>`.
+
+    An `https://host:port` target means TLS, verified with the CA bundle CACHEBACKD_TLS_CA
+    names (else the system's roots) and presenting the client certificate of
+    CACHEBACKD_TLS_CERT / CACHEBACKD_TLS_KEY (mTLS); `tls=TlsConfig(...)` gives them in code,
+    `tls=True` asks for TLS on a `host:port` target. A token is never sent in plaintext to
+    another machine (only to a Unix socket or a loopback address) unless
+    `allow_plaintext_token=True`: that raises ValueError instead.
     Thread-safe; use one per process.
     """
 
@@ -219,13 +273,14 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
+        tls: Union[TlsConfig, bool, None] = None,
+        allow_plaintext_token: bool = False,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
+        self.target = connection.target
         self.timeout = timeout
-        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
-        self.channel = grpc.insecure_channel(
-            self.target, options=channel_options(self.target, options)
-        )
+        self.metadata = connection.metadata
+        self.channel = connection.channel()
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:

@@ -18,12 +18,12 @@ use cachebackd_proto::v1::{
 };
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint};
 
 /// How to reach the daemon, and what to ask it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CtlArgs {
-    /// The daemon's address: host:port, http://host:port, or unix:/path/to.sock.
+    /// The daemon's address: host:port, http://host:port, https://host:port (TLS), or
+    /// unix:/path/to.sock.
     #[arg(
         long,
         short = 'a',
@@ -32,6 +32,15 @@ pub(crate) struct CtlArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub addr: String,
+
+    /// Read the bearer token from this file instead of CACHEBACKD_TOKEN (a token on the
+    /// command line would show in `ps`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// Send the token even over plaintext to a non-loopback address.
+    #[arg(long, global = true)]
+    pub allow_plaintext_token: bool,
 
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
@@ -177,31 +186,30 @@ struct Output {
     json: Value,
 }
 
-async fn channel(addr: &str) -> Result<Channel, String> {
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        return Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"));
-    }
-    let url = if addr.contains("://") {
+/// The connection, with the credentials the client crate reads (`CACHEBACKD_TOKEN`, and
+/// for an `https://` address `CACHEBACKD_TLS_CA` / `_CERT` / `_KEY`), so ctl talks to a
+/// secured daemon exactly as an app server does.
+async fn channel(args: &CtlArgs, limit: usize) -> Result<cacheback::Transport, String> {
+    let addr = &args.addr;
+    let url = if addr.starts_with("unix:") || addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("{addr:?} is not an address: {e}"))?
+    let mut builder = cacheback::ClientBuilder::new(&url).max_message_size(limit);
+    if let Some(file) = &args.token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("--token-file {}: {e}", file.display()))?;
+        builder = builder.token(token.trim_end_matches(['\r', '\n']));
+    }
+    if args.allow_plaintext_token {
+        builder = builder.allow_plaintext_token();
+    }
+    builder
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))
+        .map(|c| c.transport())
+        .map_err(|e| e.to_string())
 }
 
 fn status_error(s: tonic::Status) -> String {
@@ -209,8 +217,8 @@ fn status_error(s: tonic::Status) -> String {
 }
 
 async fn run(args: &CtlArgs) -> Result<Output, String> {
-    let ch = channel(&args.addr).await?;
     let limit = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
+    let ch = channel(args, limit).await?;
     let mut main = CachebackClient::new(ch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
