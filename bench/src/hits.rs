@@ -153,6 +153,7 @@ pub async fn prepare(daemon: &[Channel], settings: &[Setting]) -> Result<(), Str
                     args,
                     data: vec![b'x'; setting.payload],
                     lifetime: None,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| format!("Set {JOB}: {s}"))?;

@@ -181,6 +181,7 @@ async fn get(
             job: JOB.into(),
             args: rpc::args(i),
             fetch_on_miss: Some(false),
+            ..Default::default()
         })
         .await?
         .into_inner())

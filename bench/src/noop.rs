@@ -99,6 +99,7 @@ impl Noop {
             expires_at: Some(self.expires_at),
             refresh_scheduled: false,
             fetched: false,
+            ..Default::default()
         })
     }
 }
@@ -195,6 +196,7 @@ impl Cacheback for Noop {
                         args: format!("[{}]", n % 100_000).into_bytes(),
                         reason: pb::FetchReason::Stale as i32,
                         deadline: Some(deadline),
+                        ..Default::default()
                     })),
                 })
             };

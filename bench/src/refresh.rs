@@ -255,6 +255,7 @@ async fn trigger(
                         job: job.clone(),
                         args: rpc::args(i),
                         fetch_on_miss: None,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| format!("Get {job} [{i}]: {s}"))?

@@ -93,6 +93,7 @@ impl GetCaller {
                     job: job.to_owned(),
                     args,
                     fetch_on_miss: None,
+                    ..Default::default()
                 })
                 .collect(),
             expect_len,
@@ -178,6 +179,7 @@ pub async fn set_items(
                     args: args(i),
                     data: data(i),
                     lifetime,
+                    ..Default::default()
                 };
                 let t0 = Instant::now();
                 client

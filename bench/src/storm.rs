@@ -101,6 +101,7 @@ async fn storm(channels: &[Channel], gets: usize, job: &str, args: Vec<u8>, len:
             job: job.to_owned(),
             args: args.clone(),
             fetch_on_miss: Some(true),
+            ..Default::default()
         };
         let mut ready = ready.clone();
         tasks.push(tokio::spawn(async move {

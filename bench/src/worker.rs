@@ -83,6 +83,7 @@ impl Worker {
                 config: Some(spec.config),
                 max_in_flight: spec.max_in_flight,
                 worker_name: "cachebackd-bench".into(),
+                ..Default::default()
             })),
         })
         .await
@@ -121,6 +122,7 @@ impl Worker {
                         outcome: Some(fetch_result::Outcome::Value(pb::FetchedValue {
                             data: spec.data.to_vec(),
                             lifetime: None,
+                            ..Default::default()
                         })),
                     })),
                 };

@@ -226,6 +226,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             job: self.name().to_owned(),
             args: self.encode(args)?,
             fetch_on_miss: Some(self.job.should_missing_item_be_fetched_synchronously(args)),
+            ..Default::default()
         })
     }
 
@@ -323,6 +324,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
                 source,
             })?,
             lifetime: lifetime.map(to_proto_duration),
+            ..Default::default()
         };
         let response = self
             .client

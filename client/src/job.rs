@@ -61,6 +61,7 @@ impl JobConfig {
             fetch_on_miss: Some(self.fetch_on_miss),
             fetch_on_stale_threshold: self.fetch_on_stale_threshold.map(to_proto_duration),
             cache_ttl: Some(to_proto_duration(self.cache_ttl)),
+            ..Default::default()
         }
     }
 

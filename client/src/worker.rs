@@ -431,6 +431,7 @@ async fn session(context: &Context, index: usize, served: &Served) -> Result<Ses
         config: Some(job.config().to_proto()),
         max_in_flight,
         worker_name: context.worker_name.clone(),
+        ..Default::default()
     };
     results
         .try_send(WorkerMessage {
@@ -658,6 +659,7 @@ impl<J: Job> ErasedJob for J {
             Ok(v1::FetchedValue {
                 data,
                 lifetime: lifetime.map(to_proto_duration),
+                ..Default::default()
             })
         })
     }

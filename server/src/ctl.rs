@@ -210,6 +210,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         job: job.clone(),
                         args: item_args(a, args.raw_args)?,
                         fetch_on_miss: no_fetch.then_some(false),
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -265,6 +266,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         args: item_args(a, args.raw_args)?,
                         data: data.clone().into_bytes(),
                         lifetime: lifetime.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                        ..Default::default()
                     },
                 ))
                 .await

@@ -426,6 +426,25 @@ impl Engine {
         }
     }
 
+    /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
+    /// `raw_get`): no fetch, no refresh, no backoff change, no counters moved.
+    pub fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
+        let key = ItemKey::new(job, args);
+        let jobs = self.inner.jobs.read();
+        let entry = jobs
+            .get(job)
+            .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
+        let item = entry.seen(self.inner.store.get(&key)?);
+        let times = item.as_ref().map(|i| i.times);
+        Ok(
+            match policy::freshness(times, &entry.config, SystemTime::now()) {
+                Freshness::Fresh => served(ItemState::Fresh, item, false),
+                Freshness::Stale { .. } => served(ItemState::Stale, item, false),
+                Freshness::Absent => served(ItemState::Miss, None, false),
+            },
+        )
+    }
+
     /// Stores `data` for an item directly; returns its expiry.
     pub async fn set(
         &self,

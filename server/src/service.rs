@@ -75,6 +75,9 @@ impl CachebackService {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::GetResponse, Status> {
         let job = self.item(&req.job, &req.args)?;
+        if req.peek {
+            return Ok(get_response(self.engine.peek(&job, &req.args)?));
+        }
         let outcome = within(
             deadline,
             self.engine.get(&job, &req.args, req.fetch_on_miss),
@@ -225,6 +228,7 @@ impl Cacheback for CachebackService {
                     args: order.args.to_vec(),
                     reason: fetch_reason(order.reason) as i32,
                     deadline: Some(order.deadline.into()),
+                    ..Default::default()
                 })),
             }),
             Outbound::Close(e) => Err(Status::from(e)),
@@ -369,6 +373,12 @@ impl WorkerStream {
                     }),
                 },
                 Some(fetch_result::Outcome::Error(e)) => Err(e.message),
+                Some(fetch_result::Outcome::Absent(_)) => {
+                    Err("this daemon does not store FetchedAbsent answers yet".into())
+                }
+                Some(fetch_result::Outcome::NotModified(_)) => {
+                    Err("this daemon does not take NotModified answers yet".into())
+                }
                 None => Err("the worker answered with neither a value nor an error".into()),
             };
             match self
@@ -467,6 +477,7 @@ pub fn config_to_proto(c: &JobConfig) -> pb::JobConfig {
         fetch_on_miss: Some(c.fetch_on_miss),
         fetch_on_stale_threshold: c.fetch_on_stale_threshold.map(d),
         cache_ttl: Some(d(c.cache_ttl)),
+        ..Default::default()
     }
 }
 
@@ -491,5 +502,6 @@ fn get_response(o: GetOutcome) -> pb::GetResponse {
         expires_at: o.times.and_then(|t| ts(t.expires_at)),
         refresh_scheduled: o.refresh_scheduled,
         fetched: o.fetched,
+        ..Default::default()
     }
 }

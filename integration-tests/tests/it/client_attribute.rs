@@ -99,6 +99,7 @@ async fn without_fetch_on_miss_a_miss_returns_none_and_fills_in_the_background()
             job: fetch_followers::JOB.name().to_owned(),
             args: encode_args(&("bob",)).unwrap(),
             fetch_on_miss: Some(true),
+            ..Default::default()
         };
         let filled = client.raw().get(wait).await.unwrap().into_inner();
         assert_eq!(filled.data, br#"["bob follower #1"]"#);

@@ -150,6 +150,7 @@ async fn expiry_and_the_miss_decision_are_made_per_args() {
         job: UserTweets::NAME.to_owned(),
         args: encode_args(&bob).unwrap(),
         fetch_on_miss: Some(true),
+        ..Default::default()
     };
     client.raw().get(wait).await.unwrap();
     let filled = tweets.get_item(&bob).await.unwrap();

@@ -283,6 +283,7 @@ async fn caller_deadline_exceeded_does_not_cancel_shared_fetch() {
         job: JOB.into(),
         args: b"[6]".to_vec(),
         fetch_on_miss: None,
+        ..Default::default()
     });
     req.set_timeout(Duration::from_millis(500));
     let mut impatient = c.clone();

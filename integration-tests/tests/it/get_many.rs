@@ -12,6 +12,7 @@ fn request(job: &str, args: &[u8]) -> GetRequest {
         job: job.into(),
         args: args.to_vec(),
         fetch_on_miss: None,
+        ..Default::default()
     }
 }
 

@@ -393,6 +393,7 @@ impl Daemon {
                     job: "cachebackd-harness-probe".into(),
                     args: b"[]".to_vec(),
                     fetch_on_miss: Some(false),
+                    ..Default::default()
                 });
                 req.set_timeout(Duration::from_secs(2));
                 match tokio::time::timeout(Duration::from_secs(3), client.get(req)).await {
@@ -588,6 +589,7 @@ pub async fn try_get(
             job: job.into(),
             args: args.as_ref().to_vec(),
             fetch_on_miss,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -621,6 +623,7 @@ pub async fn try_set(
             args: args.as_ref().to_vec(),
             data: data.into(),
             lifetime,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -722,6 +725,7 @@ pub fn register_msg(job: &str, config: JobConfig, max_in_flight: u32, name: &str
             config: Some(config),
             max_in_flight,
             worker_name: name.into(),
+            ..Default::default()
         })),
     }
 }
@@ -738,6 +742,7 @@ pub fn value_msg(
             outcome: Some(fetch_result::Outcome::Value(FetchedValue {
                 data: data.into(),
                 lifetime,
+                ..Default::default()
             })),
         })),
     }

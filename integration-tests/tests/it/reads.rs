@@ -367,3 +367,63 @@ async fn joining_async_fetch_waits_when_sync() {
     assert!(r.fetched, "it waited for a fetch it joined");
     assert_eq!(w.fetches().iter().filter(|f| f.args == b"[9]").count(), 1);
 }
+
+/// `GetRequest.peek`: what is stored, and nothing started (PROTOCOL.md, "Reading").
+async fn peek(c: &mut Client, args: &[u8]) -> cachebackd_proto::v1::GetResponse {
+    c.get(cachebackd_proto::v1::GetRequest {
+        job: JOB.into(),
+        args: args.to_vec(),
+        // Ignored by a peek: it never fetches.
+        fetch_on_miss: Some(true),
+        peek: true,
+        ..Default::default()
+    })
+    .await
+    .expect("peek")
+    .into_inner()
+}
+
+#[tokio::test]
+async fn peek_reads_what_is_stored_and_starts_nothing() {
+    let d = Daemon::start().await;
+    let mut c = d.client();
+    let mut w = TestWorker::register(&d, JOB, job_config(300.0, 30.0)).await;
+
+    // A miss: MISS at once, no fetch although fetch_on_miss is true.
+    let r = peek(&mut c, b"[\"p\"]").await;
+    assert_eq!(r.state(), ItemState::Miss);
+    assert!(r.data.is_empty() && r.stored_at.is_none() && r.expires_at.is_none());
+    assert!(!r.refresh_scheduled && !r.fetched);
+
+    // Fresh: the data, as a plain Get would answer it.
+    let s = set(&mut c, JOB, b"[\"p\"]", b"\"v\"".to_vec(), Some(dur(1.0))).await;
+    let r = peek(&mut c, b"[\"p\"]").await;
+    assert_eq!(r.state(), ItemState::Fresh);
+    assert_eq!(r.data, b"\"v\"");
+    assert_same_instant(
+        r.expires_at.as_ref().unwrap(),
+        s.expires_at.as_ref().unwrap(),
+        "expires_at",
+    );
+
+    // Stale: the stale data, and no refresh scheduled.
+    sleep_until_wall(wall(s.expires_at.as_ref().unwrap()) + Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        let r = peek(&mut c, b"[\"p\"]").await;
+        assert_eq!(r.state(), ItemState::Stale);
+        assert_eq!(r.data, b"\"v\"");
+        assert!(!r.refresh_scheduled && !r.fetched);
+    }
+    w.assert_no_fetch(&c, JOB).await;
+    assert_eq!(
+        w.fetch_count(),
+        1,
+        "only assert_no_fetch's barrier was fetched"
+    );
+
+    // A plain Get still refreshes the stale item: the peeks changed nothing.
+    let r = get(&mut c, JOB, b"[\"p\"]").await;
+    assert_eq!(r.state(), ItemState::Stale);
+    assert!(r.refresh_scheduled);
+    assert_eq!(w.next_fetch().await.reason(), FetchReason::Stale);
+}

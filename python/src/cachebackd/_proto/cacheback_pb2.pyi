@@ -26,6 +26,7 @@ class FetchReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FETCH_REASON_MISS: _ClassVar[FetchReason]
     FETCH_REASON_STALE: _ClassVar[FetchReason]
     FETCH_REASON_INVALIDATED: _ClassVar[FetchReason]
+    FETCH_REASON_EARLY: _ClassVar[FetchReason]
 ITEM_STATE_UNSPECIFIED: ItemState
 ITEM_STATE_FRESH: ItemState
 ITEM_STATE_STALE: ItemState
@@ -34,46 +35,61 @@ FETCH_REASON_UNSPECIFIED: FetchReason
 FETCH_REASON_MISS: FetchReason
 FETCH_REASON_STALE: FetchReason
 FETCH_REASON_INVALIDATED: FetchReason
+FETCH_REASON_EARLY: FetchReason
 
 class JobConfig(_message.Message):
-    __slots__ = ("lifetime", "refresh_timeout", "fetch_on_miss", "fetch_on_stale_threshold", "cache_ttl")
+    __slots__ = ("lifetime", "refresh_timeout", "fetch_on_miss", "fetch_on_stale_threshold", "cache_ttl", "early_refresh_beta", "absent_lifetime", "error_ttl")
     LIFETIME_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     FETCH_ON_MISS_FIELD_NUMBER: _ClassVar[int]
     FETCH_ON_STALE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CACHE_TTL_FIELD_NUMBER: _ClassVar[int]
+    EARLY_REFRESH_BETA_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TTL_FIELD_NUMBER: _ClassVar[int]
     lifetime: _duration_pb2.Duration
     refresh_timeout: _duration_pb2.Duration
     fetch_on_miss: bool
     fetch_on_stale_threshold: _duration_pb2.Duration
     cache_ttl: _duration_pb2.Duration
-    def __init__(self, lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., refresh_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fetch_on_miss: _Optional[bool] = ..., fetch_on_stale_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cache_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    early_refresh_beta: float
+    absent_lifetime: _duration_pb2.Duration
+    error_ttl: _duration_pb2.Duration
+    def __init__(self, lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., refresh_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., fetch_on_miss: _Optional[bool] = ..., fetch_on_stale_threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cache_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., early_refresh_beta: _Optional[float] = ..., absent_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("job", "args", "fetch_on_miss")
+    __slots__ = ("job", "args", "fetch_on_miss", "max_age", "peek")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     FETCH_ON_MISS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    PEEK_FIELD_NUMBER: _ClassVar[int]
     job: str
     args: bytes
     fetch_on_miss: bool
-    def __init__(self, job: _Optional[str] = ..., args: _Optional[bytes] = ..., fetch_on_miss: _Optional[bool] = ...) -> None: ...
+    max_age: _duration_pb2.Duration
+    peek: bool
+    def __init__(self, job: _Optional[str] = ..., args: _Optional[bytes] = ..., fetch_on_miss: _Optional[bool] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., peek: _Optional[bool] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("state", "data", "stored_at", "expires_at", "refresh_scheduled", "fetched")
+    __slots__ = ("state", "data", "stored_at", "expires_at", "refresh_scheduled", "fetched", "absent", "tags")
     STATE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     STORED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REFRESH_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     FETCHED_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     state: ItemState
     data: bytes
     stored_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     refresh_scheduled: bool
     fetched: bool
-    def __init__(self, state: _Optional[_Union[ItemState, str]] = ..., data: _Optional[bytes] = ..., stored_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_scheduled: _Optional[bool] = ..., fetched: _Optional[bool] = ...) -> None: ...
+    absent: bool
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, state: _Optional[_Union[ItemState, str]] = ..., data: _Optional[bytes] = ..., stored_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_scheduled: _Optional[bool] = ..., fetched: _Optional[bool] = ..., absent: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetManyRequest(_message.Message):
     __slots__ = ("requests",)
@@ -104,16 +120,18 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SetRequest(_message.Message):
-    __slots__ = ("job", "args", "data", "lifetime")
+    __slots__ = ("job", "args", "data", "lifetime", "tags")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     job: str
     args: bytes
     data: bytes
     lifetime: _duration_pb2.Duration
-    def __init__(self, job: _Optional[str] = ..., args: _Optional[bytes] = ..., data: _Optional[bytes] = ..., lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[str] = ..., args: _Optional[bytes] = ..., data: _Optional[bytes] = ..., lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetResponse(_message.Message):
     __slots__ = ("expires_at",)
@@ -160,34 +178,58 @@ class WorkerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., result: _Optional[_Union[FetchResult, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("job", "config", "max_in_flight", "worker_name")
+    __slots__ = ("job", "config", "max_in_flight", "worker_name", "max_batch")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     job: str
     config: JobConfig
     max_in_flight: int
     worker_name: str
-    def __init__(self, job: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., max_in_flight: _Optional[int] = ..., worker_name: _Optional[str] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, job: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., max_in_flight: _Optional[int] = ..., worker_name: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class FetchResult(_message.Message):
-    __slots__ = ("request_id", "value", "error")
+    __slots__ = ("request_id", "value", "error", "absent", "not_modified")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_FIELD_NUMBER: _ClassVar[int]
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     value: FetchedValue
     error: FetchError
-    def __init__(self, request_id: _Optional[str] = ..., value: _Optional[_Union[FetchedValue, _Mapping]] = ..., error: _Optional[_Union[FetchError, _Mapping]] = ...) -> None: ...
+    absent: FetchedAbsent
+    not_modified: NotModified
+    def __init__(self, request_id: _Optional[str] = ..., value: _Optional[_Union[FetchedValue, _Mapping]] = ..., error: _Optional[_Union[FetchError, _Mapping]] = ..., absent: _Optional[_Union[FetchedAbsent, _Mapping]] = ..., not_modified: _Optional[_Union[NotModified, _Mapping]] = ...) -> None: ...
 
 class FetchedValue(_message.Message):
-    __slots__ = ("data", "lifetime")
+    __slots__ = ("data", "lifetime", "validator", "tags")
     DATA_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATOR_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     lifetime: _duration_pb2.Duration
-    def __init__(self, data: _Optional[bytes] = ..., lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    validator: bytes
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, data: _Optional[bytes] = ..., lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validator: _Optional[bytes] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FetchedAbsent(_message.Message):
+    __slots__ = ("lifetime", "tags")
+    LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    lifetime: _duration_pb2.Duration
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NotModified(_message.Message):
+    __slots__ = ("lifetime",)
+    LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    lifetime: _duration_pb2.Duration
+    def __init__(self, lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class FetchError(_message.Message):
     __slots__ = ("message",)
@@ -196,12 +238,20 @@ class FetchError(_message.Message):
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class DaemonMessage(_message.Message):
-    __slots__ = ("registered", "fetch")
+    __slots__ = ("registered", "fetch", "batch")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     fetch: FetchRequest
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., fetch: _Optional[_Union[FetchRequest, _Mapping]] = ...) -> None: ...
+    batch: FetchBatch
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., fetch: _Optional[_Union[FetchRequest, _Mapping]] = ..., batch: _Optional[_Union[FetchBatch, _Mapping]] = ...) -> None: ...
+
+class FetchBatch(_message.Message):
+    __slots__ = ("fetches",)
+    FETCHES_FIELD_NUMBER: _ClassVar[int]
+    fetches: _containers.RepeatedCompositeFieldContainer[FetchRequest]
+    def __init__(self, fetches: _Optional[_Iterable[_Union[FetchRequest, _Mapping]]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("worker_id", "config")
@@ -212,16 +262,18 @@ class Registered(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("request_id", "args", "reason", "deadline")
+    __slots__ = ("request_id", "args", "reason", "deadline", "validator")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATOR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     args: bytes
     reason: FetchReason
     deadline: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., args: _Optional[bytes] = ..., reason: _Optional[_Union[FetchReason, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    validator: bytes
+    def __init__(self, request_id: _Optional[str] = ..., args: _Optional[bytes] = ..., reason: _Optional[_Union[FetchReason, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validator: _Optional[bytes] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()
