@@ -107,9 +107,19 @@ export function resolveTarget(url: string | undefined): string {
   return given;
 }
 
-function getRequest(job: string, args: Uint8Array, fetchOnMiss: boolean | undefined): GetRequest {
+/** How one Get may read: the job's policy overridden, or a peek. */
+export interface ReadOptions {
+  /** Overrides the job's fetch_on_miss for this call. */
+  fetchOnMiss?: boolean;
+  /** Read what is stored and start nothing: no fetch, no refresh (django-cacheback's
+   * raw_get). FRESH/STALE with the data, or MISS; fetchOnMiss is ignored. */
+  peek?: boolean;
+}
+
+function getRequest(job: string, args: Uint8Array, read: ReadOptions): GetRequest {
   const request: GetRequest = { job, args };
-  if (fetchOnMiss !== undefined) request.fetchOnMiss = fetchOnMiss;
+  if (read.fetchOnMiss !== undefined) request.fetchOnMiss = read.fetchOnMiss;
+  if (read.peek) request.peek = true;
   return request;
 }
 
@@ -195,14 +205,11 @@ export class Client {
     });
   }
 
-  /** Reads an item; on a miss or a stale hit the daemon refreshes it as the job says.
-   * `fetchOnMiss` overrides the job's setting for this call. */
-  async get(
-    job: string,
-    args: Uint8Array,
-    options: CallOptions & { fetchOnMiss?: boolean } = {},
-  ): Promise<Item<Buffer>> {
-    const reply = await this.call<GetResponse__Output>((m, o, cb) => this.stub.Get(getRequest(job, args, options.fetchOnMiss), m, o, cb), options);
+  /** Reads an item; on a miss or a stale hit the daemon refreshes it as the job says
+   * (unless `peek`). */
+  async get(job: string, args: Uint8Array, options: CallOptions & ReadOptions = {}): Promise<Item<Buffer>> {
+    const request = getRequest(job, args, options);
+    const reply = await this.call<GetResponse__Output>((m, o, cb) => this.stub.Get(request, m, o, cb), options);
     return itemFromReply(reply);
   }
 
@@ -222,7 +229,7 @@ export class Client {
     for (let start = 0; start < args.length; start += GET_MANY_LIMIT) {
       const requests = args
         .slice(start, start + GET_MANY_LIMIT)
-        .map((a, i) => getRequest(job, a, overrides[start + i]));
+        .map((a, i) => getRequest(job, a, { fetchOnMiss: overrides[start + i] }));
       const reply = await this.call<GetManyResponse__Output>((m, o, cb) => this.stub.GetMany({ requests }, m, o, cb), options);
       for (const result of reply.results) {
         if (result.response) results.push(itemFromReply(result.response));

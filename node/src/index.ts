@@ -33,6 +33,7 @@ export {
   type ClientOptions,
   type Invalidated,
   type ItemState,
+  type ReadOptions,
 } from "./client";
 export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
 export { CachebackError } from "./errors";

@@ -126,6 +126,13 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
     return item.decoded((raw) => this.decode(raw));
   }
 
+  /** What is stored for `args`, starting nothing: no fetch on a miss, no refresh of stale
+   * data (django-cacheback's `raw_get`). FRESH or STALE with the data, or MISS. */
+  async rawGet(...args: A): Promise<Item<T>> {
+    const item = await this.client.get(validateName(this.name), encodeArgs(args), { peek: true });
+    return item.decoded((raw) => this.decode(raw));
+  }
+
   /** `get` for many items in few calls: one entry per args list, in order
    * (`tweets.getMany([["bob"], ["alice"]])`). Rejects with the first item's error, as its
    * own `get` would; `getManyItems` gives every item's outcome instead. */

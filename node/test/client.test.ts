@@ -65,6 +65,18 @@ describe("reads through a job", () => {
     assert.deepEqual(await job.get("bob"), ["bob #1"]);
   });
 
+  test("rawGet reads what is stored and starts nothing", async () => {
+    const job = new Tweets(fx.client);
+    await fx.worker([job]);
+    const miss = await job.rawGet("bob"); // a get would wait for a fetch here
+    assert.deepEqual([miss.state, miss.data, miss.refreshScheduled, miss.fetched], ["MISS", null, false, false]);
+    await job.setWithLifetime(["bob"], ["set"], 0);
+    const stale = await job.rawGet("bob");
+    assert.deepEqual([stale.state, stale.data, stale.refreshScheduled], ["STALE", ["set"], false]);
+    assert.deepEqual(job.calls, []);
+    assert.equal((await job.getItem("bob")).refreshScheduled, true);
+  });
+
   test("the registered config is the job's fields", async () => {
     const job = new UserTweets(fx.client);
     const worker = await fx.worker([job]);
