@@ -22,7 +22,7 @@ import { Client, defaultClient } from "./client";
 import { decodeArgs } from "./codec";
 import { Job, type CachedFunction } from "./job";
 import type { DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
-import { toDuration } from "./time";
+import { fromTimestamp, toDuration } from "./time";
 
 /** What `Worker.serve` takes: a Job, a Job subclass with a no-argument constructor, or a
  * `cacheback()` function. */
@@ -62,8 +62,32 @@ function asJob(servable: Servable): Job<any, any> {
   throw new TypeError(`cannot serve ${String(servable)}: expected a Job, a Job subclass or a cacheback() function`);
 }
 
+/** Why an abandoned fetch failed (the Rust worker's words). */
+export const ABANDONED = "fetch still running at its deadline: abandoned";
+
+/** `value`, or a rejection with ABANDONED once `deadline` passes. */
+async function beforeDeadline<T>(value: T | Promise<T>, deadline: Date | null): Promise<T> {
+  if (deadline === null || !(value instanceof Promise)) return value;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Abandoned()), Math.max(deadline.getTime() - Date.now(), 0));
+  });
+  try {
+    return await Promise.race([value, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+class Abandoned extends Error {
+  constructor() {
+    super(ABANDONED);
+  }
+}
+
 /** The FetchError message for what `fetch` threw. */
 export function describe(error: unknown): string {
+  if (error instanceof Abandoned) return ABANDONED;
   if (error instanceof Error) return error.message ? `${error.name}: ${error.message}` : error.name;
   return String(error);
 }
@@ -317,12 +341,15 @@ class JobStream {
       });
   }
 
-  /** Runs the fetch; anything it throws becomes a FetchError, never a dead worker. */
+  /** Runs the fetch; anything it throws becomes a FetchError, never a dead worker. A fetch
+   * still running at its deadline is abandoned: the daemon has stopped waiting for it, and
+   * the answer frees the slot it holds on the daemon's side (a promise cannot be
+   * cancelled, so the fetch itself runs on, and its result is dropped). */
   private async answer(request: FetchRequest__Output): Promise<FetchResult> {
     const started = Date.now();
     try {
       const args = decodeArgs(request.args);
-      const data = this.job.encode(await this.job.fetch(...args));
+      const data = this.job.encode(await beforeDeadline(this.job.fetch(...args), fromTimestamp(request.deadline)));
       const lifetime = this.job.itemLifetime(args);
       this.worker.logger.debug(
         `job ${this.job.name}: fetched ${request.args.toString()} (${request.reason}) in ${Date.now() - started} ms`,

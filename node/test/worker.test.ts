@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, test } from "node:test";
 
-import { Job, Worker } from "../src";
+import { CachebackError, Job, Worker } from "../src";
 import { Fixture, WAIT, quietLogger, signal } from "./harness";
 
 /** A job whose fetches wait until the test lets them go. */
@@ -75,4 +75,18 @@ test("a worker serves several jobs, one stream each", async () => {
   assert.deepEqual(await fx.daemon.workers(), new Map([["test.Gated", 1], ["test.Other", 1]]));
   assert.throws(() => worker.serve(a), /already served/);
   assert.throws(() => new Worker({ client: fx.client }).serve(a, { maxInFlight: 0 }), /maxInFlight/);
+});
+
+test("a fetch still running at its deadline is abandoned, and its slot serves the next fetch", async () => {
+  class Stuck extends Gated {
+    refreshTimeout = 1;
+    async fetch(key: string): Promise<string> {
+      return key === "stuck" ? super.fetch(key) : `${key} fetched`;
+    }
+  }
+  const job = new Stuck(fx.client);
+  await fx.worker([job], { maxInFlight: 1 });
+  await assert.rejects(job.get("stuck"), (e: CachebackError) => e.codeName === "UNAVAILABLE");
+  assert.equal(await job.get("next"), "next fetched");
+  job.gate.resolve();
 });
