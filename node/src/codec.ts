@@ -71,7 +71,7 @@ function writeValue(value: unknown, out: string[], where: string): void {
       }
       return;
     default:
-      throw new TypeError(`${where}: a ${typeof value} has no JSON form`);
+      throw new TypeError(`${where}: ${value === undefined ? "undefined" : `a ${typeof value}`} has no JSON form`);
   }
 }
 

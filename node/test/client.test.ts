@@ -219,6 +219,25 @@ describe("errors", () => {
     assert.deepEqual(job.calls, []);
   });
 
+  test("args a worker cannot decode and data it cannot encode are failed fetches; the worker serves on", async () => {
+    const job = new Tweets(fx.client);
+    const odd = cacheback({ name: "test.odd", client: fx.client }, (what: string) =>
+      what === "nothing" ? undefined : Number.NaN,
+    );
+    await fx.worker([job, odd.job]);
+    const [name, details] = await code(fx.client.get("test.Tweets", Buffer.from("not json")));
+    assert.equal(name, "UNAVAILABLE");
+    assert.match(details, /^SyntaxError: /);
+    assert.deepEqual(await code(fx.client.get("test.Tweets", Buffer.from('{"a":1}'))), [
+      "UNAVAILABLE",
+      'TypeError: args must be a JSON array, got {"a":1}',
+    ]);
+    assert.deepEqual(await code(odd("nothing")), ["UNAVAILABLE", "TypeError: value: undefined has no JSON form"]);
+    assert.deepEqual(await code(odd("nan")), ["UNAVAILABLE", "RangeError: value: NaN has no JSON form"]);
+    assert.deepEqual(job.calls, []);
+    assert.deepEqual(await job.get("bob"), ["bob #1"]);
+  });
+
   test("a bad job name is refused before any call", async () => {
     assert.throws(() => cacheback({ name: "no spaces", client: fx.client }, () => 1), /invalid job name "no spaces"/);
     assert.throws(() => cacheback(() => 1), /invalid job name ""/);
