@@ -38,4 +38,4 @@ export {
 export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
 export { CachebackError } from "./errors";
 export { FunctionJob, Job, NAME_PATTERN, cacheback, validateName, type CachebackOptions, type CachedFunction } from "./job";
-export { Worker, describe, type Logger, type Servable, type WorkerOptions } from "./worker";
+export { ABANDONED, Worker, type Logger, type Servable, type WorkerOptions } from "./worker";

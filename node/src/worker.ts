@@ -307,8 +307,9 @@ class JobStream {
         }
       });
       call.on("error", (error: grpc.ServiceError) => {
-        const log = this.worker.stopSignal.aborted ? this.worker.logger.debug : this.worker.logger.warn;
-        log(`job ${this.job.name}: stream failed: ${grpc.status[error.code]} ${error.details}`);
+        const message = `job ${this.job.name}: stream failed: ${grpc.status[error.code]} ${error.details}`;
+        if (this.worker.stopSignal.aborted) this.worker.logger.debug(message);
+        else this.worker.logger.warn(message);
         end();
       });
       call.on("status", end);
