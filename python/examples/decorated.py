@@ -27,13 +27,13 @@ def main() -> None:
     with Worker().serve(fetch_tweets) as worker:
         worker.wait_until_registered(timeout=30)
         job = fetch_tweets.job
-        job.delete("bob")  # start from a miss, whatever earlier runs left
+        job.delete(fetch_tweets, "bob")  # start from a miss, whatever earlier runs left
         show("miss: waits for one fetch", lambda: fetch_tweets("bob"))
         show("hit: cached, at once", lambda: fetch_tweets("bob"))
-        job.invalidate("bob")
-        show("invalidated: stale data at once", lambda: job.raw_get("bob"))
-        show("the background refresh landed", lambda: wait_for_refresh(job, "bob"))
-        job.delete("bob")
+        job.invalidate(fetch_tweets, "bob")
+        show("invalidated: stale data at once", lambda: job.get_item(fetch_tweets, "bob"))
+        show("the background refresh landed", lambda: wait_for_refresh(job, fetch_tweets, "bob"))
+        job.delete(fetch_tweets, "bob")
         show("deleted: the next call fetches again", lambda: fetch_tweets("bob"))
 
 

@@ -27,10 +27,10 @@ def main() -> None:
     with Worker().serve(fetch_tweets) as worker:
         worker.wait_until_registered(timeout=30)
         job = fetch_tweets.job
-        job.delete("alice")
+        job.delete(fetch_tweets, "alice")
         show("miss: None at once, fetched in background", lambda: fetch_tweets("alice"))
-        show("the background fetch landed", lambda: wait_for_refresh(job, "alice"))
-        item = show("hit: cached, at once", lambda: job.raw_get("alice"))
+        show("the background fetch landed", lambda: wait_for_refresh(job, fetch_tweets, "alice"))
+        item = show("hit: cached, at once", lambda: job.get_item(fetch_tweets, "alice"))
         print(f"fresh for {(item.expires_at - item.stored_at).total_seconds():.0f}s")
 
 

@@ -24,7 +24,7 @@ def wait_for_refresh(job: Job, *args: Any, timeout: float = 30.0) -> Item:
     """Read until the background refresh has landed (the item is FRESH again)."""
     deadline = time.monotonic() + timeout
     while True:
-        item = job.raw_get(*args)
+        item = job.get_item(*args)
         if item.state.name == "FRESH" or time.monotonic() > deadline:
             return item
         time.sleep(0.05)

@@ -61,12 +61,12 @@ def main() -> None:
         show("bob, a miss: None at once", lambda: tweets.get("bob"))
         show("someone-important, a miss: waits", lambda: tweets.get("someone-important"))
         bob = show("bob, once fetched in background", lambda: wait_for_refresh(tweets, "bob"))
-        vip = show("someone-important, a hit", lambda: tweets.raw_get("someone-important"))
+        vip = show("someone-important, a hit", lambda: tweets.get_item("someone-important"))
         for username, item in (("bob", bob), ("someone-important", vip)):
             lifetime = (item.expires_at - item.stored_at).total_seconds()
             print(f"{username} stays fresh for {lifetime:.0f}s")
         tweets.invalidate("bob")
-        show("bob, invalidated: stale at once", lambda: tweets.raw_get("bob"))
+        show("bob, invalidated: stale at once", lambda: tweets.get_item("bob"))
         show("bob, refreshed in background", lambda: wait_for_refresh(tweets, "bob"))
 
 

@@ -53,7 +53,7 @@ def test_four_mib_of_data_round_trips_and_one_byte_more_is_refused(
     make_worker(Blob(), Echo())
     blob = Blob(client)
     assert len(blob.get(limit)) == limit  # fetched by the worker, over the 4 MiB default receive limit
-    item = blob.raw_get(limit)
+    item = blob.get_item(limit)
     assert (item.state, item.fetched, len(item.data)) == (ItemState.FRESH, False, limit)
     # JSON data of exactly the limit, set and read back.
     echo = Echo(client)

@@ -68,7 +68,7 @@ def test_an_item_fetched_by_a_foreign_worker_is_read_by_the_python_client(client
     try:
         assert foreign.registered.wait(WAIT)
         greeting = Greeting(client)
-        item = greeting.raw_get("café")
+        item = greeting.get_item("café")
         assert (item.state, item.fetched) == (ItemState.FRESH, True)
         assert item.data == {"from": "foreign", "user": "café"}
         assert foreign.seen == [b'["caf\\u00e9"]']  # the args bytes Python sent
@@ -105,7 +105,7 @@ def test_a_python_worker_serves_a_foreign_reader(
     assert calls.args == [("bob", {"a": 1, "b": [True, None]})]
     # The Python client's own encoding of the same arguments (keys in another order)
     # finds the same item.
-    mine = Profile(calls, client).raw_get("bob", {"b": [True, None], "a": 1})
+    mine = Profile(calls, client).get_item("bob", {"b": [True, None], "a": 1})
     assert (mine.state, mine.fetched) == (ItemState.FRESH, False)
     assert mine.data["tags"] == ["a", "é"]
     assert calls.count == 1

@@ -76,13 +76,15 @@ def test_items_fetched_by_the_rust_worker_are_read_by_python(
     from user_tweets import UserTweets  # the Python example: the same job, no worker now
 
     tweets = UserTweets(client)
-    bob = tweets.raw_get("bob")
+    bob = tweets.get_item("bob")
     assert (bob.state, bob.fetched) == (ItemState.FRESH, False)
     assert is_rust_tweets("bob", bob.data)
     assert bob.expires_at - bob.stored_at == timedelta(seconds=600)  # the job's lifetime
+    # Keyword arguments are bound to fetch's signature: the same item the Rust worker filled.
+    assert tweets.get_item(username="bob") == bob
     # celeb_ada's Rust expiry() gave it 3 s: by now it may be fresh or stale; either way
     # it is the Rust worker's data under the same key.
-    celeb = tweets.raw_get("celeb_ada")
+    celeb = tweets.get_item("celeb_ada")
     assert (celeb.state in (ItemState.FRESH, ItemState.STALE), celeb.fetched) == (True, False)
     assert is_rust_tweets("celeb_ada", celeb.data)
     assert celeb.expires_at - celeb.stored_at == timedelta(seconds=3)
@@ -143,6 +145,65 @@ def test_a_python_worker_serves_a_rust_reader(
         assert (again[0]["state"], again[0]["fetched"]) == ("FRESH", False)
         assert calls == ["bob", "caf\u00e9"]
         # And the Python client reads the very same item.
-        mine = PythonTweets([], client).raw_get("bob")
+        mine = PythonTweets([], client).get_item("bob")
         assert (mine.state, mine.fetched) == (ItemState.FRESH, False)
         assert mine.data == ["@bob: from the Python worker"]
+
+
+class KeywordTweets(Job):
+    """The Rust example's job, written with keyword arguments on the Python side."""
+
+    name = "examples.UserTweets"
+
+    def fetch(self, username: str) -> list[str]:
+        return [f"@{username}: fetched in Python"]
+
+
+def test_an_item_set_with_keyword_arguments_is_the_one_a_rust_reader_reads(
+    daemon: Daemon, client: Client, rust_examples: Path
+) -> None:
+    with Worker(client).serve(KeywordTweets()) as worker:
+        worker.wait_until_registered(timeout=WAIT)
+        KeywordTweets(client).set(username="bob", data=["@bob: set by keyword in Python"])
+        [bob] = read_with_rust(rust_examples / "read_tweets", daemon, "bob")
+        assert bob == {
+            "username": "bob",
+            "state": "FRESH",
+            "fetched": False,
+            "data": ["@bob: set by keyword in Python"],
+        }
+        # And what the Rust reader had fetched (positionally) a Python keyword read finds.
+        [alice] = read_with_rust(rust_examples / "read_tweets", daemon, "alice")
+        assert (alice["fetched"], alice["data"]) == (True, ["@alice: fetched in Python"])
+        mine = KeywordTweets(client).get_item(username="alice")
+        assert (mine.state, mine.fetched, mine.data) == (ItemState.FRESH, False, alice["data"])
+
+
+class PickledTweets(KeywordTweets):
+    """The same job opting into pickle: Python-only from then on."""
+
+    name = "examples.UserTweets"
+    codec = "pickle"
+
+    def fetch(self, username: str) -> tuple[str, ...]:
+        return (f"@{username}: a tuple only Python reads",)
+
+
+def test_a_pickle_jobs_items_are_refused_by_a_rust_reader(
+    daemon: Daemon, client: Client, rust_examples: Path
+) -> None:
+    with Worker(client).serve(PickledTweets()) as worker:
+        worker.wait_until_registered(timeout=WAIT)
+        assert PickledTweets(client).get("bob") == ("@bob: a tuple only Python reads",)
+        done = subprocess.run(
+            [str(rust_examples / "read_tweets"), "bob"],
+            env={**os.environ, "CACHEBACKD_URL": f"http://{daemon.target}"},
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 4,
+        )
+    # The Rust reader cannot decode the pickle as its JSON and says so; it never sees
+    # garbage as data.
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("bob: "), done.stderr
+    assert "decod" in done.stderr.lower(), done.stderr

@@ -98,7 +98,7 @@ def test_names_of_128_allowed_characters_are_accepted() -> None:
 def test_class_attributes_become_the_registered_config() -> None:
     default = UserTweets().config()
     assert default == pb.JobConfig(
-        lifetime=Duration(seconds=300),
+        lifetime=Duration(seconds=600),  # django-cacheback's default
         refresh_timeout=Duration(seconds=60),
         fetch_on_miss=True,
         cache_ttl=Duration(seconds=30 * 86400),
@@ -120,7 +120,7 @@ def test_decorator_makes_a_job_named_after_the_function() -> None:
     assert fetch_tweets.__name__ == "fetch_tweets"
     assert fetch_tweets.__doc__ == "The seed's decorated function."
     assert bare.job.name == f"{__name__}.bare"
-    assert (bare.job.lifetime, bare.job.fetch_on_miss) == (300, True)
+    assert (bare.job.lifetime, bare.job.fetch_on_miss) == (600, True)
 
 
 def test_decorator_settings_reach_the_job_config() -> None:
@@ -141,7 +141,9 @@ def test_a_local_function_needs_a_name() -> None:
 
 def test_expiry_not_overridden_sends_no_per_item_lifetime() -> None:
     assert UserTweets().item_lifetime("bob") is None
-    assert UserTweets().expiry("bob") == timedelta(seconds=300)
+    # cacheback's default: a Unix timestamp, `lifetime` from now.
+    before = time.time()
+    assert before + 600 <= UserTweets().expiry("bob") <= time.time() + 600
 
 
 class Expiring(Job):
@@ -166,7 +168,8 @@ def test_expiry_may_be_a_timestamp_a_datetime_or_a_span() -> None:
         assert lifetime is not None and timedelta(seconds=59) < lifetime <= timedelta(seconds=60)
     assert job.item_lifetime("span") == timedelta(seconds=90)
     assert job.item_lifetime("past") == timedelta(0)
-    assert job.item_lifetime("other") == timedelta(seconds=300)
+    other = job.item_lifetime("other")  # super().expiry(): the job's lifetime from now
+    assert other is not None and timedelta(seconds=599) < other <= timedelta(seconds=600)
 
 
 class RecordingClient:

@@ -46,7 +46,7 @@ def test_default_job_fetches_synchronously_on_a_miss_then_serves_the_cache(
 ) -> None:
     make_worker(Tweets(calls))
     tweets = Tweets(calls, client)
-    first = tweets.raw_get("bob")
+    first = tweets.get_item("bob")
     assert (first.state, first.data, first.fetched, first.refresh_scheduled) == (
         FRESH,
         ["bob tweet 1"],
@@ -54,8 +54,8 @@ def test_default_job_fetches_synchronously_on_a_miss_then_serves_the_cache(
         False,
     )
     assert first.expires_at is not None and first.stored_at is not None
-    assert first.expires_at - first.stored_at == timedelta(seconds=300)
-    again = tweets.raw_get("bob")
+    assert first.expires_at - first.stored_at == timedelta(seconds=600)
+    again = tweets.get_item("bob")
     assert (again.state, again.data, again.fetched, again.refresh_scheduled) == (
         FRESH,
         ["bob tweet 1"],
@@ -80,7 +80,7 @@ def test_decorated_function_reads_through_the_daemon(
     assert fetch_tweets("alice") == ["alice tweet 2"]
     assert calls.args == [("bob",), ("alice",)]
     # The wrapper's job reaches the same items.
-    item = fetch_tweets.job.raw_get("bob")
+    item = fetch_tweets.job.get_item(fetch_tweets, "bob")
     assert (item.state, item.data) == (FRESH, ["bob tweet 1"])
 
 
@@ -95,7 +95,7 @@ def test_fetch_on_miss_false_returns_none_then_fills_in_the_background(
     calls.gate.clear()
     assert fetch_tweets("bob") is None
     calls.wait_for(1, running=1)  # the background fetch started
-    item = fetch_tweets.job.raw_get("bob")
+    item = fetch_tweets.job.get_item(fetch_tweets, "bob")
     assert (item.state, item.data, item.stored_at, item.expires_at) == (MISS, None, None, None)
     assert (item.refresh_scheduled, item.fetched) == (True, False)
     calls.gate.set()
@@ -123,11 +123,11 @@ def test_lifetime_decides_freshness(
     make_worker(Short(short_calls), Long(long_calls))  # one worker, two jobs
     short, long = Short(short_calls, client), Long(long_calls, client)
 
-    stored = short.raw_get("bob")
+    stored = short.get_item("bob")
     assert (stored.state, stored.data, stored.fetched) == (FRESH, ["bob tweet 1"], True)
     assert stored.expires_at == stored.stored_at
     short_calls.gate.clear()
-    stale = short.raw_get("bob")
+    stale = short.get_item("bob")
     assert (stale.state, stale.data, stale.fetched, stale.refresh_scheduled) == (
         STALE,
         ["bob tweet 1"],
@@ -138,9 +138,9 @@ def test_lifetime_decides_freshness(
     assert short_calls.args == [("bob",), ("bob",)]
     short_calls.gate.set()
 
-    first = long.raw_get("bob")
+    first = long.get_item("bob")
     assert first.expires_at - first.stored_at == timedelta(hours=1)
-    again = long.raw_get("bob")
+    again = long.get_item("bob")
     assert (again.state, again.data, again.fetched, again.refresh_scheduled) == (
         FRESH,
         ["bob tweet 1"],
@@ -158,7 +158,7 @@ def test_expiry_and_the_miss_decision_are_per_args(
 
     # The miss decision: someone important waits for the fetch, bob does not.
     before = time.time()
-    vip = tweets.raw_get("someone-important")
+    vip = tweets.get_item("someone-important")
     after = time.time()
     assert (vip.state, vip.data, vip.fetched) == (FRESH, ["someone-important tweet 1"], True)
     calls.gate.clear()
@@ -171,8 +171,10 @@ def test_expiry_and_the_miss_decision_are_per_args(
     # expiry: a timestamp 60 s after the fetch for someone important ...
     lifetime = (vip.expires_at - vip.stored_at).total_seconds()
     assert 60 - (after - before) - 1e-6 <= lifetime <= 60 + 1e-6
-    # ... the class's lifetime (600 s) through super().expiry() for bob ...
-    assert bob.expires_at - bob.stored_at == timedelta(seconds=600)
+    # ... the class's lifetime (600 s) through super().expiry() for bob: cacheback's
+    # `time.time() + lifetime`, taken just before the worker sent it ...
+    bob_lifetime = (bob.expires_at - bob.stored_at).total_seconds()
+    assert 599 < bob_lifetime <= 600
     # ... and a span from now for a celebrity (a miss that does not wait; join it).
     assert tweets.get("celebrity") is None
     celebrity = client.get(tweets.name, b'["celebrity"]', fetch_on_miss=True)
@@ -191,7 +193,7 @@ def test_invalidate_serves_stale_data_and_refreshes_in_the_background(
     invalidated = tweets.raw_invalidate("bob")
     assert (invalidated.found, invalidated.refresh_scheduled) == (True, True)
     calls.wait_for(2, running=1)  # the refresh is running, held at the gate
-    stale = tweets.raw_get("bob")
+    stale = tweets.get_item("bob")
     assert (stale.state, stale.data, stale.fetched, stale.refresh_scheduled) == (
         STALE,
         ["bob tweet 1"],
@@ -202,13 +204,13 @@ def test_invalidate_serves_stale_data_and_refreshes_in_the_background(
     assert tweets.get("bob") == ["bob tweet 1"]  # stale data, at once
     calls.gate.set()
 
-    fresh = eventually(lambda: tweets.raw_get("bob"), lambda item: item.state is FRESH)
+    fresh = eventually(lambda: tweets.get_item("bob"), lambda item: item.state is FRESH)
     assert fresh.data == ["bob tweet 2"]
     assert fresh.stored_at is not None and fresh.stored_at > stale.stored_at
     assert calls.args == [("bob",), ("bob",)]
     # Invalidating an absent item does nothing.
     assert tweets.invalidate("nobody") is False
-    assert tweets.raw_get("nobody").data == ["nobody tweet 3"]
+    assert tweets.get_item("nobody").data == ["nobody tweet 3"]
     assert calls.count == 3
 
 
@@ -219,7 +221,7 @@ def test_delete_makes_the_next_get_fetch(
     tweets = Tweets(calls, client)
     assert tweets.get("bob") == ["bob tweet 1"]
     assert tweets.delete("bob") is True
-    refetched = tweets.raw_get("bob")
+    refetched = tweets.get_item("bob")
     assert (refetched.state, refetched.data, refetched.fetched) == (FRESH, ["bob tweet 2"], True)
     assert tweets.delete("bob") is True
     assert tweets.delete("bob") is False
@@ -232,18 +234,18 @@ def test_set_stores_data_without_a_fetch(
     make_worker(Tweets(calls))
     tweets = Tweets(calls, client)
     expires_at = tweets.set("bob", ["set by hand"])
-    item = tweets.raw_get("bob")
+    item = tweets.get_item("bob")
     assert (item.state, item.data, item.fetched, item.expires_at) == (
         FRESH,
         ["set by hand"],
         False,
         expires_at,
     )
-    assert item.expires_at - item.stored_at == timedelta(seconds=300)
+    assert item.expires_at - item.stored_at == timedelta(seconds=600)
     # Per-item lifetime; and the data given as cacheback's `data=` keyword.
     tweets.set("alice", data=["already stale"], lifetime=0)
     calls.gate.clear()
-    stale = tweets.raw_get("alice")
+    stale = tweets.get_item("alice")
     assert (stale.state, stale.data, stale.refresh_scheduled) == (STALE, ["already stale"], True)
     calls.wait_for(1, running=1)
     calls.gate.set()
@@ -315,13 +317,13 @@ def test_fetch_on_stale_threshold_fetches_synchronously_once_stale_that_long(
     strict, lenient = Strict(strict_calls, client), Lenient(lenient_calls, client)
 
     assert strict.get("bob") == ["bob tweet 1"]
-    refetched = strict.raw_get("bob")  # stale for longer than 0 s: waits for a fetch
+    refetched = strict.get_item("bob")  # stale for longer than 0 s: waits for a fetch
     assert (refetched.state, refetched.data, refetched.fetched) == (FRESH, ["bob tweet 2"], True)
     assert strict_calls.count == 2
 
     assert lenient.get("bob") == ["bob tweet 1"]
     lenient_calls.gate.clear()
-    served = lenient.raw_get("bob")  # stale, but not for an hour: served at once
+    served = lenient.get_item("bob")  # stale, but not for an hour: served at once
     assert (served.state, served.data, served.fetched) == (STALE, ["bob tweet 1"], False)
     lenient_calls.wait_for(2, running=1)
     lenient_calls.gate.set()
@@ -341,5 +343,5 @@ def test_stale_data_beats_a_failed_synchronous_refresh(
     make_worker(Failing())
     failing = Failing(client)
     failing.set("bob", ["old tweet"])
-    item = failing.raw_get("bob")  # too stale: fetches synchronously, which fails
+    item = failing.get_item("bob")  # too stale: fetches synchronously, which fails
     assert (item.state, item.data, item.fetched) == (STALE, ["old tweet"], False)

@@ -70,7 +70,7 @@ def test_worker_reconnects_after_a_daemon_restart(
     assert worker.wait_until_registered(WAIT, count=2)
     assert worker.registrations == 2
     # The item and the job's config survived the restart ...
-    kept = tweets.raw_get("bob")
+    kept = tweets.get_item("bob")
     assert (kept.state, kept.data, kept.fetched) == (FRESH, ["bob tweet 1"], False)
     # ... and the re-registered worker fetches again.
     assert tweets.delete("bob") is True
@@ -118,7 +118,7 @@ def test_stop_lets_running_fetches_finish_and_deliver(client: Client, calls: Cal
     tweets = Tweets(calls, client)
     calls.gate.clear()
     got: list[Item] = []
-    reader = threading.Thread(target=lambda: got.append(tweets.raw_get("bob")))
+    reader = threading.Thread(target=lambda: got.append(tweets.get_item("bob")))
     reader.start()
     calls.wait_for(1, running=1)
     stopper = threading.Thread(target=worker.stop)
@@ -154,7 +154,7 @@ def test_one_worker_serves_a_class_an_instance_and_a_function(
     assert Flaky(client).get("b") == "B"
     assert lower("C") == "c"
     config = worker.effective_config("tests.Upper")
-    assert config is not None and config.lifetime.seconds == 300
+    assert config is not None and config.lifetime.seconds == 600
 
 
 def test_a_config_the_daemon_would_refuse_is_refused_at_serve(client: Client) -> None:

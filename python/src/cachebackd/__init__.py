@@ -20,6 +20,7 @@ from ._codec import encode_args, encode_json
 from .client import (
     DEFAULT_TARGET,
     TARGET_ENV,
+    TOKEN_ENV,
     URL_ENV,
     Client,
     Invalidated,
@@ -28,8 +29,8 @@ from .client import (
     default_client,
     set_default_client,
 )
-from .errors import CachebackError
-from .job import CachedFunction, FunctionJob, Job, cacheback, validate_name
+from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed
+from .job import Call, CachedFunction, FunctionJob, Job, cacheback, validate_name
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -37,10 +38,15 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TARGET",
     "TARGET_ENV",
+    "TOKEN_ENV",
     "URL_ENV",
     "CachebackError",
+    "CachebackdWarning",
     "CachedFunction",
+    "Call",
     "Client",
+    "CodecError",
+    "FetchFailed",
     "FunctionJob",
     "Invalidated",
     "Item",

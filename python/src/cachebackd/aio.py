@@ -17,6 +17,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional, Sequence
 
+import os
+
 import grpc
 import grpc.aio
 
@@ -24,8 +26,11 @@ from ._codec import Seconds, encode_args, from_timestamp
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackStub
 from .client import (
+    TOKEN_ENV,
     Invalidated,
     Item,
+    ItemState,
+    auth_metadata,
     channel_options,
     get_request,
     item_from_reply,
@@ -33,7 +38,7 @@ from .client import (
     set_request,
 )
 from .errors import CachebackError
-from .job import Job
+from .job import Call, Job
 
 _DEFAULT: Any = object()
 
@@ -50,9 +55,11 @@ class AsyncClient:
         *,
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
+        token: Optional[str] = None,
     ) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
+        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
         self.channel = grpc.aio.insecure_channel(
             self.target, options=channel_options(self.target, options)
         )
@@ -72,16 +79,30 @@ class AsyncClient:
 
     async def _call(self, method: Any, request: Any, timeout: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+            return await method(
+                request,
+                timeout=self.timeout if timeout is _DEFAULT else timeout,
+                metadata=self.metadata,
+            )
         except grpc.RpcError as error:
             raise CachebackError.from_rpc_error(error) from None
 
     async def get(
-        self, job: str, args: bytes, *, fetch_on_miss: Optional[bool] = None, timeout: Any = _DEFAULT
+        self,
+        job: str,
+        args: bytes,
+        *,
+        fetch_on_miss: Optional[bool] = None,
+        timeout: Any = _DEFAULT,
     ) -> Item:
         """See `Client.get`."""
         reply = await self._call(self.stub.Get, get_request(job, args, fetch_on_miss), timeout)
         return item_from_reply(reply)
+
+    async def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
+        """See `Client.peek`."""
+        request = get_request(job, args, None, peek=True)
+        return item_from_reply(await self._call(self.stub.Get, request, timeout))
 
     async def set(
         self,
@@ -115,29 +136,56 @@ class AsyncClient:
 
 class AsyncJob:
     """A Job read and written through an AsyncClient; the same semantics as the Job's own
-    methods (see `Job.get` and friends)."""
+    methods (see `Job.get` and friends), keyword arguments and all."""
 
     def __init__(self, client: AsyncClient, job: Job) -> None:
         self.client = client
         self.job = job
 
-    async def get(self, *args: Any) -> Any:
-        item = await self.raw_get(*args)
-        return item.data if item.hit else None
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        """See `Job.get` (an overridden should_stale_item_be_fetched_synchronously is not
+        consulted: `refresh` runs fetch, which belongs to the threaded side)."""
+        job, wire = self.job._address(args, kwargs)
+        item = await self._read(job, wire)
+        call = Call(args, kwargs)
+        if item.state is ItemState.MISS:
+            return job.process_result(
+                job.empty(), call=call, cache_status=job.MISS, sync_fetch=False
+            )
+        if item.state is ItemState.STALE:
+            return job.process_result(
+                item.data, call=call, cache_status=job.STALE, sync_fetch=False
+            )
+        status, sync = (job.MISS, True) if item.fetched else (job.HIT, None)
+        return job.process_result(item.data, call=call, cache_status=status, sync_fetch=sync)
 
-    async def raw_get(self, *args: Any) -> Item:
-        job = self.job
-        fetch_on_miss = bool(job.should_missing_item_be_fetched_synchronously(*args))
-        item = await self.client.get(job.name, encode_args(args), fetch_on_miss=fetch_on_miss)
+    async def get_item(self, *args: Any, **kwargs: Any) -> Item:
+        """See `Job.get_item`."""
+        job, wire = self.job._address(args, kwargs)
+        return await self._read(job, wire)
+
+    async def raw_get(self, *args: Any, **kwargs: Any) -> Optional[Item]:
+        """See `Job.raw_get`: what is stored, starting nothing."""
+        job, wire = self.job._address(args, kwargs)
+        item = await self.client.peek(job.name, encode_args(wire))
+        return item.decoded(job.decode) if item.hit else None
+
+    async def _read(self, job: Job, wire: tuple[Any, ...]) -> Item:
+        a, k = job.call_args(wire)
+        fetch_on_miss = bool(job.should_missing_item_be_fetched_synchronously(*a, **k))
+        item = await self.client.get(job.name, encode_args(wire), fetch_on_miss=fetch_on_miss)
         return item.decoded(job.decode)
 
     async def set(self, *args: Any, **kwargs: Any) -> datetime:
-        key, data, lifetime = self.job.set_parts(args, kwargs)
-        return await self.client.set(self.job.name, key, data, lifetime=lifetime)
+        job, wire, data, lifetime = self.job.set_parts(args, kwargs)
+        return await self.client.set(
+            job.name, encode_args(wire), job.encode(data), lifetime=lifetime
+        )
 
-    async def invalidate(self, *args: Any) -> bool:
-        return (await self.client.invalidate(self.job.name, encode_args(args))).found
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        job, wire = self.job._address(args, kwargs)
+        return (await self.client.invalidate(job.name, encode_args(wire))).found
 
-    async def delete(self, *args: Any) -> bool:
-        return await self.client.delete(self.job.name, encode_args(args))
-
+    async def delete(self, *args: Any, **kwargs: Any) -> bool:
+        job, wire = self.job._address(args, kwargs)
+        return await self.client.delete(job.name, encode_args(wire))

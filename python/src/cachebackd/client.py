@@ -12,20 +12,22 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import grpc
 
 from ._codec import Seconds, from_timestamp, to_duration
 from ._proto import cacheback_pb2 as pb
-from ._proto.cacheback_pb2_grpc import CachebackStub
-from .errors import CachebackError
+from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
+from .errors import CachebackError, of_status
 
 #: The environment variable a `Client()` without a target reads.
 TARGET_ENV = "CACHEBACKD_TARGET"
 #: The Rust client's variable (`http://host:port` or `unix:/path`), read when TARGET_ENV
 #: is unset, so that one setting serves an app's Rust and Python parts.
 URL_ENV = "CACHEBACKD_URL"
+#: The bearer token a `Client()` without one sends (PROTOCOL.md, "Security").
+TOKEN_ENV = "CACHEBACKD_TOKEN"
 #: Where the daemon listens when nothing says otherwise.
 DEFAULT_TARGET = "127.0.0.1:7070"
 #: gRPC's default 4 MiB receive limit is exactly the daemon's data limit, too small for
@@ -81,6 +83,22 @@ class Item:
         """This item with its data decoded (left None on a MISS)."""
         return replace(self, data=decode(self.data) if self.hit else None)
 
+    @property
+    def expiry(self) -> Optional[float]:
+        """`expires_at` as a Unix timestamp: the first half of cacheback's raw item."""
+        return self.expires_at.timestamp() if self.expires_at is not None else None
+
+    def __iter__(self) -> Iterator[Any]:
+        """`expiry, data = job.raw_get(...)`, as django-cacheback's `(expiry, data)` tuple."""
+        return iter((self.expiry, self.data))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        """`item[0]` is the expiry and `item[1]` the data, as in cacheback's tuple."""
+        return (self.expiry, self.data)[index]
+
 
 @dataclass(frozen=True)
 class Invalidated:
@@ -110,12 +128,22 @@ def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tup
     return [*defaults, *options]
 
 
-def get_request(job: str, args: bytes, fetch_on_miss: Optional[bool]) -> pb.GetRequest:
-    """A GetRequest; `fetch_on_miss` None leaves the job's setting in force."""
+def get_request(
+    job: str, args: bytes, fetch_on_miss: Optional[bool], *, peek: bool = False
+) -> pb.GetRequest:
+    """A GetRequest; `fetch_on_miss` None leaves the job's setting in force; `peek` reads
+    what is stored and starts nothing."""
     request = pb.GetRequest(job=job, args=args)
     if fetch_on_miss is not None:
         request.fetch_on_miss = fetch_on_miss
+    if peek:
+        request.peek = True
     return request
+
+
+def auth_metadata(token: Optional[str]) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying `token` as PROTOCOL.md's bearer credential (none without)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def item_from_reply(reply: pb.GetResponse) -> Item:
@@ -158,7 +186,9 @@ class Client:
     `http://host:port`); without one, the environment variable CACHEBACKD_TARGET, else
     CACHEBACKD_URL (the Rust client's), else 127.0.0.1:7070. `timeout` is the deadline of every
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
-    by the job's `refresh_timeout` on the daemon's side. Thread-safe; use one per process.
+    by the job's `refresh_timeout` on the daemon's side. `token` (default: the environment
+    variable CACHEBACKD_TOKEN) is sent with every call as `authorization: Bearer <token>`.
+    Thread-safe; use one per process.
     """
 
     def __init__(
@@ -167,10 +197,14 @@ class Client:
         *,
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
+        token: Optional[str] = None,
     ) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(self.target, options=channel_options(self.target, options))
+        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
+        self.channel = grpc.insecure_channel(
+            self.target, options=channel_options(self.target, options)
+        )
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:
@@ -192,7 +226,11 @@ class Client:
 
     def _call(self, method: Any, request: Any, timeout: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is _DEFAULT else timeout)
+            return method(
+                request,
+                timeout=self.timeout if timeout is _DEFAULT else timeout,
+                metadata=self.metadata,
+            )
         except grpc.RpcError as error:
             raise CachebackError.from_rpc_error(error) from None
 
@@ -209,6 +247,12 @@ class Client:
         `fetch_on_miss` overrides the job's setting for this call.
         """
         request = get_request(job, args, fetch_on_miss)
+        return item_from_reply(self._call(self.stub.Get, request, timeout))
+
+    def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
+        """Read what is stored for an item and start nothing: no fetch, no refresh
+        (GetRequest.peek). FRESH or STALE with the data, or MISS."""
+        request = get_request(job, args, None, peek=True)
         return item_from_reply(self._call(self.stub.Get, request, timeout))
 
     def get_many(
@@ -240,7 +284,7 @@ class Client:
                     results.append(item_from_reply(result.response))
                 else:
                     code = _STATUS_CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
-                    results.append(CachebackError(code, result.error.message))
+                    results.append(of_status(code, result.error.message))
         return results
 
     def set(
@@ -269,26 +313,47 @@ class Client:
         reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 
+    def workers(self, *, timeout: Any = _DEFAULT) -> dict[str, int]:
+        """Every job the daemon knows, with how many worker streams serve it now
+        (CachebackAdmin.ListJobs)."""
+        admin = CachebackAdminStub(self.channel)
+        reply = self._call(admin.ListJobs, pb.ListJobsRequest(), timeout)
+        return {job.name: int(job.workers) for job in reply.jobs}
+
 
 _default_lock = threading.Lock()
 _default_client: Optional[Client] = None
+_default_settings: dict[str, Any] = {}
 
 
 def default_client() -> Client:
     """The process-wide client that jobs and workers use when given none.
 
-    Made on first use from CACHEBACKD_TARGET, so that `UserTweets().get("bob")` works
-    with no setup, as in cacheback.
+    Made on first use from the settings given to `configure_default_client`, else the
+    environment (CACHEBACKD_TARGET, CACHEBACKD_URL, CACHEBACKD_TOKEN), so that
+    `UserTweets().get("bob")` works with no setup, as in cacheback. Made lazily, so that
+    a forking server's children each make their own (gRPC channels do not survive a fork).
     """
     global _default_client
     with _default_lock:
         if _default_client is None:
-            _default_client = Client()
+            _default_client = Client(**_default_settings)
         return _default_client
 
 
 def set_default_client(client: Optional[Client]) -> None:
-    """Replace the process-wide client (None: make a new one from the environment on next use)."""
+    """Replace the process-wide client (None: make a new one on next use)."""
     global _default_client
     with _default_lock:
         _default_client = client
+
+
+def configure_default_client(
+    target: Optional[str] = None, *, token: Optional[str] = None, timeout: Optional[float] = None
+) -> None:
+    """What the process-wide client is made with on its next first use (None: from the
+    environment); drops the current one. Django's app config calls it with CACHEBACKD."""
+    global _default_client, _default_settings
+    with _default_lock:
+        _default_settings = {"target": target, "token": token, "timeout": timeout}
+        _default_client = None

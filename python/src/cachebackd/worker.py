@@ -30,7 +30,7 @@ import grpc
 from ._codec import decode_args, to_duration
 from ._proto import cacheback_pb2 as pb
 from .client import Client, default_client
-from .job import CachedFunction, Job
+from .job import CachedFunction, FunctionJob, Job
 
 log = logging.getLogger("cachebackd.worker")
 
@@ -44,10 +44,17 @@ def _as_job(job: Servable) -> Job:
     if isinstance(job, CachedFunction):
         return job.job
     if isinstance(job, type) and issubclass(job, Job):
-        return job()
+        job = job()
+    if isinstance(job, FunctionJob) and job.fn is None:
+        raise TypeError(
+            f"cannot serve {job!r}: it caches no function of its own; serve the "
+            "@cacheback function, or job.for_function(fn)"
+        )
     if isinstance(job, Job):
         return job
-    raise TypeError(f"cannot serve {job!r}: expected a Job, a Job subclass or a @cacheback function")
+    raise TypeError(
+        f"cannot serve {job!r}: expected a Job, a Job subclass or a @cacheback function"
+    )
 
 
 def _outgoing(outbox: "queue.Queue[Any]") -> Iterator[pb.WorkerMessage]:
@@ -64,9 +71,17 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 
 def describe(error: BaseException) -> str:
-    """The FetchError message for an exception raised by `fetch`."""
+    """The FetchError message for an exception raised by `fetch`: `Type: message`, the type
+    qualified by its module unless it is a builtin, so that a Python reader can raise a
+    FetchFailed that is also an instance of it (`except User.DoesNotExist` still matches)."""
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"{name}: {text}" if text else name
 
 
 class Worker:
@@ -267,7 +282,7 @@ class _JobStream:
             if worker._stopping.is_set():
                 return False
             self.outbox = outbox  # from now on stop() half-closes it
-        call = worker.client.stub.RegisterJob(_outgoing(outbox))
+        call = worker.client.stub.RegisterJob(_outgoing(outbox), metadata=worker.client.metadata)
         with worker._cond:
             self.call = call
         try:
@@ -331,13 +346,13 @@ class _JobStream:
         started = time.monotonic()
         reason = pb.FetchReason.Name(request.reason)
         try:
-            args = decode_args(request.args)
-            result = self.job.fetch(*args)
+            args, kwargs = self.job.call_args(decode_args(request.args))
+            result = self.job.fetch(*args, **kwargs)
             if inspect.isawaitable(result):  # an `async def fetch`: run it in this thread
                 result = asyncio.run(_awaited(result))
             data = self.job.encode(result)
             value = pb.FetchedValue(data=data)
-            lifetime = self.job.item_lifetime(*args)
+            lifetime = self.job.item_lifetime(*args, **kwargs)
             if lifetime is not None:
                 value.lifetime.CopyFrom(to_duration(lifetime))
         except BaseException as error:  # noqa: BLE001 - a fetch must not kill the worker thread

@@ -1,0 +1,1 @@
+"""Integrations with frameworks (each installed with its extra: `cachebackd[django]`)."""
