@@ -17,12 +17,15 @@ import {
   type GetRequest,
   type GetResponse__Output,
   type InvalidateResponse__Output,
+  type ListJobsResponse__Output,
   type SetResponse__Output,
 } from "./proto";
 import { fromTimestamp, toDuration } from "./time";
 
 /** The environment variable a `Client` without a URL reads (the Rust and Python clients' too). */
 export const URL_ENV = "CACHEBACKD_URL";
+/** The bearer token a `Client` without one sends (PROTOCOL.md, "Security"), as the Python client. */
+export const TOKEN_ENV = "CACHEBACKD_TOKEN";
 /** Where the daemon listens when nothing says otherwise. */
 export const DEFAULT_URL = "http://127.0.0.1:7070";
 /** GetMany takes at most this many Gets a call; longer lists are split. */
@@ -85,6 +88,8 @@ export interface ClientOptions {
   /** The deadline of every call, in seconds. Unset (the default): none, and a
    * synchronous fetch is then bounded by the job's refresh_timeout on the daemon's side. */
   timeout?: number;
+  /** Sent with every call as `authorization: Bearer <token>`; default `$CACHEBACKD_TOKEN`. */
+  token?: string;
   /** grpc-js channel options, over ours. */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -165,10 +170,12 @@ export class Client {
   /** The generated stub, for the RPCs this class does not wrap. */
   readonly stub: CachebackClient;
   readonly timeout: number | undefined;
+  private readonly token: string | undefined;
 
   constructor(url?: string, options: ClientOptions = {}) {
     this.target = resolveTarget(url);
     this.timeout = options.timeout;
+    this.token = options.token || process.env[TOKEN_ENV] || undefined;
     const Cacheback = cachebackV1().Cacheback;
     this.stub = new Cacheback(this.target, grpc.credentials.createInsecure(), {
       ...CHANNEL_OPTIONS,
@@ -192,7 +199,9 @@ export class Client {
   callOptions(timeout: number | undefined): { metadata: grpc.Metadata; options: grpc.CallOptions } {
     const options: grpc.CallOptions = {};
     if (timeout !== undefined) options.deadline = Date.now() + timeout * 1000;
-    return { metadata: new grpc.Metadata(), options };
+    const metadata = new grpc.Metadata();
+    if (this.token) metadata.set("authorization", `Bearer ${this.token}`);
+    return { metadata, options };
   }
 
   private call<Res>(method: Unary<Res>, options: CallOptions): Promise<Res> {
@@ -256,6 +265,15 @@ export class Client {
   async invalidate(job: string, args: Uint8Array, options: CallOptions = {}): Promise<Invalidated> {
     const reply = await this.call<InvalidateResponse__Output>((m, o, cb) => this.stub.Invalidate({ job, args }, m, o, cb), options);
     return { found: reply.found, refreshScheduled: reply.refreshScheduled };
+  }
+
+  /** Every job the daemon knows, with how many worker streams serve it now
+   * (CachebackAdmin.ListJobs, on this client's channel). */
+  async workers(options: CallOptions = {}): Promise<Map<string, number>> {
+    const Admin = cachebackV1().CachebackAdmin;
+    const admin = new Admin(this.target, grpc.credentials.createInsecure(), { channelOverride: this.stub.getChannel() });
+    const reply = await this.call<ListJobsResponse__Output>((m, o, cb) => admin.ListJobs({}, m, o, cb), options);
+    return new Map(reply.jobs.map((job) => [job.name, job.workers]));
   }
 
   /** Removes an item, so that the next Get is a miss; resolves to whether it existed. */

@@ -25,6 +25,7 @@ export {
   DEFAULT_URL,
   GET_MANY_LIMIT,
   Item,
+  TOKEN_ENV,
   URL_ENV,
   defaultClient,
   resolveTarget,

@@ -51,15 +51,16 @@ const DAY = 24 * 60 * 60;
 export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
   /** The job's name on the daemon: the class's name unless set. */
   name: string;
-  /** How long fetched data is fresh, in seconds. */
-  lifetime = 300;
+  /** How long fetched data is fresh, in seconds (cacheback's default, 10 minutes, as the
+   * Python client's). */
+  lifetime = 600;
   /** How long one fetch may take before it counts as lost; also the fetch deadline. */
   refreshTimeout = 60;
   /** A miss waits for a synchronous fetch (true) or returns null at once and fills
    * asynchronously (false). */
   fetchOnMiss = true;
   /** If an item has been stale for longer than this, `get` fetches synchronously instead
-   * of serving it (null: never). */
+   * of serving it (null: never); the daemon applies it. */
   fetchOnStaleThreshold: number | null = null;
   /** Hard limit: an item older than this (since it was stored) is never served. */
   cacheTtl = 30 * DAY;

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { CachebackError, Client, Job, Worker, cacheback, defaultClient, setDefaultClient, URL_ENV } from "../src";
+import { CachebackError, Client, Job, TOKEN_ENV, URL_ENV, Worker, cacheback, defaultClient, setDefaultClient } from "../src";
 import { Fixture, eventually, signal } from "./harness";
 
 /** A job that counts its fetches and answers `<user> #<n>`. */
@@ -60,7 +60,7 @@ describe("reads through a job", () => {
     assert.deepEqual([first.state, first.fetched, first.data], ["FRESH", true, ["bob #1"]]);
     const again = await job.getItem("bob");
     assert.deepEqual([again.state, again.fetched, again.data], ["FRESH", false, ["bob #1"]]);
-    assert.equal(again.expiresAt!.getTime() - again.storedAt!.getTime(), 300_000);
+    assert.equal(again.expiresAt!.getTime() - again.storedAt!.getTime(), 600_000);
     assert.deepEqual(job.calls, ["bob"]);
     assert.deepEqual(await job.get("bob"), ["bob #1"]);
   });
@@ -257,6 +257,27 @@ describe("errors", () => {
       nowhere.close();
     }
   });
+});
+
+test("a token travels as a bearer credential on every call, from the option or CACHEBACKD_TOKEN", async () => {
+  const job = new Tweets(fx.client);
+  await fx.worker([job]);
+  const saved = process.env[TOKEN_ENV];
+  process.env[TOKEN_ENV] = "from-the-environment";
+  const [given, fromEnv] = [new Client(fx.daemon.url, { token: "given" }), new Client(fx.daemon.url)];
+  if (saved === undefined) delete process.env[TOKEN_ENV];
+  else process.env[TOKEN_ENV] = saved;
+  try {
+    const sent = (c: Client) => c.callOptions(undefined).metadata.get("authorization");
+    assert.deepEqual(sent(given), ["Bearer given"]);
+    assert.deepEqual(sent(fromEnv), ["Bearer from-the-environment"]);
+    assert.deepEqual(sent(fx.client), saved ? [`Bearer ${saved}`] : []);
+    // A daemon without [auth] allows calls with credentials too.
+    assert.deepEqual(await new Tweets(given).get("bob"), ["bob #1"]);
+    assert.deepEqual(await given.workers(), new Map([["test.Tweets", 1]]));
+  } finally {
+    for (const c of [given, fromEnv]) c.close();
+  }
 });
 
 test("the default client reads CACHEBACKD_URL", async () => {

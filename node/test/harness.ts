@@ -16,10 +16,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import * as grpc from "@grpc/grpc-js";
-
 import { Client, Worker, type Job, type Logger } from "../src";
-import { cachebackV1 } from "../src/proto";
 
 /** The repository root (this file runs from node/dist/test). */
 export const REPO = resolve(__dirname, "..", "..", "..");
@@ -137,15 +134,11 @@ export class Daemon {
 
   /** The daemon's view of its jobs (CachebackAdmin.ListJobs): name → workers connected. */
   async workers(): Promise<Map<string, number>> {
-    const Admin = cachebackV1().CachebackAdmin;
-    const admin = new Admin(this.listen, grpc.credentials.createInsecure());
+    const client = new Client(this.url, { timeout: WAIT });
     try {
-      const reply = await new Promise<{ jobs: { name: string; workers: number }[] }>((ok, fail) =>
-        admin.ListJobs({}, (error, r) => (error || !r ? fail(error) : ok(r))),
-      );
-      return new Map(reply.jobs.map((j) => [j.name, j.workers]));
+      return await client.workers();
     } finally {
-      admin.close();
+      client.close();
     }
   }
 }
