@@ -76,11 +76,11 @@ def test_a_node_worker_serves_python_readers(
 ) -> None:
     tweets = NodeTweets([], client)  # this process serves nothing: the Node worker fetches
     for username in ("bob", "caf\u00e9", "\U0001f600 {\"k\"}"):
-        item = tweets.raw_get(username)
+        item = tweets.get_item(username)
         assert (item.state, item.fetched) == (ItemState.FRESH, True)
         assert item.data == [f"@{username}: from the Node worker"]
         assert item.expires_at - item.stored_at == timedelta(seconds=600)
-    again = tweets.raw_get("caf\u00e9")
+    again = tweets.get_item("caf\u00e9")
     assert (again.state, again.fetched) == (ItemState.FRESH, False)
     assert tweets.calls == []
     # SIGTERM stops the Node worker gracefully: it exits 0 with its stream closed.
