@@ -8,7 +8,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 
-import { CachebackError } from "./errors";
+import { CachebackError, FetchFailed } from "./errors";
 import {
   cachebackV1,
   type CachebackClient,
@@ -150,6 +150,11 @@ function itemFromReply(reply: GetResponse__Output): Item<Buffer> {
   );
 }
 
+/** A failed item of a GetMany: FetchFailed for UNAVAILABLE (the daemon said it), as a Get's. */
+function itemError(code: grpc.status, message: string): CachebackError {
+  return code === grpc.status.UNAVAILABLE ? new FetchFailed(message) : new CachebackError(code, message);
+}
+
 /** One unary call of the stub, its request bound. */
 type Unary<Res> = (
   metadata: grpc.Metadata,
@@ -242,7 +247,7 @@ export class Client {
       const reply = await this.call<GetManyResponse__Output>((m, o, cb) => this.stub.GetMany({ requests }, m, o, cb), options);
       for (const result of reply.results) {
         if (result.response) results.push(itemFromReply(result.response));
-        else results.push(new CachebackError(result.error?.code ?? grpc.status.UNKNOWN, result.error?.message ?? ""));
+        else results.push(itemError(result.error?.code ?? grpc.status.UNKNOWN, result.error?.message ?? ""));
       }
     }
     return results;

@@ -12,7 +12,7 @@ import { status as Status, type ServiceError } from "@grpc/grpc-js";
  * DEADLINE_EXCEEDED (the client's deadline passed first).
  */
 export class CachebackError extends Error {
-  override readonly name = "CachebackError";
+  override readonly name: string = "CachebackError";
 
   constructor(
     readonly code: Status,
@@ -30,7 +30,25 @@ export class CachebackError extends Error {
   static from(error: unknown): CachebackError {
     if (error instanceof CachebackError) return error;
     const e = error as Partial<ServiceError>;
-    if (typeof e.code === "number") return new CachebackError(e.code, e.details ?? e.message ?? "");
+    if (typeof e.code === "number") {
+      const details = e.details ?? e.message ?? "";
+      // The daemon's own answers carry headers (at least `date`); a status that grpc-js
+      // made up for a connection that failed or broke carries none.
+      const fromDaemon = e.metadata !== undefined && Object.keys(e.metadata.getMap()).length > 0;
+      if (e.code === Status.UNAVAILABLE && fromDaemon) return new FetchFailed(details);
+      return new CachebackError(e.code, details);
+    }
     return new CachebackError(Status.UNKNOWN, error instanceof Error ? error.message : String(error));
+  }
+}
+
+/** The fetch of an item failed (the worker's error, or no worker answered in time) and
+ * there was no stale data to serve instead: UNAVAILABLE from the daemon itself, told apart
+ * from an unreachable daemon, which is a plain CachebackError with UNAVAILABLE. */
+export class FetchFailed extends CachebackError {
+  override readonly name = "FetchFailed";
+
+  constructor(details: string) {
+    super(Status.UNAVAILABLE, details);
   }
 }

@@ -37,6 +37,6 @@ export {
   type ReadOptions,
 } from "./client";
 export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
-export { CachebackError } from "./errors";
+export { CachebackError, FetchFailed } from "./errors";
 export { FunctionJob, Job, NAME_PATTERN, cacheback, validateName, type CachebackOptions, type CachedFunction } from "./job";
 export { ABANDONED, Worker, type Logger, type Servable, type WorkerOptions } from "./worker";

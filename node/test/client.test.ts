@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { CachebackError, Client, Job, TOKEN_ENV, URL_ENV, Worker, cacheback, defaultClient, setDefaultClient } from "../src";
+import { CachebackError, Client, FetchFailed, Job, TOKEN_ENV, URL_ENV, Worker, cacheback, defaultClient, setDefaultClient } from "../src";
 import { Fixture, eventually, signal } from "./harness";
 
 /** A job that counts its fetches and answers `<user> #<n>`. */
@@ -114,7 +114,8 @@ describe("reads through a job", () => {
     const job = new Tweets(fx.client);
     await fx.worker([job]);
     assert.deepEqual(await code(job.get("broken")), ["UNAVAILABLE", "Error: no such user broken"]);
-    assert.deepEqual(await job.get("bob"), ["bob #2"]);
+    await assert.rejects(job.get("broken"), FetchFailed);
+    assert.deepEqual(await job.get("bob"), ["bob #3"]);
   });
 
   test("getMany answers each item in order, a failed one as its error", async () => {
@@ -127,7 +128,7 @@ describe("reads through a job", () => {
     assert.ok(!(alice instanceof CachebackError) && !(bob instanceof CachebackError));
     assert.deepEqual([alice.state, alice.fetched, alice.data], ["FRESH", false, ["alice, set"]]);
     assert.deepEqual([bob.state, bob.fetched, bob.data?.[0]?.startsWith("bob #")], ["FRESH", true, true]);
-    assert.ok(broken instanceof CachebackError);
+    assert.ok(broken instanceof FetchFailed);
     assert.deepEqual([broken.codeName, broken.details], ["UNAVAILABLE", "Error: no such user broken"]);
     assert.deepEqual(await code(job.getMany([["alice"], ["broken"]])), ["UNAVAILABLE", "Error: no such user broken"]);
   });
@@ -248,11 +249,12 @@ describe("errors", () => {
     assert.throws(() => new Worker({ client: fx.client }).serve(new Spaced()), /invalid job name "no spaces"/);
   });
 
-  test("an unreachable daemon is UNAVAILABLE", async () => {
+  test("an unreachable daemon is UNAVAILABLE, not a failed fetch", async () => {
     const nowhere = new Client("unix:/nonexistent/cachebackd.sock", { timeout: 2 });
     try {
-      const [name] = await code(nowhere.get("test.Tweets", Buffer.from("[]")));
-      assert.ok(name === "UNAVAILABLE" || name === "DEADLINE_EXCEEDED", name);
+      const refused = await nowhere.get("test.Tweets", Buffer.from("[]")).catch((e: unknown) => e);
+      assert.ok(refused instanceof CachebackError && !(refused instanceof FetchFailed), String(refused));
+      assert.ok(["UNAVAILABLE", "DEADLINE_EXCEEDED"].includes(refused.codeName), refused.codeName);
     } finally {
       nowhere.close();
     }
