@@ -65,15 +65,19 @@ function asJob(servable: Servable): Job<any, any> {
 /** Why an abandoned fetch failed (the Rust worker's words). */
 export const ABANDONED = "fetch still running at its deadline: abandoned";
 
+/** The longest delay setTimeout takes (a 32-bit signed count of milliseconds). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** `value`, or a rejection with ABANDONED once `deadline` passes. */
 async function beforeDeadline<T>(value: T | Promise<T>, deadline: Date | null): Promise<T> {
-  if (deadline === null || !(value instanceof Promise)) return value;
+  const left = deadline === null ? Infinity : Math.max(deadline.getTime() - Date.now(), 0);
+  if (left > MAX_TIMER_MS) return value; // setTimeout would fire at once past ~24.8 days
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Abandoned()), Math.max(deadline.getTime() - Date.now(), 0));
+    timer = setTimeout(() => reject(new Abandoned()), left);
   });
   try {
-    return await Promise.race([value, expired]);
+    return await Promise.race([Promise.resolve(value), expired]);
   } finally {
     clearTimeout(timer);
   }
