@@ -23,7 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// The daemon's message limit with its default settings (4 MiB of data, 4 KiB of args, 64 KiB
 /// of framing), so that both servers are configured alike.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 4096 + 64 * 1024;
+const MAX_MESSAGE_BYTES: usize = cachebackd_proto::wire::MAX_DATA_BYTES
+    + cachebackd_proto::wire::MAX_ARGS_BYTES
+    + cachebackd_proto::wire::MESSAGE_OVERHEAD_BYTES;
 /// The largest Get payload the baseline serves.
 const MAX_PAYLOAD: usize = 1024 * 1024;
 

@@ -14,7 +14,7 @@ use crate::load::{self, Caller, Throughput};
 use crate::worker::{self, Tally, Worker};
 
 /// Largest message a benchmark client accepts.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
 
 /// `n` channels (each its own HTTP/2 connection) to `addr`, all with the same settings.
 pub async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>, String> {

@@ -19,8 +19,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 /// The environment variable read for the default client's URL.
 pub const URL_ENV: &str = "CACHEBACKD_URL";
 
-/// Large enough for the daemon's default 4 MiB data limit plus the message around it.
-const DEFAULT_MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
+/// The shared client default (16 MiB): a default daemon's largest message, with margin.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
 
 /// A connection to cachebackd: cheap to clone (clones share one HTTP/2 connection),
 /// and reconnecting by itself when the daemon restarts.
@@ -146,8 +146,8 @@ impl Client {
 /// Options of a [`Client`]. The defaults suit an app server on the daemon's machine:
 /// 5 s to connect, HTTP/2 keepalive pings every 20 s (a dead daemon is noticed within
 /// 30 s, even on an idle connection), no per-call timeout (the daemon bounds every wait
-/// by the job's `refresh_timeout`), 8 MiB message limits (the daemon's 4 MiB data limit
-/// plus headroom).
+/// by the job's `refresh_timeout`), 16 MiB message limits (the daemon's 4 MiB data limit
+/// plus headroom, the same in every client).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), cacheback::Error> {
@@ -226,7 +226,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The largest gRPC message sent or received, in bytes (default 8 MiB). Raise it
+    /// The largest gRPC message sent or received, in bytes (default 16 MiB). Raise it
     /// if the daemon's data limit is raised.
     ///
     /// ```

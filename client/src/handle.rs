@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use cachebackd_proto::v1;
 
 use crate::{
-    codec::encode_args,
+    encode_args,
     time::{from_proto_timestamp, to_proto_duration},
     Client, Error, Job, Result,
 };
@@ -185,7 +185,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
     pub async fn get_many_items(&self, args: &[J::Args]) -> Result<Vec<Result<Item<J::Output>>>> {
         let mut items = Vec::with_capacity(args.len());
         // The daemon takes at most 1,000 Gets a call.
-        for chunk in args.chunks(1000) {
+        for chunk in args.chunks(cachebackd_proto::wire::MAX_GET_MANY) {
             let requests = chunk
                 .iter()
                 .map(|a| self.get_request(a))

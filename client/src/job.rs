@@ -2,7 +2,7 @@
 
 use std::{future::Future, time::Duration};
 
-use cachebackd_proto::v1;
+use cachebackd_proto::{v1, wire};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::time::{from_proto_duration, to_proto_duration};
@@ -40,18 +40,19 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
-    /// django-cacheback's defaults: fresh for 300 s, fetch on miss, 60 s per fetch,
-    /// stale data always served, items kept at most 30 days.
+    /// The daemon's defaults ([`cachebackd_proto::wire`]): fresh for 300 s (five minutes,
+    /// as the seed says; django-cacheback's own code defaults to 600 s), fetch on miss,
+    /// 60 s per fetch, stale data always served, items kept at most 30 days.
     ///
     /// ```
     /// assert_eq!(cacheback::JobConfig::DEFAULT, cacheback::JobConfig::default());
     /// ```
     pub const DEFAULT: JobConfig = JobConfig {
-        lifetime: Duration::from_secs(300),
-        refresh_timeout: Duration::from_secs(60),
-        fetch_on_miss: true,
+        lifetime: wire::JOB_LIFETIME,
+        refresh_timeout: wire::JOB_REFRESH_TIMEOUT,
+        fetch_on_miss: wire::JOB_FETCH_ON_MISS,
         fetch_on_stale_threshold: None,
-        cache_ttl: Duration::from_secs(30 * 24 * 3600),
+        cache_ttl: wire::JOB_CACHE_TTL,
     };
 
     pub(crate) fn to_proto(self) -> v1::JobConfig {

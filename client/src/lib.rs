@@ -39,7 +39,6 @@
 #![warn(missing_docs)]
 
 mod client;
-mod codec;
 mod error;
 mod handle;
 mod job;
@@ -50,10 +49,12 @@ mod worker;
 extern crate self as cacheback;
 
 pub use cacheback_macros::cacheback;
+/// The canonical args codec lives in the protocol crate, so that the daemon's tools share
+/// it without depending on this client.
+pub use cachebackd_proto::args::{decode_args, encode_args};
 pub use client::{
     current_client, set_default_client, with_client, Client, ClientBuilder, DEFAULT_URL, URL_ENV,
 };
-pub use codec::{decode_args, encode_args};
 pub use error::{Error, Result};
 pub use handle::{Invalidated, Item, ItemState, JobHandle};
 pub use job::{BoxError, Job, JobConfig};

@@ -29,13 +29,12 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
-    codec::decode_args,
+    decode_args,
     time::{from_proto_timestamp, to_proto_duration},
     BoxError, Client, Error, Job, JobConfig, Result,
 };
 
-/// The daemon's own default for `max_in_flight`.
-const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
+use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, RECONNECT_MAX, RECONNECT_MIN};
 
 /// How long a stopping worker waits for the daemon to close a stream after its last
 /// result was sent, so that the results leave before the connection does.
@@ -108,8 +107,8 @@ impl Worker {
             name: format!("{exe}-{}", std::process::id()),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             backoff: ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(10))
+                .with_min_delay(RECONNECT_MIN)
+                .with_max_delay(RECONNECT_MAX)
                 .with_jitter()
                 .without_max_times(),
             jobs: Vec::new(),

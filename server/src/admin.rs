@@ -6,14 +6,13 @@
 use std::time::SystemTime;
 
 use cachebackd_proto::v1::{self as pb, cacheback_admin_server::CachebackAdmin};
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use crate::convert;
 use crate::engine::{Engine, JobEntry};
 use crate::error::Error;
-use crate::metrics::JobMetrics;
 use crate::model::JobName;
-use crate::service::config_to_proto;
+use crate::shutdown::Shutdown;
 use crate::store::Usage;
 
 /// The admin service over `engine`.
@@ -21,17 +20,17 @@ use crate::store::Usage;
 pub struct AdminService {
     engine: Engine,
     store_moved_aside: bool,
-    calls: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl AdminService {
-    /// `store_moved_aside` says whether the store was found damaged at start; `calls`
-    /// tracks calls in flight, as the main service's, so the drain waits for them.
-    pub fn new(engine: Engine, store_moved_aside: bool, calls: TaskTracker) -> Self {
+    /// `store_moved_aside` says whether the store was found damaged at start; `shutdown`
+    /// counts calls in flight, as the main service's, so the drain waits for them.
+    pub fn new(engine: Engine, store_moved_aside: bool, shutdown: Shutdown) -> Self {
         AdminService {
             engine,
             store_moved_aside,
-            calls,
+            shutdown,
         }
     }
 
@@ -62,26 +61,12 @@ impl AdminService {
 fn job_info(engine: &Engine, name: &JobName, entry: &JobEntry, usage: Usage) -> pb::JobInfo {
     pb::JobInfo {
         name: name.to_string(),
-        config: Some(config_to_proto(&entry.config)),
+        config: Some(convert::job_config_to_proto(&entry.config)),
         workers: engine.workers().count(name) as u32,
         items: usage.items,
         bytes: usage.bytes,
         invalidated_before: entry.invalidated_before.map(Into::into),
-        counters: Some(counters(&entry.metrics)),
-    }
-}
-
-fn counters(m: &JobMetrics) -> pb::JobCounters {
-    pb::JobCounters {
-        gets_fresh: m.gets_fresh.get(),
-        gets_stale: m.gets_stale.get(),
-        gets_miss: m.gets_miss.get(),
-        sync_fetches: m.sync_fetches.get(),
-        refreshes_scheduled: m.refreshes_scheduled.get(),
-        fetches_succeeded: m.fetches_succeeded.get(),
-        fetches_failed: m.fetches_failed.get(),
-        fetches_retried: m.fetches_retried.get(),
-        fetches_in_flight: m.fetches_in_flight.get().max(0) as u64,
+        counters: Some(convert::job_counters(&entry.metrics)),
     }
 }
 
@@ -103,7 +88,7 @@ impl CachebackAdmin for AdminService {
         &self,
         _req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         Ok(Response::new(pb::ListJobsResponse {
             jobs: self.jobs().await?,
         }))
@@ -113,7 +98,7 @@ impl CachebackAdmin for AdminService {
         &self,
         _req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let jobs = self.jobs().await?;
         let mut totals = pb::JobCounters::default();
         for job in &jobs {
@@ -144,7 +129,7 @@ impl CachebackAdmin for AdminService {
         &self,
         req: Request<pb::InvalidateJobRequest>,
     ) -> Result<Response<pb::InvalidateJobResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let job = self.job(&req.into_inner().job)?;
         let mark: SystemTime = self.engine.invalidate_job(&job).await?;
         tracing::info!(%job, "job invalidated: its items refresh on their next Get");
@@ -157,7 +142,7 @@ impl CachebackAdmin for AdminService {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let _call = self.calls.token();
+        let _call = self.shutdown.call();
         let job = self.job(&req.into_inner().job)?;
         let removed = self.engine.delete_job(&job).await?;
         if let Some(items) = removed {

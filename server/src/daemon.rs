@@ -14,17 +14,16 @@ use cachebackd_proto::v1::cacheback_server::CachebackServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::config::{Config, ListenAddr};
+use crate::counters::Metrics;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
 use crate::service::CachebackService;
+use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
 
@@ -60,17 +59,13 @@ enum Bound {
     Unix(UnixListener),
 }
 
-/// Runs the daemon until `stop` is cancelled, then shuts down gracefully.
-pub async fn run(config: Config, stop: CancellationToken) -> Result<(), DaemonError> {
-    run_with_sockets(config, Vec::new(), stop).await
-}
-
 /// Runs the daemon on the sockets systemd passed (socket activation) when there are any,
-/// else on the configured listen addresses, until `stop` is cancelled.
+/// else on the configured listen addresses, until `shutdown`'s drain begins; then shuts
+/// down gracefully and returns once every task it spawned has ended.
 pub async fn run_with_sockets(
     config: Config,
     passed: Vec<PassedSocket>,
-    stop: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
     let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
     if let Some(aside) = &report.moved_aside {
@@ -83,26 +78,25 @@ pub async fn run_with_sockets(
     let store_moved_aside = report.moved_aside.is_some();
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
     let metrics = Metrics::new();
-    let engine = Engine::with_metrics(store, config.engine_settings(), metrics.clone())?;
+    let engine = Engine::new(
+        store,
+        config.engine_settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
 
     let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
-    let end_streams = CancellationToken::new();
-    let calls = TaskTracker::new();
     let max = config.max_message_bytes();
-    let service = CachebackServer::new(CachebackService::new(
-        engine.clone(),
-        end_streams.clone(),
-        calls.clone(),
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let service = CachebackServer::new(CachebackService::new(engine.clone(), shutdown.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let admin = CachebackAdminServer::new(AdminService::new(
         engine.clone(),
         store_moved_aside,
-        calls.clone(),
+        shutdown.clone(),
     ));
-    let (health, health_service) = crate::health::service(end_streams.clone()).await;
+    let (health, health_service) = crate::health::service(shutdown.clone()).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cachebackd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -123,7 +117,7 @@ pub async fn run_with_sockets(
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
-        let signal = stop.clone().cancelled_owned();
+        let signal = shutdown.drain_token().cancelled_owned();
         match listener {
             Bound::Tcp(l) => {
                 let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
@@ -139,13 +133,12 @@ pub async fn run_with_sockets(
             }
         }
     }
-    let metrics_server = metrics_listener.map(|l| {
-        let registry = metrics.registry(engine.clone(), store_moved_aside);
-        tokio::spawn(crate::metrics::serve(l, registry, end_streams.clone()))
-    });
-    let sweeper = tokio::spawn(engine.clone().run_sweeper(end_streams.clone()));
-    let watchdog_stop = CancellationToken::new();
-    let watchdog = systemd::spawn_watchdog(watchdog_stop.clone());
+    if let Some(l) = metrics_listener {
+        let registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
+        shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
+    }
+    shutdown.spawn(engine.clone().run_sweeper());
+    systemd::spawn_watchdog(&shutdown);
 
     let jobs = engine.jobs().len();
     tracing::info!(
@@ -160,22 +153,14 @@ pub async fn run_with_sockets(
         serving_on.join(", ")
     ));
 
-    stop.cancelled().await;
+    shutdown.draining().await;
     systemd::stopping("draining in-flight calls");
     crate::health::set_all(&health, ServingStatus::NotServing).await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining in-flight calls");
-    calls.close();
-    let drained = tokio::time::timeout(config.drain_grace, calls.wait())
-        .await
-        .is_ok();
-    if !drained {
+    if !shutdown.wait_for_calls(config.drain_grace).await {
         tracing::warn!("drain grace period over; calls still in flight are cut off");
     }
-    end_streams.cancel();
-    let _ = sweeper.await;
-    if let Some(m) = metrics_server {
-        let _ = m.await;
-    }
+    shutdown.close();
     let wait_servers = async {
         while let Some(r) = servers.join_next().await {
             if let Ok(Err(e)) = r {
@@ -189,6 +174,9 @@ pub async fn run_with_sockets(
     {
         tracing::warn!("some connections did not close in time");
     }
+    if !shutdown.wait_for_tasks(Duration::from_secs(2)).await {
+        tracing::warn!("some tasks did not end in time");
+    }
     if let Err(e) = engine.close().await {
         tracing::error!(error = %e, "closing the store failed");
     }
@@ -199,10 +187,6 @@ pub async fn run_with_sockets(
             }
             let _ = std::fs::remove_file(path);
         }
-    }
-    watchdog_stop.cancel();
-    if let Some(w) = watchdog {
-        let _ = w.await;
     }
     tracing::info!("cachebackd stopped");
     Ok(())

@@ -30,6 +30,9 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// A bug or a panic inside the daemon; the request may be retried.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The daemon is shutting down.
     #[error("cachebackd is shutting down")]
     ShuttingDown,

@@ -11,13 +11,14 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus as Wire;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
+
+use crate::shutdown::Shutdown;
 
 /// The names whose health is reported: the whole server (`""`) and each service.
 pub const SERVICES: [&str; 3] = ["", "cacheback.v1.Cacheback", "cacheback.v1.CachebackAdmin"];
@@ -30,19 +31,22 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// A reporter, NOT_SERVING for every service, and the server that reports it; the `Watch`
-/// streams end when `end` is cancelled.
-pub async fn service(end: CancellationToken) -> (HealthReporter, HealthServer<DrainingHealth>) {
+/// streams are tasks of `shutdown` and end when the daemon closes.
+pub async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     set_all(&reporter, ServingStatus::NotServing).await;
     let inner = HealthService::from_health_reporter(reporter.clone());
-    (reporter, HealthServer::new(DrainingHealth { inner, end }))
+    (
+        reporter,
+        HealthServer::new(DrainingHealth { inner, shutdown }),
+    )
 }
 
 /// tonic-health's service, with `Watch` streams that end at shutdown.
 #[derive(Debug)]
 pub struct DrainingHealth {
     inner: HealthService,
-    end: CancellationToken,
+    shutdown: Shutdown,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
@@ -63,9 +67,9 @@ impl Health for DrainingHealth {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut updates = self.inner.watch(request).await?.into_inner();
-        let end = self.end.clone();
+        let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             let not_serving = Wire::NotServing as i32;
             let mut last = None;
             loop {
@@ -84,7 +88,7 @@ impl Health for DrainingHealth {
                         }
                         None => return,
                     },
-                    _ = end.cancelled() => break,
+                    _ = shutdown.closing() => break,
                 }
             }
             if last != Some(not_serving) {

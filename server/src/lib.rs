@@ -4,14 +4,17 @@
 //! One module per concern: [`config`] (the command line and the TOML file), [`model`]
 //! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
-//! scheduling), [`service`] (the tonic service), and [`daemon`] (listeners, lifecycle and
+//! scheduling), [`service`] (the tonic service), [`worker_stream`] (one worker's stream),
+//! [`convert`] (protobuf to model and back), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
-//! [`metrics`] (Prometheus), [`systemd`] (readiness, watchdog, socket activation) and
-//! [`ctl`] (`cachebackd ctl`).
+//! [`counters`] (what the engine counts), [`metrics`] (the Prometheus exporter), and [`systemd`] (readiness, watchdog, socket activation).
+//! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
-pub mod ctl;
+pub mod convert;
+pub mod counters;
 pub mod daemon;
 pub mod engine;
 pub mod error;
@@ -20,6 +23,10 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
+pub mod worker_stream;
 pub mod workers;

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use cachebackd_proto::wire;
+
 use crate::error::Error;
 
 /// The size limits the daemon enforces on what it is sent.
@@ -20,9 +22,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_job_name_bytes: 128,
-            max_args_bytes: 4096,
-            max_data_bytes: 4 * 1024 * 1024,
+            max_job_name_bytes: wire::MAX_JOB_NAME_BYTES,
+            max_args_bytes: wire::MAX_ARGS_BYTES,
+            max_data_bytes: wire::MAX_DATA_BYTES,
         }
     }
 }
@@ -32,7 +34,7 @@ impl Limits {
     pub fn max_message_bytes(&self) -> usize {
         self.max_data_bytes
             .saturating_add(self.max_args_bytes)
-            .saturating_add(64 * 1024)
+            .saturating_add(wire::MESSAGE_OVERHEAD_BYTES)
     }
 
     /// Checks `args` against the limit.
@@ -173,11 +175,11 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            lifetime: Duration::from_secs(300),
-            refresh_timeout: Duration::from_secs(60),
-            fetch_on_miss: true,
+            lifetime: wire::JOB_LIFETIME,
+            refresh_timeout: wire::JOB_REFRESH_TIMEOUT,
+            fetch_on_miss: wire::JOB_FETCH_ON_MISS,
             fetch_on_stale_threshold: None,
-            cache_ttl: Duration::from_secs(30 * 24 * 3600),
+            cache_ttl: wire::JOB_CACHE_TTL,
         }
     }
 }

@@ -121,13 +121,36 @@ fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
 }
 
 /// When writes reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Flushed in the background every flush interval (100 ms by default).
     #[default]
     Interval,
     /// Flushed before every write is acknowledged.
     Always,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "interval" => Ok(Durability::Interval),
+            "always" => Ok(Durability::Always),
+            _ => Err(format!(
+                "{s:?} is not a durability: write \"interval\" or \"always\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Interval => "interval",
+            Durability::Always => "always",
+        })
+    }
 }
 
 /// How much of the store one job takes.

@@ -6,7 +6,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Shutdown;
 
 /// A socket systemd opened for us (`LISTEN_FDS`), with its `FileDescriptorName=`.
 #[derive(Debug)]
@@ -52,19 +53,23 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
-/// With `WatchdogSec=` set, pings systemd at half the interval until `stop`; the pings go
-/// on while the daemon drains, so that a long drain is not mistaken for a hang.
-pub fn spawn_watchdog(stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-    let interval = sd_notify::watchdog_enabled()?;
+/// With `WatchdogSec=` set, pings systemd at half the interval, in a task of `shutdown`,
+/// until the daemon closes; the pings go on while the daemon drains, so that a long drain
+/// is not mistaken for a hang (systemd stops watching once the service is stopping).
+pub fn spawn_watchdog(shutdown: &Shutdown) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
     let period = (interval / 2).max(Duration::from_millis(1));
     tracing::info!(?interval, "systemd watchdog enabled");
-    Some(tokio::spawn(async move {
+    let closing = shutdown.clone();
+    shutdown.spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = closing.closing() => return,
                 _ = tick.tick() => notify(&[NotifyState::Watchdog]),
             }
         }
-    }))
+    });
 }

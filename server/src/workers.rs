@@ -24,8 +24,28 @@ use crate::model::{FetchReason, JobName};
 
 /// A worker's identity on its stream (sent to it in `Registered.worker_id`).
 pub type WorkerId = Uuid;
-/// A fetch's identity (sent in `FetchRequest.request_id`).
-pub type RequestId = Uuid;
+/// A fetch's identity (sent in `FetchRequest.request_id`), parsed once, at the edge: an
+/// answer whose id is not one is never looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(Uuid);
+
+impl RequestId {
+    /// A new, random id.
+    fn new() -> RequestId {
+        RequestId(Uuid::new_v4())
+    }
+
+    /// The id a worker sent back, or `None` if it is not one of ours.
+    pub fn parse(text: &str) -> Option<RequestId> {
+        Uuid::parse_str(text).ok().map(RequestId)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A fetch handed to a worker.
 #[derive(Debug, Clone)]
@@ -90,7 +110,9 @@ pub struct Workers {
 }
 
 struct Shared {
-    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held (sends are `try_send`).
+    // A blocking mutex (parking_lot: no poisoning): no `.await` happens while it is held
+    // (sends are `try_send`). Last in the lock order (engine shard, then engine jobs, then
+    // this; see `engine`): nothing here calls back into the engine while holding it.
     jobs: Mutex<HashMap<JobName, JobWorkers>>,
     queue_capacity: usize,
     stats: WorkerStats,
@@ -254,22 +276,31 @@ impl Workers {
         }
     }
 
+    /// Counts an answer whose request id is not one the daemon gives out: dropped.
+    pub fn unknown_answer(&self) -> Answered {
+        self.shared
+            .stats
+            .unknown_answers
+            .fetch_add(1, Ordering::Relaxed);
+        Answered::Unknown
+    }
+
     /// Delivers a worker's answer to the fetch it belongs to and frees its slot.
     pub fn answer(
         &self,
         job: &JobName,
         worker: WorkerId,
-        request_id: &str,
+        request_id: RequestId,
         outcome: Outcome,
     ) -> Answered {
         let mut jobs = self.shared.jobs.lock();
-        let pending = Uuid::parse_str(request_id).ok().and_then(|rid| {
+        let pending = (|| {
             let entry = jobs.get_mut(job)?;
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
-            let pending = slot.in_flight.remove(&rid)?;
+            let pending = slot.in_flight.remove(&request_id)?;
             entry.drain_queue();
             Some(pending)
-        });
+        })();
         drop(jobs);
         let stats = &self.shared.stats;
         let Some(pending) = pending else {
@@ -300,7 +331,7 @@ impl JobWorkers {
                 self.queue.push_front(pending);
                 return;
             };
-            let request_id = Uuid::new_v4();
+            let request_id = RequestId::new();
             let order = FetchOrder {
                 request_id,
                 args: pending.args.clone(),

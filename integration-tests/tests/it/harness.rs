@@ -54,7 +54,7 @@ pub type Client = CachebackClient<Channel>;
 
 /// Send and receive limit of every client the harness makes: above the daemon's 4 MiB data
 /// limit, so items of exactly that size can be written and read back.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
 
 /// The generous cap on anything a test waits for (a fetch, a response, an exit).
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import grpc
 
+from . import _wire
 from ._codec import Seconds, from_timestamp, to_duration
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
@@ -32,15 +33,15 @@ TOKEN_ENV = "CACHEBACKD_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:7070"
 #: gRPC's default 4 MiB receive limit is exactly the daemon's data limit, too small for
 #: a response carrying 4 MiB of data plus its envelope.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = _wire.CLIENT_MAX_MESSAGE_BYTES
 
 _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Reconnect promptly after a daemon restart; gRPC's own default backs off to 120 s.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.initial_reconnect_backoff_ms", _wire.RECONNECT_MIN_MILLIS),
+    ("grpc.min_reconnect_backoff_ms", _wire.RECONNECT_MIN_MILLIS),
+    ("grpc.max_reconnect_backoff_ms", _wire.RECONNECT_MAX_MILLIS),
     # Notice a dead connection under an idle worker stream.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -273,10 +274,10 @@ class Client:
         if len(overrides) != len(args):
             raise ValueError("fetch_on_miss needs one entry per args")
         results: list[Item | CachebackError] = []
-        for start in range(0, len(args), 1000):
+        for start in range(0, len(args), _wire.MAX_GET_MANY):
             requests = [
                 get_request(job, a, f)
-                for a, f in zip(args[start : start + 1000], overrides[start : start + 1000])
+                for a, f in zip(args[start : start + _wire.MAX_GET_MANY], overrides[start : start + _wire.MAX_GET_MANY])
             ]
             reply = self._call(self.stub.GetMany, pb.GetManyRequest(requests=requests), timeout)
             for result in reply.results:

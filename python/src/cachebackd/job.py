@@ -38,6 +38,7 @@ from typing import (
     overload,
 )
 
+from . import _wire
 from ._codec import (
     CODECS,
     Seconds,
@@ -138,20 +139,21 @@ class Job:
 
     #: The job's name on the daemon: `module.ClassName` unless set.
     name: str = "cachebackd.job.Job"
-    #: How long fetched data is fresh (cacheback's default, 10 minutes).
+    #: How long fetched data is fresh: cacheback's default, 10 minutes, so that a ported
+    #: job keeps its behaviour (the protocol's and the Rust client's default is 300 s).
     lifetime: Seconds = 600
     #: How long one fetch may take before it counts as lost; also the fetch deadline.
-    refresh_timeout: Seconds = 60
+    refresh_timeout: Seconds = _wire.JOB_REFRESH_TIMEOUT_SECS
     #: A miss waits for a synchronous fetch (True) or returns `empty()` at once and fills
     #: asynchronously (False).
-    fetch_on_miss: bool = True
+    fetch_on_miss: bool = _wire.JOB_FETCH_ON_MISS
     #: If an item is older than this (since it was stored), `get` fetches synchronously
     #: instead of serving it (None: never). cacheback's arithmetic, run by the daemon.
     fetch_on_stale_threshold: Optional[Seconds] = None
     #: Hard limit: an item older than this (since it was stored) is never served.
-    cache_ttl: Seconds = timedelta(days=30)
+    cache_ttl: Seconds = timedelta(seconds=_wire.JOB_CACHE_TTL_SECS)
     #: How many fetches of this job a worker runs at once.
-    max_in_flight: int = 16
+    max_in_flight: int = _wire.DEFAULT_MAX_IN_FLIGHT
     #: The keyword that `set` takes the data from (cacheback's `set_data_kwarg`).
     set_data_kwarg: str = "data"
     #: How data is stored: "json" (the default: any language reads it) or "pickle" (any

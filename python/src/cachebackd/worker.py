@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Iterator, Optional, Union
 
 import grpc
 
+from . import _wire
 from ._codec import decode_args, to_duration
 from ._proto import cacheback_pb2 as pb
 from .client import Client, default_client
@@ -104,8 +105,8 @@ class Worker:
         client: Optional[Client] = None,
         *,
         name: Optional[str] = None,
-        reconnect_initial: float = 0.1,
-        reconnect_max: float = 5.0,
+        reconnect_initial: float = _wire.RECONNECT_MIN_MILLIS / 1000,
+        reconnect_max: float = _wire.RECONNECT_MAX_MILLIS / 1000,
         stop_grace: float = 10.0,
     ) -> None:
         self.client = client or default_client()

@@ -20,12 +20,12 @@ use serde_json::Value;
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// assert_eq!(cacheback::encode_args(&"bob").unwrap(), br#"["bob"]"#);
-/// assert_eq!(cacheback::encode_args(&("bob", 3)).unwrap(), br#"["bob",3]"#);
-/// assert_eq!(cacheback::encode_args(&()).unwrap(), b"[]");
-/// assert_eq!(cacheback::encode_args(&("café",)).unwrap(), br#"["caf\u00e9"]"#);
+/// assert_eq!(cachebackd_proto::args::encode_args(&"bob").unwrap(), br#"["bob"]"#);
+/// assert_eq!(cachebackd_proto::args::encode_args(&("bob", 3)).unwrap(), br#"["bob",3]"#);
+/// assert_eq!(cachebackd_proto::args::encode_args(&()).unwrap(), b"[]");
+/// assert_eq!(cachebackd_proto::args::encode_args(&("café",)).unwrap(), br#"["caf\u00e9"]"#);
 /// let opts = BTreeMap::from([("z", 1), ("a", 2)]);
-/// assert_eq!(cacheback::encode_args(&(opts,)).unwrap(), br#"[{"a":2,"z":1}]"#);
+/// assert_eq!(cachebackd_proto::args::encode_args(&(opts,)).unwrap(), br#"[{"a":2,"z":1}]"#);
 /// ```
 pub fn encode_args<A: Serialize + ?Sized>(args: &A) -> Result<Vec<u8>, serde_json::Error> {
     let positional = match serde_json::to_value(args)? {
@@ -42,9 +42,9 @@ pub fn encode_args<A: Serialize + ?Sized>(args: &A) -> Result<Vec<u8>, serde_jso
 /// (a worker uses it on every `FetchRequest.args`).
 ///
 /// ```
-/// let (user, page): (String, u32) = cacheback::decode_args(br#"["bob",3]"#).unwrap();
+/// let (user, page): (String, u32) = cachebackd_proto::args::decode_args(br#"["bob",3]"#).unwrap();
 /// assert_eq!((user.as_str(), page), ("bob", 3));
-/// let user: String = cacheback::decode_args(br#"["bob"]"#).unwrap();
+/// let user: String = cachebackd_proto::args::decode_args(br#"["bob"]"#).unwrap();
 /// assert_eq!(user, "bob");
 /// ```
 pub fn decode_args<A: DeserializeOwned>(bytes: &[u8]) -> Result<A, serde_json::Error> {

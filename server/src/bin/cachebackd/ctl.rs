@@ -120,7 +120,9 @@ fn item_args(typed: &str, raw: bool) -> Result<Vec<u8>, String> {
         )
     };
     match serde_json::from_str::<Value>(typed) {
-        Ok(array @ Value::Array(_)) => cacheback::encode_args(&array).map_err(|e| e.to_string()),
+        Ok(array @ Value::Array(_)) => {
+            cachebackd_proto::args::encode_args(&array).map_err(|e| e.to_string())
+        }
         _ => Err(not_an_array()),
     }
 }
@@ -192,7 +194,7 @@ fn status_error(s: tonic::Status) -> String {
 
 async fn run(args: &CtlArgs) -> Result<Output, String> {
     let ch = channel(&args.addr).await?;
-    let limit = 64 * 1024 * 1024;
+    let limit = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
     let mut main = CachebackClient::new(ch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

@@ -2,14 +2,18 @@
 //! stderr, serve until SIGTERM/SIGINT. Also `cachebackd check-config FILE` and
 //! `cachebackd ctl …`.
 
+mod cli;
+mod ctl;
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use cachebackd::config::{Cli, Command, Config, LogFormat, SettingsArgs};
+use cachebackd::config::{Config, LogFormat};
+use cachebackd::shutdown::Shutdown;
 use clap::Parser;
+use cli::{Cli, Command, SettingsArgs};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 /// The exit code of a configuration error (sysexits' EX_CONFIG). The systemd unit names it
 /// in `RestartPreventExitStatus=`, so a bad config is not restarted in a loop.
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
-        Some(Command::Ctl(args)) => cachebackd::ctl::main(args),
+        Some(Command::Ctl(args)) => ctl::main(args),
         None => serve(&cli.settings),
     }
 }
@@ -39,7 +43,7 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn serve(args: &SettingsArgs) -> ExitCode {
-    let config = match Config::load(args) {
+    let config = match cli::load(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cachebackd: {e}");
@@ -66,7 +70,7 @@ fn serve(args: &SettingsArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let stop = CancellationToken::new();
+        let shutdown = Shutdown::new();
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -77,15 +81,15 @@ fn serve(args: &SettingsArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let on_signal = stop.clone();
+        let on_signal = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            on_signal.cancel();
+            on_signal.begin_drain();
         });
-        match cachebackd::daemon::run_with_sockets(config, passed, stop).await {
+        match cachebackd::daemon::run_with_sockets(config, passed, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cachebackd cannot run");

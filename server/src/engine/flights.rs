@@ -1,0 +1,286 @@
+//! The single-flight table: at most one fetch per item, run by its own task (the
+//! "driver") so that a caller who gives up never cancels a fetch others share. A flight is
+//! finished under its shard's lock: its result is stored unless a write superseded it,
+//! failures start a backoff (`backoff`), and an Invalidate that came in during the flight
+//! starts one more.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::Engine;
+use crate::counters::JobMetrics;
+use crate::error::Error;
+use crate::model::{FetchReason, ItemKey, JobConfig, JobName, MAX_SPAN};
+use crate::policy;
+use crate::store::Item;
+use crate::workers::Fetched;
+
+/// How many shards the single-flight table has.
+pub(super) const SHARDS: usize = 16;
+
+/// One shard of the single-flight table: the fetches in flight and the items backed off.
+#[derive(Default)]
+pub(super) struct Table {
+    pub(super) flights: HashMap<ItemKey, Flight>,
+    pub(super) backoff: HashMap<ItemKey, Backoff>,
+}
+
+/// What a flight ends with, shared by all its waiters.
+pub(super) type FlightResult = Arc<Result<Item, Error>>;
+
+/// One fetch in flight: its waiters watch `done`.
+pub(super) struct Flight {
+    pub(super) id: u64,
+    pub(super) done: watch::Receiver<Option<FlightResult>>,
+    /// A Set or Delete came in since it started: its result must not be stored.
+    pub(super) superseded: bool,
+    /// An Invalidate came in since it started: one more refresh follows it.
+    pub(super) reinvalidate: bool,
+}
+
+impl Table {
+    /// A Set or Delete: a fetch in flight must not store over it, and backoff is over.
+    pub(super) fn write_wins(&mut self, key: &ItemKey) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.superseded = true;
+        }
+        self.backoff.remove(key);
+    }
+}
+
+impl Engine {
+    /// The shard of the single-flight table that holds `key`.
+    pub(super) fn shard(&self, key: &ItemKey) -> &Mutex<Table> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.inner.tables[hasher.finish() as usize % SHARDS]
+    }
+    /// Every shard, locked in index order (the one order, so no deadlock).
+    pub(super) fn lock_all(&self) -> Vec<MutexGuard<'_, Table>> {
+        self.inner.tables.iter().map(|t| t.lock()).collect()
+    }
+    /// Starts the one fetch of `key` (the caller checked none is in flight) in its own task.
+    pub(super) fn start_flight(
+        &self,
+        table: &mut Table,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+    ) -> watch::Receiver<Option<FlightResult>> {
+        if table.backoff.contains_key(key) {
+            metrics.fetches_retried.inc();
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        table.flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                done: rx.clone(),
+                superseded: false,
+                reinvalidate: false,
+            },
+        );
+        let guard = FlightGuard {
+            engine: self.clone(),
+            key: key.clone(),
+            id,
+            tx: Some(tx),
+        };
+        let engine = self.clone();
+        let (key, job, config, metrics) = (key.clone(), job.clone(), *config, metrics.clone());
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.shutdown.spawn(async move {
+            tokio::select! {
+                // The guard, dropped here, answers the waiters "shutting down".
+                _ = shutdown.closing() => {}
+                result = engine.drive(&key, &job, &config, &metrics, reason, id) => {
+                    guard.answer(result);
+                }
+            }
+        });
+        rx
+    }
+
+    /// Runs one fetch to its end and records its result.
+    async fn drive(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+        id: u64,
+    ) -> FlightResult {
+        let timeout = config.refresh_timeout;
+        let started = Instant::now();
+        metrics.fetches_in_flight.inc();
+        let outcome = self
+            .inner
+            .workers
+            .fetch(
+                job,
+                Arc::from(key.args()),
+                reason,
+                Instant::now() + timeout,
+                self.now() + timeout,
+                timeout,
+            )
+            .await;
+        let result = outcome.and_then(|f| self.check_fetched(f, config));
+        metrics.fetches_in_flight.dec();
+        metrics
+            .fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics.fetches_succeeded.inc(),
+            Err(e) => {
+                tracing::warn!(%job, ?reason, error = %e, "fetch failed");
+                metrics.fetches_failed.inc()
+            }
+        };
+        let stored = self.finish_flight(key, job, config, metrics, id, &result);
+        if stored {
+            if let Err(e) = self.flush_if_always().await {
+                tracing::error!(error = %e, "flush after a fetch failed");
+            }
+        }
+        Arc::new(result)
+    }
+    /// Checks a worker's answer against the limits and gives it its times.
+    fn check_fetched(&self, fetched: Fetched, config: &JobConfig) -> Result<Item, Error> {
+        let limit = self.inner.settings.limits.max_data_bytes;
+        if fetched.data.len() > limit {
+            return Err(Error::FetchFailed(format!(
+                "the worker answered {} bytes of data, over the limit of {limit} bytes",
+                fetched.data.len()
+            )));
+        }
+        let lifetime = fetched.lifetime.unwrap_or(config.lifetime);
+        if lifetime > MAX_SPAN {
+            return Err(Error::FetchFailed(format!(
+                "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
+            )));
+        }
+        Ok(Item {
+            times: policy::times_for_new(self.now(), lifetime),
+            data: fetched.data,
+        })
+    }
+    /// Removes the flight, stores its result unless a write superseded it, keeps the
+    /// backoff, and starts the refresh an Invalidate asked for. Whether it stored.
+    fn finish_flight(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        id: u64,
+        result: &Result<Item, Error>,
+    ) -> bool {
+        let mut table = self.shard(key).lock();
+        let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
+            return false;
+        };
+        let mut stored = false;
+        match result {
+            Ok(item) => {
+                table.backoff.remove(key);
+                if !flight.superseded && self.still_known(job).is_ok() {
+                    let mut item = item.clone();
+                    if flight.reinvalidate {
+                        // Based on data from before the Invalidate: stale until the follow-up.
+                        item.times.expires_at = item.times.stored_at;
+                    }
+                    match self.inner.store.put(key, &item) {
+                        Ok(()) => stored = true,
+                        Err(e) => tracing::error!(%job, error = %e, "cannot store a fetched item"),
+                    }
+                }
+            }
+            // A full queue says nothing of the origin: no backoff for it.
+            Err(Error::QueueFull { .. }) => {}
+            Err(_) => {
+                table.record_failure(key, self.inner.settings.retry_base, config.refresh_timeout)
+            }
+        }
+        if flight.reinvalidate && !flight.superseded && !table.backed_off(key) {
+            metrics.refreshes_scheduled.inc();
+            self.start_flight(
+                &mut table,
+                key,
+                job,
+                config,
+                metrics,
+                FetchReason::Invalidated,
+            );
+        }
+        stored
+    }
+}
+
+/// Owns a flight from its start to its answer, as moka's `WaiterGuard` does: whatever ends
+/// the driver without an answer (a panic in a store write or a bug, or the daemon closing)
+/// drops the guard, which takes the flight out of the table, so the item is never stuck,
+/// and answers its waiters: an internal error after a panic, "shutting down" otherwise.
+struct FlightGuard {
+    engine: Engine,
+    key: ItemKey,
+    id: u64,
+    /// `None` once answered.
+    tx: Option<watch::Sender<Option<FlightResult>>>,
+}
+
+impl FlightGuard {
+    /// The driver's answer (the flight is out of the table already).
+    fn answer(mut self, result: FlightResult) {
+        if let Some(tx) = self.tx.take() {
+            // Nobody may be waiting; that is fine.
+            let _ = tx.send(Some(result));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        {
+            let mut table = self.engine.shard(&self.key).lock();
+            if table
+                .flights
+                .get(&self.key)
+                .is_some_and(|f| f.id == self.id)
+            {
+                table.flights.remove(&self.key);
+            }
+        }
+        let error = if std::thread::panicking() {
+            tracing::error!(key = ?self.key, "a fetch's driver panicked: its waiters get an internal error");
+            Error::Internal("the daemon failed while finishing this fetch".into())
+        } else {
+            Error::ShuttingDown
+        };
+        let _ = tx.send(Some(Arc::new(Err(error))));
+    }
+}
+
+/// Waits for a flight's result; a flight whose driver is gone answers "shutting down".
+pub(super) async fn wait_flight(
+    done: &mut watch::Receiver<Option<FlightResult>>,
+) -> Result<FlightResult, Error> {
+    match done.wait_for(Option::is_some).await {
+        Ok(result) => Ok(result.clone().expect("waited for Some")),
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}

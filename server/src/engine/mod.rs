@@ -1,0 +1,458 @@
+//! What a Get, Set, Invalidate and Delete do: the staleness policy (`policy`) applied to the
+//! store, the single-flight table, and refresh scheduling with backoff. Knows nothing of
+//! gRPC; `service` calls in with validated values.
+//!
+//! The single-flight table holds at most one fetch per item. A fetch runs in its own task
+//! (the "driver"), so a caller that gives up never cancels a fetch that others share. Writes
+//! win over fetches in flight: a Set or Delete marks the item's flight superseded, and its
+//! result then answers its waiters but is not stored.
+//!
+//! Split along its seams: `jobs` (the registry of jobs), `flights` (the single-flight
+//! table and its drivers), `backoff` (after failed fetches) and `sweeper`; this file holds
+//! the handle and the item calls.
+//!
+//! # Lock order
+//!
+//! Three kinds of blocking lock, always taken in this order and never held across an
+//! `.await`: a **shard** of the single-flight table (several shards only in index order,
+//! `lock_all`), then the **jobs** map (`Inner::jobs`), then the **workers** registry
+//! (`Workers`' own mutex, taken inside its methods). A path may skip a level, never go
+//! back up: so a Get that holds a shard may read the jobs and ask the workers, and
+//! DeleteJob holds every shard while it removes the job, which is what lets item writes
+//! re-check their job under their shard (`still_known`).
+
+mod backoff;
+mod flights;
+mod jobs;
+mod sweeper;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+
+use flights::{wait_flight, Table, SHARDS};
+pub use jobs::JobEntry;
+
+use crate::clock::Clock;
+use crate::counters::{Found, Metrics};
+use crate::error::Error;
+use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits};
+use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
+use crate::shutdown::Shutdown;
+use crate::store::{Durability, Item, Store};
+use crate::workers::{Outbound, WorkerId, Workers};
+
+/// Settings of the engine that are not per job.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// When writes reach the disk.
+    pub durability: Durability,
+    /// First backoff delay after a failed fetch; it doubles up to the job's refresh_timeout.
+    pub retry_base: Duration,
+    /// Capacity of each job's queue of fetches waiting for a worker.
+    pub queue_capacity: usize,
+    /// How often items past their cache_ttl are swept.
+    pub sweep_interval: Duration,
+    /// Size limits.
+    pub limits: Limits,
+    /// What a Register leaves unset.
+    pub job_defaults: JobConfig,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            durability: Durability::Interval,
+            retry_base: Duration::from_secs(1),
+            queue_capacity: 10_000,
+            sweep_interval: Duration::from_secs(60),
+            limits: Limits::default(),
+            job_defaults: JobConfig::default(),
+        }
+    }
+}
+
+/// What a Get answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOutcome {
+    /// FRESH, STALE or MISS.
+    pub state: ItemState,
+    /// The data (empty on MISS).
+    pub data: Vec<u8>,
+    /// The item's times (`None` on MISS).
+    pub times: Option<Times>,
+    /// An asynchronous fetch was started by this call or is in flight.
+    pub refresh_scheduled: bool,
+    /// This call waited for a synchronous fetch.
+    pub fetched: bool,
+}
+
+/// What an Invalidate answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InvalidateOutcome {
+    /// The item was present.
+    pub found: bool,
+    /// A refresh was scheduled or is in flight.
+    pub refresh_scheduled: bool,
+}
+
+/// The engine: a cheap-to-clone handle.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    workers: Workers,
+    settings: EngineSettings,
+    metrics: Metrics,
+    /// The wall time of what is persisted (tests drive it; see `clock`).
+    clock: Clock,
+    /// Owns the flight drivers; a driver ends when the daemon closes.
+    shutdown: Shutdown,
+    jobs: RwLock<HashMap<JobName, JobEntry>>,
+    // The single-flight table, sharded by item so that answers for different items do not
+    // queue behind each other's store write. Blocking mutexes, held only for map updates
+    // and short store calls, never across `.await` (parking_lot's: no poisoning, so one
+    // panic cannot wedge every later call). A path that needs every shard locks them in
+    // index order; every other path holds one shard at a time. Lock order: shard, then
+    // `jobs`, then the workers' registry (see the module's docs).
+    tables: Box<[Mutex<Table>]>,
+    next_flight: AtomicU64,
+}
+
+impl Engine {
+    /// An engine over `store`, loading the stored job configs, that counts what it does in
+    /// `metrics` and spawns its tasks under `shutdown`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Result<Engine, Error> {
+        Engine::with_clock(store, settings, metrics, shutdown, Clock::system())
+    }
+
+    /// [`Engine::new`] with the wall time read from `clock`.
+    pub(crate) fn with_clock(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        clock: Clock,
+    ) -> Result<Engine, Error> {
+        let marks: HashMap<JobName, SystemTime> = store.invalidated_before()?.into_iter().collect();
+        let jobs = store
+            .jobs()?
+            .into_iter()
+            .map(|(job, config)| {
+                let entry = JobEntry {
+                    config,
+                    invalidated_before: marks.get(&job).copied(),
+                    metrics: metrics.job(&job),
+                };
+                (job, entry)
+            })
+            .collect();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                workers: Workers::new(settings.queue_capacity),
+                store,
+                settings,
+                metrics,
+                clock,
+                shutdown,
+                jobs: RwLock::new(jobs),
+                tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                next_flight: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The wall time now, by the engine's clock.
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    /// The worker registry.
+    pub fn workers(&self) -> &Workers {
+        &self.inner.workers
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The size limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.settings.limits
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What a Register leaves unset.
+    pub fn job_defaults(&self) -> &JobConfig {
+        &self.inner.settings.job_defaults
+    }
+
+    /// Adds a registered worker's stream to the job's workers.
+    pub fn add_worker(
+        &self,
+        job: &JobName,
+        id: WorkerId,
+        max_in_flight: usize,
+        tx: tokio::sync::mpsc::Sender<Outbound>,
+    ) {
+        self.inner.workers.register(job, id, max_in_flight, tx);
+    }
+
+    /// Reads an item, refreshing it as the job's policy says.
+    pub async fn get(
+        &self,
+        job: &JobName,
+        args: &[u8],
+        fetch_on_miss: Option<bool>,
+    ) -> Result<GetOutcome, Error> {
+        let key = ItemKey::new(job, args);
+        // The hot path: a fresh hit is answered under the jobs' read lock, taking no
+        // table lock and copying nothing of the job's entry.
+        let entry = {
+            let jobs = self.inner.jobs.read();
+            let entry = jobs
+                .get(job)
+                .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
+            let item = entry.seen(self.inner.store.get(&key)?);
+            let times = item.as_ref().map(|i| i.times);
+            if policy::freshness(times, &entry.config, self.now()) == Freshness::Fresh {
+                entry.metrics.gets_fresh.inc();
+                return Ok(served(ItemState::Fresh, item, false));
+            }
+            entry.clone()
+        };
+        let config = entry.config;
+
+        let (plan, item, wait) = {
+            let mut table = self.shard(&key).lock();
+            // Look again under the lock: a write may have landed since.
+            let item = entry.seen(self.inner.store.get(&key)?);
+            let now = self.now();
+            let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
+            let ctx = GetContext {
+                fetch_on_miss_override: fetch_on_miss,
+                in_flight: table.flights.contains_key(&key),
+                // A full wait queue holds asynchronous fetches back like backoff does:
+                // the item is served as it is rather than refused.
+                backed_off: table.backed_off(&key) || self.inner.workers.queue_full(job),
+            };
+            let plan = policy::plan_get(freshness, &config, ctx);
+            let m = &entry.metrics;
+            let wait = match plan {
+                GetPlan::ServeStale(Refresh::Start(reason))
+                | GetPlan::AnswerMiss(Refresh::Start(reason)) => {
+                    m.refreshes_scheduled.inc();
+                    self.start_flight(&mut table, &key, job, &config, m, reason);
+                    None
+                }
+                GetPlan::FetchSync { reason, .. } => Some(match table.flights.get(&key) {
+                    Some(flight) => flight.done.clone(),
+                    None => {
+                        m.sync_fetches.inc();
+                        self.start_flight(&mut table, &key, job, &config, m, reason)
+                    }
+                }),
+                _ => None,
+            };
+            (plan, item, wait)
+        };
+        entry.metrics.count_get(match plan {
+            GetPlan::ServeFresh => Found::Fresh,
+            GetPlan::ServeStale(_)
+            | GetPlan::FetchSync {
+                stale_fallback: true,
+                ..
+            } => Found::Stale,
+            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } => Found::Miss,
+        });
+
+        match plan {
+            GetPlan::ServeFresh => Ok(served(ItemState::Fresh, item, false)),
+            GetPlan::ServeStale(refresh) => Ok(served(ItemState::Stale, item, refresh.scheduled())),
+            GetPlan::AnswerMiss(refresh) => Ok(GetOutcome {
+                state: ItemState::Miss,
+                data: Vec::new(),
+                times: None,
+                refresh_scheduled: refresh.scheduled(),
+                fetched: false,
+            }),
+            GetPlan::FetchSync { stale_fallback, .. } => {
+                let mut done = wait.expect("a synchronous plan waits on a flight");
+                let result = wait_flight(&mut done).await?;
+                match (&*result, stale_fallback, item) {
+                    (Ok(fetched), _, _) => Ok(GetOutcome {
+                        state: ItemState::Fresh,
+                        data: fetched.data.clone(),
+                        times: Some(fetched.times),
+                        refresh_scheduled: false,
+                        fetched: true,
+                    }),
+                    // Stale beats an error.
+                    (Err(_), true, Some(stale)) => Ok(served(ItemState::Stale, Some(stale), false)),
+                    (Err(e), _, _) => Err(e.clone()),
+                }
+            }
+        }
+    }
+
+    /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
+    /// `raw_get`): no fetch, no refresh, no backoff change, no counters moved.
+    pub fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
+        let key = ItemKey::new(job, args);
+        let jobs = self.inner.jobs.read();
+        let entry = jobs
+            .get(job)
+            .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
+        let item = entry.seen(self.inner.store.get(&key)?);
+        let times = item.as_ref().map(|i| i.times);
+        Ok(match policy::freshness(times, &entry.config, self.now()) {
+            Freshness::Fresh => served(ItemState::Fresh, item, false),
+            Freshness::Stale { .. } => served(ItemState::Stale, item, false),
+            Freshness::Absent => served(ItemState::Miss, None, false),
+        })
+    }
+
+    /// Stores `data` for an item directly; returns its expiry.
+    pub async fn set(
+        &self,
+        job: &JobName,
+        args: &[u8],
+        data: Vec<u8>,
+        lifetime: Option<Duration>,
+    ) -> Result<SystemTime, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let times = policy::times_for_new(self.now(), lifetime.unwrap_or(config.lifetime));
+        {
+            let mut table = self.shard(&key).lock();
+            self.still_known(job)?;
+            self.inner.store.put(&key, &Item { times, data })?;
+            table.write_wins(&key);
+        }
+        self.flush_if_always().await?;
+        Ok(times.expires_at)
+    }
+
+    /// Removes an item; whether it was there.
+    pub async fn delete(&self, job: &JobName, args: &[u8]) -> Result<bool, Error> {
+        let config = self.job_config(job)?;
+        let key = ItemKey::new(job, args);
+        let found = {
+            let mut table = self.shard(&key).lock();
+            let present = self.present(&key, &config)?;
+            self.inner.store.remove(&key)?;
+            table.write_wins(&key);
+            present
+        };
+        self.flush_if_always().await?;
+        Ok(found)
+    }
+
+    /// Marks a present item stale now and schedules a refresh; an absent item is left alone.
+    pub async fn invalidate(&self, job: &JobName, args: &[u8]) -> Result<InvalidateOutcome, Error> {
+        let entry = self.job_entry(job)?;
+        let config = entry.config;
+        let key = ItemKey::new(job, args);
+        let outcome = {
+            let mut table = self.shard(&key).lock();
+            let now = self.now();
+            let Some(mut item) = self.inner.store.get(&key)? else {
+                return Ok(InvalidateOutcome::default());
+            };
+            if policy::is_past_ttl(item.times.stored_at, &config, now) {
+                return Ok(InvalidateOutcome::default());
+            }
+            // An item stale already keeps its staleness (it matters to the threshold).
+            item.times.expires_at = item.times.expires_at.min(now);
+            self.still_known(job)?;
+            self.inner.store.put(&key, &item)?;
+            let refresh_scheduled = if let Some(flight) = table.flights.get_mut(&key) {
+                // That fetch may have read the old data: one more refresh follows it.
+                flight.reinvalidate = true;
+                true
+            } else if table.backed_off(&key) || self.inner.workers.queue_full(job) {
+                false
+            } else {
+                entry.metrics.refreshes_scheduled.inc();
+                self.start_flight(
+                    &mut table,
+                    &key,
+                    job,
+                    &config,
+                    &entry.metrics,
+                    FetchReason::Invalidated,
+                );
+                true
+            };
+            InvalidateOutcome {
+                found: true,
+                refresh_scheduled,
+            }
+        };
+        self.flush_if_always().await?;
+        Ok(outcome)
+    }
+
+    /// Before a clean stop: the store records what its next start may skip, and flushes.
+    pub async fn close(&self) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| Error::Store(format!("close task failed: {e}")))?
+    }
+
+    /// Makes every acknowledged write durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| Error::Store(format!("flush task failed: {e}")))?
+    }
+
+    async fn flush_if_always(&self) -> Result<(), Error> {
+        match self.inner.settings.durability {
+            Durability::Always => self.flush().await,
+            Durability::Interval => Ok(()),
+        }
+    }
+
+    fn present(&self, key: &ItemKey, config: &JobConfig) -> Result<bool, Error> {
+        Ok(self
+            .inner
+            .store
+            .get(key)?
+            .is_some_and(|i| !policy::is_past_ttl(i.times.stored_at, config, self.now())))
+    }
+}
+
+fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetOutcome {
+    let (data, times) = match item {
+        Some(i) => (i.data, Some(i.times)),
+        None => (Vec::new(), None),
+    };
+    GetOutcome {
+        state,
+        data,
+        times,
+        refresh_scheduled,
+        fetched: false,
+    }
+}

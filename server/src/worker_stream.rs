@@ -1,0 +1,192 @@
+//! One worker's `RegisterJob` stream, as a state machine: it waits for `Register`, then
+//! (registered) takes `FetchResult`s until the stream ends, the worker misbehaves or the
+//! daemon stops; then its worker is unregistered, so its fetches fail over. The service
+//! only hands the stream over ([`open`]); the registry (`workers`) keeps the fetches.
+
+use std::pin::Pin;
+
+use cachebackd_proto::v1::{self as pb, daemon_message, worker_message};
+use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Status, Streaming};
+use uuid::Uuid;
+
+use crate::convert;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::model::{JobConfig, JobName};
+use crate::shutdown::Shutdown;
+use crate::workers::{Answered, Outbound, RequestId, WorkerId};
+
+/// What the daemon sends down a worker's stream.
+pub(crate) type DaemonStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DaemonMessage, Status>> + Send>>;
+
+/// Serves `inbound` in its own task (owned by `shutdown`) until it ends or the daemon
+/// closes; the stream of what the
+/// daemon sends back (`Registered` first, then fetches).
+pub(crate) fn open(
+    engine: Engine,
+    shutdown: Shutdown,
+    mut inbound: Streaming<pb::WorkerMessage>,
+) -> DaemonStream {
+    // Room for every fetch the worker may hold, plus Registered and a closing error.
+    let (tx, rx) = mpsc::channel::<Outbound>(MAX_MAX_IN_FLIGHT as usize + 2);
+    let (reg_tx, reg_rx) = mpsc::channel::<Result<pb::DaemonMessage, Status>>(1);
+    shutdown.clone().spawn(async move {
+        let stream = WorkerStream {
+            engine,
+            shutdown,
+            tx,
+        };
+        stream.run(&mut inbound, reg_tx).await;
+    });
+    let fetches = ReceiverStream::new(rx).map(|out| match out {
+        Outbound::Fetch(order) => Ok(convert::fetch_request(order)),
+        Outbound::Close(e) => Err(Status::from(e)),
+    });
+    // Registered (or the registration's error) always comes first.
+    let stream = ReceiverStream::new(reg_rx).chain(fetches);
+    Box::pin(stream)
+}
+
+/// One worker's stream: registration, then its answers, until it ends or the daemon stops.
+struct WorkerStream {
+    engine: Engine,
+    shutdown: Shutdown,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl WorkerStream {
+    async fn run(
+        self,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+        reg_tx: mpsc::Sender<Result<pb::DaemonMessage, Status>>,
+    ) {
+        let first = tokio::select! {
+            _ = self.shutdown.closing() => return,
+            m = inbound.message() => m,
+        };
+        let register = match first {
+            Ok(Some(pb::WorkerMessage {
+                kind: Some(worker_message::Kind::Register(r)),
+            })) => r,
+            Ok(Some(_)) => {
+                let _ = reg_tx
+                    .send(Err(Status::failed_precondition(
+                        "the first message on a RegisterJob stream must be Register",
+                    )))
+                    .await;
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let (job, config, worker_id, max_in_flight) = match self.register(register).await {
+            Ok(registration) => registration,
+            Err(status) => {
+                let _ = reg_tx.send(Err(status)).await;
+                return;
+            }
+        };
+        // Counted as a worker of the job before it hears Registered, so that whoever sees
+        // the registration also sees the worker. Its fetches cannot overtake Registered:
+        // the response stream reads them only once `reg_tx` is dropped.
+        self.engine
+            .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
+        let registered = pb::DaemonMessage {
+            kind: Some(daemon_message::Kind::Registered(pb::Registered {
+                worker_id: worker_id.to_string(),
+                config: Some(convert::job_config_to_proto(&config)),
+            })),
+        };
+        if reg_tx.send(Ok(registered)).await.is_err() {
+            self.engine.workers().unregister(&job, worker_id);
+            return;
+        }
+        drop(reg_tx);
+        tracing::info!(%job, worker = %worker_id, max_in_flight, "worker registered");
+        let end = self.serve(inbound, &job, worker_id).await;
+        self.engine.workers().unregister(&job, worker_id);
+        match end {
+            Some(e) => {
+                tracing::warn!(%job, worker = %worker_id, error = %e, "worker stream ended with an error");
+                let _ = self.tx.send(Outbound::Close(e)).await;
+            }
+            None => tracing::info!(%job, worker = %worker_id, "worker stream ended"),
+        }
+    }
+
+    async fn register(
+        &self,
+        r: pb::Register,
+    ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
+        let job = JobName::parse(&r.job, self.engine.limits())?;
+        let config = convert::job_config(r.config.unwrap_or_default(), self.engine.job_defaults())?;
+        let max_in_flight = match r.max_in_flight {
+            0 => DEFAULT_MAX_IN_FLIGHT,
+            n if n > MAX_MAX_IN_FLIGHT => {
+                return Err(Status::invalid_argument(format!(
+                    "max_in_flight {n} is over the limit of {MAX_MAX_IN_FLIGHT}"
+                )))
+            }
+            n => n,
+        };
+        self.engine.register_job(&job, config).await?;
+        Ok((job, config, Uuid::new_v4(), max_in_flight as usize))
+    }
+
+    /// Takes the worker's answers until its stream ends (`None`) or misbehaves (`Some`).
+    async fn serve(
+        &self,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+        job: &JobName,
+        worker: WorkerId,
+    ) -> Option<Error> {
+        loop {
+            let message = tokio::select! {
+                _ = self.shutdown.closing() => return None,
+                m = inbound.message() => m,
+            };
+            let result = match message {
+                Ok(Some(pb::WorkerMessage {
+                    kind: Some(worker_message::Kind::Result(result)),
+                })) => result,
+                Ok(Some(pb::WorkerMessage {
+                    kind: Some(worker_message::Kind::Register(_)),
+                })) => {
+                    return Some(Error::FailedPrecondition(
+                        "this stream is registered already: a second Register is not allowed"
+                            .into(),
+                    ))
+                }
+                Ok(Some(pb::WorkerMessage { kind: None })) => {
+                    return Some(Error::InvalidArgument(
+                        "a WorkerMessage must hold Register or FetchResult".into(),
+                    ))
+                }
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::info!(%job, %worker, %status, "worker stream broke");
+                    return None;
+                }
+            };
+            let outcome = convert::fetch_outcome(result.outcome);
+            let workers = self.engine.workers();
+            let answered = match RequestId::parse(&result.request_id) {
+                Some(id) => workers.answer(job, worker, id, outcome),
+                None => workers.unknown_answer(),
+            };
+            match answered {
+                Answered::Delivered => {}
+                Answered::Late => {
+                    tracing::info!(%job, %worker, request_id = %result.request_id, "late answer dropped")
+                }
+                Answered::Unknown => {
+                    tracing::warn!(%job, %worker, request_id = %result.request_id, "answer to no fetch in flight on this stream dropped")
+                }
+            }
+        }
+    }
+}
