@@ -21,6 +21,7 @@ import {
   type SetResponse__Output,
 } from "./proto";
 import { fromTimestamp, toDuration } from "./time";
+import { CLIENT_MAX_MESSAGE_BYTES, MAX_GET_MANY } from "./wire";
 
 /** The environment variable a `Client` without a URL reads (the Rust and Python clients' too). */
 export const URL_ENV = "CACHEBACKD_URL";
@@ -29,10 +30,10 @@ export const TOKEN_ENV = "CACHEBACKD_TOKEN";
 /** Where the daemon listens when nothing says otherwise. */
 export const DEFAULT_URL = "http://127.0.0.1:7070";
 /** GetMany takes at most this many Gets a call; longer lists are split. */
-export const GET_MANY_LIMIT = 1000;
+export const GET_MANY_LIMIT = MAX_GET_MANY;
 /** gRPC's default 4 MiB receive limit is exactly the daemon's data limit, too small for
  * a response carrying 4 MiB of data plus its envelope. */
-export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+export const MAX_MESSAGE_BYTES = CLIENT_MAX_MESSAGE_BYTES;
 
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,

@@ -24,6 +24,7 @@ export {
   Client,
   DEFAULT_URL,
   GET_MANY_LIMIT,
+  MAX_MESSAGE_BYTES,
   Item,
   TOKEN_ENV,
   URL_ENV,
@@ -40,3 +41,4 @@ export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
 export { CachebackError, FetchFailed } from "./errors";
 export { FunctionJob, Job, NAME_PATTERN, cacheback, validateName, type CachebackOptions, type CachedFunction } from "./job";
 export { ABANDONED, Worker, type Logger, type Servable, type WorkerOptions } from "./worker";
+export * as wire from "./wire";

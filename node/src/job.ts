@@ -14,9 +14,16 @@ import { decodeJson, encodeArgs, encodeJson } from "./codec";
 import { CachebackError } from "./errors";
 import type { JobConfig } from "./proto";
 import { toDuration } from "./time";
+import {
+  DEFAULT_MAX_IN_FLIGHT,
+  JOB_CACHE_TTL_SECS,
+  JOB_FETCH_ON_MISS,
+  JOB_REFRESH_TIMEOUT_SECS,
+  MAX_JOB_NAME_BYTES,
+} from "./wire";
 
 /** Job names the daemon accepts (PROTOCOL.md, "Errors"). */
-export const NAME_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+export const NAME_PATTERN = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_JOB_NAME_BYTES}}$`);
 
 /** Returns `name` if the daemon accepts it as a job name, else throws a TypeError. */
 export function validateName(name: string): string {
@@ -28,8 +35,6 @@ export function validateName(name: string): string {
   }
   return name;
 }
-
-const DAY = 24 * 60 * 60;
 
 /**
  * A cached, background-refreshed computation, as in django-cacheback.
@@ -51,21 +56,22 @@ const DAY = 24 * 60 * 60;
 export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
   /** The job's name on the daemon: the class's name unless set. */
   name: string;
-  /** How long fetched data is fresh, in seconds (cacheback's default, 10 minutes, as the
-   * Python client's). */
+  /** How long fetched data is fresh, in seconds: cacheback's default, 10 minutes, as the
+   * Python client's (the one deliberate difference from the daemon's JOB_LIFETIME_SECS),
+   * so that a ported job keeps it. */
   lifetime = 600;
   /** How long one fetch may take before it counts as lost; also the fetch deadline. */
-  refreshTimeout = 60;
+  refreshTimeout = JOB_REFRESH_TIMEOUT_SECS;
   /** A miss waits for a synchronous fetch (true) or returns null at once and fills
    * asynchronously (false). */
-  fetchOnMiss = true;
+  fetchOnMiss = JOB_FETCH_ON_MISS;
   /** If an item has been stale for longer than this, `get` fetches synchronously instead
    * of serving it (null: never); the daemon applies it. */
   fetchOnStaleThreshold: number | null = null;
   /** Hard limit: an item older than this (since it was stored) is never served. */
-  cacheTtl = 30 * DAY;
+  cacheTtl = JOB_CACHE_TTL_SECS;
   /** How many fetches of this job a worker runs at once. */
-  maxInFlight = 16;
+  maxInFlight = DEFAULT_MAX_IN_FLIGHT;
 
   private readonly explicitClient: Client | undefined;
 

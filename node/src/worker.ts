@@ -23,6 +23,7 @@ import { decodeArgs } from "./codec";
 import { Job, type CachedFunction } from "./job";
 import type { DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
 import { fromTimestamp, toDuration } from "./time";
+import { RECONNECT_MAX_MILLIS, RECONNECT_MIN_MILLIS } from "./wire";
 
 /** What `Worker.serve` takes: a Job, a Job subclass with a no-argument constructor, or a
  * `cacheback()` function. */
@@ -45,7 +46,7 @@ export interface WorkerOptions {
   /** Reported to the daemon; default `node-<host>-<pid>`. */
   name?: string;
   /** First wait before reconnecting, in seconds (default 0.1); doubles up to `reconnectMax`
-   * (default 5), each wait drawn between half and all of that. */
+   * (default 10), each wait drawn between half and all of that. */
   reconnectInitial?: number;
   reconnectMax?: number;
   /** How long `stop()` waits for fetches in flight and the streams' end, in seconds (default 10). */
@@ -124,8 +125,8 @@ export class Worker {
   constructor(options: WorkerOptions = {}) {
     this.client = options.client ?? defaultClient();
     this.name = options.name ?? `node-${hostname()}-${process.pid}`;
-    this.reconnectInitial = options.reconnectInitial ?? 0.1;
-    this.reconnectMax = options.reconnectMax ?? 5;
+    this.reconnectInitial = options.reconnectInitial ?? RECONNECT_MIN_MILLIS / 1000;
+    this.reconnectMax = options.reconnectMax ?? RECONNECT_MAX_MILLIS / 1000;
     this.stopGrace = options.stopGrace ?? 10;
     this.logger = options.logger ?? DEFAULT_LOGGER;
     this.changes.setMaxListeners(0);
