@@ -20,6 +20,7 @@ import {
   type ListJobsResponse__Output,
   type SetResponse__Output,
 } from "./proto";
+import { channelSecurity, checkPlaintextToken, tlsFromEnv, type TlsOptions } from "./security";
 import { fromTimestamp, toDuration } from "./time";
 import { CLIENT_MAX_MESSAGE_BYTES, MAX_GET_MANY } from "./wire";
 
@@ -89,8 +90,13 @@ export interface ClientOptions {
   /** The deadline of every call, in seconds. Unset (the default): none, and a
    * synchronous fetch is then bounded by the job's refresh_timeout on the daemon's side. */
   timeout?: number;
-  /** Sent with every call as `authorization: Bearer <token>`; default `$CACHEBACKD_TOKEN`. */
+  /** Sent with every call as `authorization: Bearer <token>`; default `$CACHEBACKD_TOKEN`.
+   * Never sent in plaintext beyond this machine unless `allowPlaintextToken`. */
   token?: string;
+  allowPlaintextToken?: boolean;
+  /** TLS settings; `true`: TLS from the environment on a `host:port` URL. Default: TLS
+   * from the environment (CACHEBACKD_TLS_CA, _CERT, _KEY) for an `https://` URL, else none. */
+  tls?: TlsOptions | boolean;
   /** grpc-js channel options, over ours. */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -101,16 +107,16 @@ export interface CallOptions {
   timeout?: number;
 }
 
-/** The grpc-js target for a cachebackd URL: `http://host:port`, `host:port` or `unix:/path`. */
-export function resolveTarget(url: string | undefined): string {
+/** The grpc-js target for a cachebackd URL (`http://host:port`, `https://host:port`,
+ * `host:port` or `unix:/path`), and whether the URL asks for TLS. */
+export function resolveTarget(url: string | undefined): { target: string; https: boolean } {
   const given = url || process.env[URL_ENV] || DEFAULT_URL;
-  for (const scheme of ["http://", "grpc://"]) {
-    if (given.startsWith(scheme)) return given.slice(scheme.length).replace(/\/+$/, "");
+  for (const scheme of ["http://", "grpc://", "https://"]) {
+    if (given.startsWith(scheme)) {
+      return { target: given.slice(scheme.length).replace(/\/+$/, ""), https: scheme === "https://" };
+    }
   }
-  if (given.startsWith("https://")) {
-    throw new CachebackError(grpc.status.INVALID_ARGUMENT, `${given}: TLS is not supported by this client yet`);
-  }
-  return given;
+  return { target: given, https: false };
 }
 
 /** How one Get may read: the job's policy overridden, or a peek. */
@@ -177,14 +183,22 @@ export class Client {
   readonly stub: CachebackClient;
   readonly timeout: number | undefined;
   private readonly token: string | undefined;
+  private readonly credentials: grpc.ChannelCredentials;
 
   constructor(url?: string, options: ClientOptions = {}) {
-    this.target = resolveTarget(url);
+    const { target, https } = resolveTarget(url);
+    this.target = target;
     this.timeout = options.timeout;
     this.token = options.token || process.env[TOKEN_ENV] || undefined;
+    const fromEnv = options.tls === true || (options.tls === undefined && https);
+    const tls = typeof options.tls === "object" ? options.tls : fromEnv ? tlsFromEnv() : undefined;
+    checkPlaintextToken(target, this.token, tls !== undefined, options.allowPlaintextToken ?? false);
+    const security = channelSecurity(tls);
+    this.credentials = security.credentials;
     const Cacheback = cachebackV1().Cacheback;
-    this.stub = new Cacheback(this.target, grpc.credentials.createInsecure(), {
+    this.stub = new Cacheback(this.target, this.credentials, {
       ...CHANNEL_OPTIONS,
+      ...security.options,
       ...options.channelOptions,
     });
   }
@@ -277,7 +291,7 @@ export class Client {
    * (CachebackAdmin.ListJobs, on this client's channel). */
   async workers(options: CallOptions = {}): Promise<Map<string, number>> {
     const Admin = cachebackV1().CachebackAdmin;
-    const admin = new Admin(this.target, grpc.credentials.createInsecure(), { channelOverride: this.stub.getChannel() });
+    const admin = new Admin(this.target, this.credentials, { channelOverride: this.stub.getChannel() });
     const reply = await this.call<ListJobsResponse__Output>((m, o, cb) => admin.ListJobs({}, m, o, cb), options);
     return new Map(reply.jobs.map((job) => [job.name, job.workers]));
   }

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
 
-import { CachebackError, Client, FetchFailed, Job, TOKEN_ENV, URL_ENV, Worker, cacheback, defaultClient, setDefaultClient } from "../src";
+import { CachebackError, Client, FetchFailed, Job, isLocal, TOKEN_ENV, URL_ENV, Worker, cacheback, defaultClient, setDefaultClient } from "../src";
 import { Fixture, eventually, signal } from "./harness";
 
 /** A job that counts its fetches and answers `<user> #<n>`. */
@@ -279,6 +279,19 @@ test("a token travels as a bearer credential on every call, from the option or C
     assert.deepEqual(await given.workers(), new Map([["test.Tweets", 1]]));
   } finally {
     for (const c of [given, fromEnv]) c.close();
+  }
+});
+
+test("a token is never sent in plaintext to another machine unless allowed", () => {
+  for (const local of ["127.0.0.1:7070", "127.1.2.3:1", "localhost:7070", "[::1]:7070", "unix:/run/x.sock"]) {
+    assert.ok(isLocal(local), local);
+    new Client(local, { token: "t" }).close();
+  }
+  for (const remote of ["10.0.0.1:7070", "cache.internal:7070", "[2001:db8::1]:7070"]) {
+    assert.ok(!isLocal(remote), remote);
+    assert.throws(() => new Client(`http://${remote}`, { token: "t" }), /refusing to send a bearer token in plaintext/);
+    new Client(remote, { token: "t", allowPlaintextToken: true }).close();
+    new Client(remote).close(); // no token, nothing to guard
   }
 });
 
