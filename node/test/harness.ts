@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { Client, Worker, type Job, type Logger } from "../src";
+import { Client, Worker, type ClientOptions, type Job, type Logger } from "../src";
 
 /** The repository root (this file runs from node/dist/test). */
 export const REPO = resolve(__dirname, "..", "..", "..");
@@ -67,12 +67,14 @@ export class Daemon {
     readonly listen: string,
     readonly dir: string,
     private readonly args: string[],
+    /** How the readiness probe connects (TLS for a TLS daemon). */
+    private readonly probeOptions: ClientOptions,
   ) {}
 
   /** Starts a daemon on `listen` (default: a free port of 127.0.0.1) and waits until it answers. */
-  static async start(options: { listen?: string; args?: string[] } = {}): Promise<Daemon> {
+  static async start(options: { listen?: string; args?: string[]; probe?: ClientOptions } = {}): Promise<Daemon> {
     const dir = mkdtempSync(join(tmpdir(), "cachebackd-node-"));
-    const daemon = new Daemon(options.listen ?? `127.0.0.1:${await freePort()}`, dir, options.args ?? []);
+    const daemon = new Daemon(options.listen ?? `127.0.0.1:${await freePort()}`, dir, options.args ?? [], options.probe ?? {});
     await daemon.spawn();
     return daemon;
   }
@@ -94,7 +96,7 @@ export class Daemon {
     });
     this.proc = proc;
     this.exited = new Promise((ok) => proc.on("exit", (code, signal) => ok(code ?? (signal ? 128 : -1))));
-    const probe = new Client(this.url);
+    const probe = new Client(this.url, this.probeOptions);
     try {
       await probe.waitForReady(WAIT);
     } catch (error) {
