@@ -29,7 +29,5 @@ mod service;
 pub mod shutdown;
 mod store;
 pub mod systemd;
-#[cfg(test)]
-mod testing;
 mod worker_stream;
 mod workers;

@@ -26,6 +26,8 @@ mod flights;
 mod jobs;
 mod sweeper;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

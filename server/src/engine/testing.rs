@@ -11,9 +11,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::{Engine, EngineSettings};
 use crate::clock::Clock;
 use crate::counters::Metrics;
-use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName, Limits};
 use crate::policy;
