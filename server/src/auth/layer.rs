@@ -344,7 +344,6 @@ impl Access {
     }
 
     /// Whether the caller may use `job` (PERMISSION_DENIED, counted and logged, if not).
-
     pub(crate) fn allow(&self, job: &JobName) -> Result<(), Status> {
         let job = job.as_str();
         match &self.caller {
