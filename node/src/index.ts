@@ -48,6 +48,7 @@ export {
   validateName,
   type CachebackOptions,
   type CachedFunction,
+  type FetchOutcome,
   type JobReader,
   type JobReadOptions,
 } from "./job";

@@ -23,6 +23,10 @@ import {
   MAX_JOB_NAME_BYTES,
 } from "./wire";
 
+/** What a fetch resolves to: data, data with what is stored beside it, or an outcome
+ * beyond data (see ./outcomes). */
+export type FetchOutcome<T> = T | Fetched<T> | Absent | NotModified;
+
 /** Job names the daemon accepts (PROTOCOL.md, "Errors"). */
 export const NAME_PATTERN = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_JOB_NAME_BYTES}}$`);
 
@@ -99,8 +103,9 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
 
   // What to override.
 
-  /** Computes the data for `args`; runs in a worker. */
-  abstract fetch(...args: A): Promise<T> | T;
+  /** Computes the data for `args`; runs in a worker. It may also return (or throw) an
+   * `Absent` or a `NotModified`, or return a `Fetched` (data with validator and tags). */
+  abstract fetch(...args: A): Promise<FetchOutcome<T>> | FetchOutcome<T>;
 
   /**
    * Fetches many items at once, when the daemon hands the worker a batch (`maxBatch` > 1):
@@ -108,7 +113,7 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
    * `Fetched`, an `Absent`, a `NotModified`) or an Error, which fails that item alone. By
    * default each runs as its own `fetch`; override it to make one origin call for all.
    */
-  async fetchMany(argLists: readonly A[]): Promise<(T | Fetched<T> | Absent | NotModified | Error)[]> {
+  async fetchMany(argLists: readonly A[]): Promise<(FetchOutcome<T> | Error)[]> {
     return Promise.all(
       argLists.map(async (args) => {
         try {
