@@ -152,3 +152,17 @@ test("the new settings are registered, and bad ones refused", async () => {
   assert.throws(() => new Worker({ client: fx.client, logger: quietLogger() }).serve(bad), /earlyRefreshBeta/);
   await assert.rejects(fx.client.invalidateTags([]), (e: unknown) => e instanceof CachebackError && /1 to 100/.test(e.message));
 });
+
+test("a bad tag or an oversized validator fails that fetch with the daemon's message; the worker serves on", async () => {
+  const job = cacheback({ name: "tests.additions.badOutcome", client: fx.client }, function badOutcome(kind: string) {
+    if (kind === "tag") return new Fetched("x", { tags: ["not a tag!"] });
+    if (kind === "validator") return new Fetched("x", { validator: Buffer.alloc(257) });
+    return new Fetched(kind, { tags: ["fine"] });
+  });
+  await fx.worker([job.job]);
+  await assert.rejects(job("tag"), (e: unknown) => e instanceof FetchFailed && /tag/.test(e.message));
+  await assert.rejects(job("validator"), (e: unknown) => e instanceof FetchFailed && /validator/.test(e.message));
+  assert.equal((await job.job.with({ peek: true }).getItem("tag")).state, "MISS", "nothing stored");
+  const good = await job.job.getItem("good");
+  assert.deepEqual([good.data, good.tags], ["good", ["fine"]]);
+});
