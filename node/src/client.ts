@@ -17,6 +17,7 @@ import {
   type GetRequest,
   type GetResponse__Output,
   type InvalidateResponse__Output,
+  type InvalidateTagsResponse__Output,
   type ListJobsResponse__Output,
   type SetResponse__Output,
 } from "./proto";
@@ -64,6 +65,11 @@ export class Item<T> {
     readonly refreshScheduled: boolean,
     /** This call waited for a synchronous fetch (its own or one it joined). */
     readonly fetched: boolean,
+    /** The origin said there is no such data (a fetch's `Absent`): FRESH or STALE as any
+     * item, data null. */
+    readonly absent: boolean = false,
+    /** The tags stored with the item. */
+    readonly tags: readonly string[] = [],
   ) {}
 
   /** True for FRESH and STALE: there is data. */
@@ -71,10 +77,10 @@ export class Item<T> {
     return this.state !== "MISS";
   }
 
-  /** This item with its data decoded (left null on a MISS). */
+  /** This item with its data decoded (left null on a MISS and when absent). */
   decoded<U>(decode: (raw: T) => U): Item<U> {
-    const data = this.hit && this.data !== null ? decode(this.data) : null;
-    return new Item(this.state, data, this.storedAt, this.expiresAt, this.refreshScheduled, this.fetched);
+    const data = this.hit && !this.absent && this.data !== null ? decode(this.data) : null;
+    return new Item(this.state, data, this.storedAt, this.expiresAt, this.refreshScheduled, this.fetched, this.absent, this.tags);
   }
 }
 
@@ -126,12 +132,16 @@ export interface ReadOptions {
   /** Read what is stored and start nothing: no fetch, no refresh (django-cacheback's
    * raw_get). FRESH/STALE with the data, or MISS; fetchOnMiss is ignored. */
   peek?: boolean;
+  /** Accept data at most this many seconds old (since it was stored): older data, fresh
+   * or stale, is fetched synchronously (if that fails, the old data is answered). */
+  maxAge?: number;
 }
 
 function getRequest(job: string, args: Uint8Array, read: ReadOptions): GetRequest {
   const request: GetRequest = { job, args };
   if (read.fetchOnMiss !== undefined) request.fetchOnMiss = read.fetchOnMiss;
   if (read.peek) request.peek = true;
+  if (read.maxAge !== undefined) request.maxAge = toDuration(read.maxAge, "maxAge");
   return request;
 }
 
@@ -149,11 +159,13 @@ function itemFromReply(reply: GetResponse__Output): Item<Buffer> {
   const hit = state !== "MISS";
   return new Item<Buffer>(
     state,
-    hit ? reply.data : null,
+    hit && !reply.absent ? reply.data : null,
     fromTimestamp(reply.storedAt),
     fromTimestamp(reply.expiresAt),
     reply.refreshScheduled,
     reply.fetched,
+    reply.absent,
+    reply.tags,
   );
 }
 
@@ -269,14 +281,20 @@ export class Client {
   }
 
   /** Stores data for an item; resolves to when it stops being fresh. `lifetime`
-   * (seconds) replaces the job's lifetime for this item only. */
+   * (seconds) replaces the job's lifetime for this item only; `tags` are stored with it. */
   async set(
     job: string,
     args: Uint8Array,
     data: Uint8Array,
-    options: CallOptions & { lifetime?: number } = {},
+    options: CallOptions & { lifetime?: number; tags?: readonly string[] } = {},
   ): Promise<Date> {
-    const request = { job, args, data, ...(options.lifetime === undefined ? {} : { lifetime: toDuration(options.lifetime, "lifetime") }) };
+    const request = {
+      job,
+      args,
+      data,
+      tags: [...(options.tags ?? [])],
+      ...(options.lifetime === undefined ? {} : { lifetime: toDuration(options.lifetime, "lifetime") }),
+    };
     const reply = await this.call<SetResponse__Output>((m, o, cb) => this.stub.Set(request, m, o, cb), options);
     return fromTimestamp(reply.expiresAt) ?? new Date(0);
   }
@@ -285,6 +303,18 @@ export class Client {
   async invalidate(job: string, args: Uint8Array, options: CallOptions = {}): Promise<Invalidated> {
     const reply = await this.call<InvalidateResponse__Output>((m, o, cb) => this.stub.Invalidate({ job, args }, m, o, cb), options);
     return { found: reply.found, refreshScheduled: reply.refreshScheduled };
+  }
+
+  /** Marks stale every item, of any job, that carries one of `tags` (1 to 100, each
+   * spelled like a job name) and was stored up to now: each is served STALE and refreshes
+   * on its next read (nothing is fetched at the call). Resolves to the instant of the mark. */
+  async invalidateTags(tags: readonly string[], options: CallOptions = {}): Promise<Date> {
+    const request = { tags: [...tags] };
+    const reply = await this.call<InvalidateTagsResponse__Output>(
+      (m, o, cb) => this.stub.InvalidateTags(request, m, o, cb),
+      options,
+    );
+    return fromTimestamp(reply.invalidatedBefore) ?? new Date(0);
   }
 
   /** Every job the daemon knows, with how many worker streams serve it now

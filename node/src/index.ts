@@ -40,6 +40,18 @@ export {
 export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
 export { CachebackError, FetchFailed } from "./errors";
 export { TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, isLocal, tlsFromEnv, type TlsOptions } from "./security";
-export { FunctionJob, Job, NAME_PATTERN, cacheback, validateName, type CachebackOptions, type CachedFunction } from "./job";
+export {
+  FunctionJob,
+  Job,
+  NAME_PATTERN,
+  cacheback,
+  validateName,
+  type CachebackOptions,
+  type CachedFunction,
+  type FetchOutcome,
+  type JobReader,
+  type JobReadOptions,
+} from "./job";
 export { ABANDONED, Worker, type Logger, type Servable, type WorkerOptions } from "./worker";
 export * as wire from "./wire";
+export { Absent, Fetched, NotModified, fetchContext, type FetchContext, type FetchReason, type FetchedOptions } from "./outcomes";

@@ -9,9 +9,10 @@
  * Python clients.
  */
 
-import { Client, defaultClient, type Invalidated, Item } from "./client";
+import { Client, defaultClient, type Invalidated, Item, type ReadOptions } from "./client";
 import { decodeJson, encodeArgs, encodeJson } from "./codec";
 import { CachebackError } from "./errors";
+import type { Absent, Fetched, NotModified } from "./outcomes";
 import type { JobConfig } from "./proto";
 import { toDuration } from "./time";
 import {
@@ -21,6 +22,10 @@ import {
   JOB_REFRESH_TIMEOUT_SECS,
   MAX_JOB_NAME_BYTES,
 } from "./wire";
+
+/** What a fetch resolves to: data, data with what is stored beside it, or an outcome
+ * beyond data (see ./outcomes). */
+export type FetchOutcome<T> = T | Fetched<T> | Absent | NotModified;
 
 /** Job names the daemon accepts (PROTOCOL.md, "Errors"). */
 export const NAME_PATTERN = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_JOB_NAME_BYTES}}$`);
@@ -72,6 +77,17 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
   cacheTtl = JOB_CACHE_TTL_SECS;
   /** How many fetches of this job a worker runs at once. */
   maxInFlight = DEFAULT_MAX_IN_FLIGHT;
+  /** XFetch early refresh: a read of a FRESH item near its expiry starts one refresh
+   * (reason EARLY), so hot items never turn stale. 1.0 is the paper's optimum; larger
+   * refreshes earlier; null (the default): off. */
+  earlyRefreshBeta: number | null = null;
+  /** How long an `Absent` stays fresh, in seconds (null: the job's lifetime). */
+  absentLifetime: number | null = null;
+  /** How long a failed fetch of a missing item is remembered, in seconds: a synchronous
+   * `get` within it fails at once with the same message, sparing the origin (null: off). */
+  errorTtl: number | null = null;
+  /** Up to this many fetches reach `fetchMany` at once (1: one `fetch` per item). */
+  maxBatch = 1;
 
   private readonly explicitClient: Client | undefined;
 
@@ -87,8 +103,34 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
 
   // What to override.
 
-  /** Computes the data for `args`; runs in a worker. */
-  abstract fetch(...args: A): Promise<T> | T;
+  /** Computes the data for `args`; runs in a worker. It may also return (or throw) an
+   * `Absent` or a `NotModified`, or return a `Fetched` (data with validator and tags). */
+  abstract fetch(...args: A): Promise<FetchOutcome<T>> | FetchOutcome<T>;
+
+  /**
+   * Fetches many items at once, when the daemon hands the worker a batch (`maxBatch` > 1):
+   * one outcome per args list, in order, each what `fetch` would resolve to (data, a
+   * `Fetched`, an `Absent`, a `NotModified`) or an Error, which fails that item alone. By
+   * default each runs as its own `fetch`; override it to make one origin call for all.
+   */
+  async fetchMany(argLists: readonly A[]): Promise<(FetchOutcome<T> | Error)[]> {
+    return Promise.all(
+      argLists.map(async (args) => {
+        try {
+          return await this.fetch(...args);
+        } catch (error) {
+          return error instanceof Error ? error : new Error(String(error));
+        }
+      }),
+    );
+  }
+
+  /** The item's tags (see `Client.invalidateTags`), stored with what a fetch or `set`
+   * stores unless the fetch gives its own: at most 32, each spelled like a job name.
+   * Default: none. */
+  tags(..._args: A): readonly string[] {
+    return [];
+  }
 
   /**
    * When data just fetched for `args` stops being fresh: a Date, or a Unix time in
@@ -126,18 +168,36 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
     return item.data;
   }
 
-  /** Like `get`, but the whole answer: state, data, storedAt, expiresAt, flags. */
+  /** Like `get`, but the whole answer: state, data, storedAt, expiresAt, absent, tags, flags. */
   async getItem(...args: A): Promise<Item<T>> {
-    const fetchOnMiss = Boolean(this.shouldMissingItemBeFetchedSynchronously(...args));
-    const item = await this.client.get(validateName(this.name), encodeArgs(args), { fetchOnMiss });
-    return item.decoded((raw) => this.decode(raw));
+    return this.with({}).getItem(...args);
+  }
+
+  /**
+   * Reads with options, keeping `get(...args)` for the arguments alone:
+   * `tweets.with({ maxAge: 5 }).get("bob")` accepts data at most 5 seconds old (older
+   * data is fetched synchronously; if that fails, the old data is answered), and
+   * `tweets.with({ peek: true }).getItem("bob")` reads what is stored and starts nothing.
+   */
+  with(options: JobReadOptions): JobReader<A, T> {
+    const read = (args: A): Promise<Item<T>> => {
+      const request: ReadOptions = options.peek
+        ? { peek: true }
+        : { fetchOnMiss: Boolean(this.shouldMissingItemBeFetchedSynchronously(...args)), maxAge: options.maxAge };
+      return this.client
+        .get(validateName(this.name), encodeArgs(args), request)
+        .then((item) => item.decoded((raw) => this.decode(raw)));
+    };
+    return {
+      get: async (...args: A) => (await read(args)).data,
+      getItem: (...args: A) => read(args),
+    };
   }
 
   /** What is stored for `args`, starting nothing: no fetch on a miss, no refresh of stale
    * data (django-cacheback's `raw_get`). FRESH or STALE with the data, or MISS. */
   async rawGet(...args: A): Promise<Item<T>> {
-    const item = await this.client.get(validateName(this.name), encodeArgs(args), { peek: true });
-    return item.decoded((raw) => this.decode(raw));
+    return this.with({ peek: true }).getItem(...args);
   }
 
   /** `get` for many items in few calls: one entry per args list, in order
@@ -168,9 +228,11 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
     return this.setWithLifetime(args, argsAndData[argsAndData.length - 1] as T, undefined);
   }
 
-  /** `set` with the item's own lifetime in seconds (undefined: the job's). */
+  /** `set` with the item's own lifetime in seconds (undefined: the job's). The job's
+   * `tags(...args)` are stored with it. */
   async setWithLifetime(args: A, data: T, lifetime: number | undefined): Promise<Date> {
-    return this.client.set(validateName(this.name), encodeArgs(args), this.encode(data), { lifetime });
+    const tags = this.tags(...args);
+    return this.client.set(validateName(this.name), encodeArgs(args), this.encode(data), { lifetime, tags });
   }
 
   /** Marks the item stale and refreshes it in the background; stale data is served until
@@ -202,6 +264,22 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
       fetchOnMiss: Boolean(this.fetchOnMiss),
       cacheTtl: toDuration(this.cacheTtl, `${this.name}: cacheTtl`),
     };
+    if (!Number.isInteger(this.maxBatch) || this.maxBatch < 1) {
+      throw new RangeError(`${this.name}: maxBatch must be a positive integer, got ${this.maxBatch}`);
+    }
+    if (this.earlyRefreshBeta !== null) {
+      if (!(this.earlyRefreshBeta > 0) || !Number.isFinite(this.earlyRefreshBeta)) {
+        throw new RangeError(`${this.name}: earlyRefreshBeta must be greater than 0 and finite, got ${this.earlyRefreshBeta}`);
+      }
+      config.earlyRefreshBeta = this.earlyRefreshBeta;
+    }
+    if (this.absentLifetime !== null) {
+      config.absentLifetime = toDuration(this.absentLifetime, `${this.name}: absentLifetime`);
+    }
+    if (this.errorTtl !== null) {
+      if (!(this.errorTtl > 0)) throw new RangeError(`${this.name}: errorTtl must be more than zero, got ${this.errorTtl}`);
+      config.errorTtl = toDuration(this.errorTtl, `${this.name}: errorTtl`);
+    }
     if (this.fetchOnStaleThreshold !== null) {
       config.fetchOnStaleThreshold = toDuration(this.fetchOnStaleThreshold, `${this.name}: fetchOnStaleThreshold`);
     }
@@ -218,6 +296,22 @@ export abstract class Job<A extends unknown[] = unknown[], T = unknown> {
   }
 }
 
+/** How `Job.with` reads. */
+export interface JobReadOptions {
+  /** Accept data at most this many seconds old (since it was stored); older data, fresh
+   * or stale, is fetched synchronously. With the job's fetchOnStaleThreshold, the
+   * smaller bound wins. */
+  maxAge?: number;
+  /** Read what is stored and start nothing (no fetch, no refresh); maxAge is ignored. */
+  peek?: boolean;
+}
+
+/** What `Job.with` returns: `get` and `getItem` with those options. */
+export interface JobReader<A extends unknown[], T> {
+  get(...args: A): Promise<T | null>;
+  getItem(...args: A): Promise<Item<T>>;
+}
+
 /** A `cacheback()` function's settings: the Job fields, its name and its client. */
 export interface CachebackOptions {
   name?: string;
@@ -227,6 +321,12 @@ export interface CachebackOptions {
   fetchOnStaleThreshold?: number | null;
   cacheTtl?: number;
   maxInFlight?: number;
+  earlyRefreshBeta?: number | null;
+  absentLifetime?: number | null;
+  errorTtl?: number | null;
+  maxBatch?: number;
+  /** The items' tags, from the function's arguments. */
+  tags?: (...args: any[]) => readonly string[];
   client?: Client;
 }
 
@@ -244,6 +344,11 @@ export class FunctionJob<A extends unknown[], T> extends Job<A, T> {
     if (options.fetchOnStaleThreshold !== undefined) this.fetchOnStaleThreshold = options.fetchOnStaleThreshold;
     if (options.cacheTtl !== undefined) this.cacheTtl = options.cacheTtl;
     if (options.maxInFlight !== undefined) this.maxInFlight = options.maxInFlight;
+    if (options.earlyRefreshBeta !== undefined) this.earlyRefreshBeta = options.earlyRefreshBeta;
+    if (options.absentLifetime !== undefined) this.absentLifetime = options.absentLifetime;
+    if (options.errorTtl !== undefined) this.errorTtl = options.errorTtl;
+    if (options.maxBatch !== undefined) this.maxBatch = options.maxBatch;
+    if (options.tags !== undefined) this.tags = options.tags;
   }
 
   fetch(...args: A): T | Promise<T> {

@@ -16,6 +16,7 @@ export type { DaemonMessage__Output } from "./generated/cacheback/v1/DaemonMessa
 export type { DeleteResponse__Output } from "./generated/cacheback/v1/DeleteResponse";
 export type { GetManyResponse__Output } from "./generated/cacheback/v1/GetManyResponse";
 export type { InvalidateResponse__Output } from "./generated/cacheback/v1/InvalidateResponse";
+export type { InvalidateTagsResponse__Output } from "./generated/cacheback/v1/InvalidateTagsResponse";
 export type { ListJobsResponse__Output } from "./generated/cacheback/v1/ListJobsResponse";
 export type { SetResponse__Output } from "./generated/cacheback/v1/SetResponse";
 export type { Duration } from "./generated/google/protobuf/Duration";

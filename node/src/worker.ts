@@ -21,6 +21,7 @@ import { debuglog } from "node:util";
 import { Client, defaultClient } from "./client";
 import { decodeArgs } from "./codec";
 import { Job, type CachedFunction } from "./job";
+import { Absent, Fetched, NotModified, withFetchContext, type FetchReason } from "./outcomes";
 import type { DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
 import { fromTimestamp, toDuration } from "./time";
 import { RECONNECT_MAX_MILLIS, RECONNECT_MIN_MILLIS } from "./wire";
@@ -308,7 +309,9 @@ class JobStream {
           );
           this.worker.changed(true);
         } else if (message.kind === "fetch" && message.fetch) {
-          this.dispatch(call, message.fetch, () => ended);
+          this.dispatch(call, [message.fetch], () => ended);
+        } else if (message.kind === "batch" && message.batch) {
+          this.dispatch(call, message.batch.fetches, () => ended);
         }
       });
       call.on("error", (error: grpc.ServiceError) => {
@@ -325,24 +328,28 @@ class JobStream {
           config: this.job.config(),
           maxInFlight: this.maxInFlight,
           workerName: this.worker.name,
+          maxBatch: this.job.maxBatch,
         },
       });
     });
   }
 
+  /** Runs one FetchRequest, or a FetchBatch's, and writes each result as it is known.
+   * Every fetch of a batch counts in flight, as on the daemon's side. */
   private dispatch(
     call: grpc.ClientDuplexStream<WorkerMessage, DaemonMessage__Output>,
-    request: FetchRequest__Output,
+    requests: FetchRequest__Output[],
     ended: () => boolean,
   ): void {
-    if (this.worker.stopSignal.aborted) return; // unanswered: the daemon gives it to another worker when the stream ends
-    this.inFlight++;
-    void this.answer(request)
-      .then((result) => {
-        if (!ended() && call.writable) call.write({ result });
+    if (this.worker.stopSignal.aborted || requests.length === 0) return; // unanswered: the daemon gives it to another worker when the stream ends
+    this.inFlight += requests.length;
+    const answered = requests.length === 1 ? this.answer(requests[0]).then((r) => [r]) : this.answerBatch(requests);
+    void answered
+      .then((results) => {
+        for (const result of results) if (!ended() && call.writable) call.write({ result });
       })
       .finally(() => {
-        this.inFlight--;
+        this.inFlight -= requests.length;
         this.worker.changed();
       });
   }
@@ -350,23 +357,103 @@ class JobStream {
   /** Runs the fetch; anything it throws becomes a FetchError, never a dead worker. A fetch
    * still running at its deadline is abandoned: the daemon has stopped waiting for it, and
    * the answer frees the slot it holds on the daemon's side (a promise cannot be
-   * cancelled, so the fetch itself runs on, and its result is dropped). */
+   * cancelled, so the fetch itself runs on, and its result is dropped). The fetch runs
+   * inside its `fetchContext()`. */
   private async answer(request: FetchRequest__Output): Promise<FetchResult> {
     const started = Date.now();
+    let args: unknown[] = [];
+    let outcome: unknown;
     try {
-      const args = decodeArgs(request.args);
-      const data = this.job.encode(await beforeDeadline(this.job.fetch(...args), fromTimestamp(request.deadline)));
-      const lifetime = this.job.itemLifetime(args);
+      args = decodeArgs(request.args);
+      const context = { reason: reasonOf(request.reason), validator: request.validator.length > 0 ? request.validator : null };
+      outcome = await beforeDeadline(
+        withFetchContext(context, () => this.job.fetch(...args)),
+        fromTimestamp(request.deadline),
+      );
+    } catch (error) {
+      outcome = new Thrown(error);
+    }
+    const result = this.result(request, args, outcome);
+    if (!result.error) {
       this.worker.logger.debug(
         `job ${this.job.name}: fetched ${request.args.toString()} (${request.reason}) in ${Date.now() - started} ms`,
       );
+    }
+    return result;
+  }
+
+  /** One `fetchMany` for a batch; each outcome becomes its own result (an error for one
+   * item fails that item; one from `fetchMany` itself, or a wrong count, fails all). */
+  private async answerBatch(requests: FetchRequest__Output[]): Promise<FetchResult[]> {
+    const results: FetchResult[] = [];
+    const good: { request: FetchRequest__Output; args: unknown[] }[] = [];
+    for (const request of requests) {
+      try {
+        good.push({ request, args: decodeArgs(request.args) });
+      } catch (error) {
+        results.push(this.result(request, [], new Thrown(error)));
+      }
+    }
+    if (good.length === 0) return results;
+    const deadlines = good.map((g) => fromTimestamp(g.request.deadline)).filter((d): d is Date => d !== null);
+    const deadline = deadlines.length === 0 ? null : new Date(Math.min(...deadlines.map((d) => d.getTime())));
+    let outcomes: unknown[];
+    try {
+      outcomes = await beforeDeadline(this.job.fetchMany(good.map((g) => g.args)), deadline);
+      if (!Array.isArray(outcomes) || outcomes.length !== good.length) {
+        throw new Error(`fetchMany answered ${Array.isArray(outcomes) ? outcomes.length : "no array"} results for ${good.length} calls`);
+      }
+    } catch (error) {
+      outcomes = good.map(() => new Thrown(error));
+    }
+    good.forEach((g, i) => results.push(this.result(g.request, g.args, outcomes[i])));
+    return results;
+  }
+
+  /** What a fetch came to, as its FetchResult: data (plain or `Fetched`), an `Absent`, a
+   * `NotModified` (thrown or returned), or a failure (any other error, or data that does
+   * not encode). */
+  private result(request: FetchRequest__Output, args: unknown[], said: unknown): FetchResult {
+    const requestId = request.requestId;
+    const outcome = said instanceof Thrown ? said.error : said;
+    try {
+      if (outcome instanceof Absent) {
+        const tags = outcome.tags.length > 0 ? outcome.tags : this.job.tags(...args);
+        const lifetime = outcome.lifetime === undefined ? {} : { lifetime: toDuration(outcome.lifetime, "Absent lifetime") };
+        return { requestId, absent: { tags: [...tags], ...lifetime } };
+      }
+      if (outcome instanceof NotModified) {
+        const lifetime = outcome.lifetime === undefined ? {} : { lifetime: toDuration(outcome.lifetime, "NotModified lifetime") };
+        return { requestId, notModified: lifetime };
+      }
+      if (said instanceof Thrown || outcome instanceof Error) throw outcome;
+      const fetched = outcome instanceof Fetched ? outcome : new Fetched(outcome);
+      const data = this.job.encode(fetched.data);
+      const tags = fetched.tags.length > 0 ? fetched.tags : this.job.tags(...args);
+      const lifetime = fetched.lifetime ?? this.job.itemLifetime(args);
       return {
-        requestId: request.requestId,
-        value: lifetime === undefined ? { data } : { data, lifetime: toDuration(lifetime) },
+        requestId,
+        value: {
+          data,
+          tags: [...tags],
+          ...(fetched.validator === undefined ? {} : { validator: fetched.validator }),
+          ...(lifetime === undefined ? {} : { lifetime: toDuration(lifetime) }),
+        },
       };
     } catch (error) {
       this.worker.logger.warn(`job ${this.job.name}: fetch ${request.args.toString()} (${request.reason}) failed: ${describe(error)}`);
-      return { requestId: request.requestId, error: { message: describe(error) } };
+      return { requestId, error: { message: describe(error) } };
     }
   }
+}
+
+/** What a fetch threw, whatever it is (a thrown string is a failure, not data). */
+class Thrown {
+  constructor(readonly error: unknown) {}
+}
+
+/** "FETCH_REASON_STALE" as "STALE". */
+function reasonOf(reason: string): FetchReason {
+  const short = reason.replace(/^FETCH_REASON_/, "");
+  return short === "STALE" || short === "INVALIDATED" || short === "EARLY" ? short : "MISS";
 }
