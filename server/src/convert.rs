@@ -220,13 +220,7 @@ pub(crate) fn tags_to_invalidate(tags: &[String], limits: &Limits) -> Result<Vec
             tags.len()
         )));
     }
-    let mut parsed = tags
-        .iter()
-        .map(|t| Tag::parse(t, limits))
-        .collect::<Result<Vec<_>, _>>()?;
-    parsed.sort();
-    parsed.dedup();
-    Ok(parsed)
+    Tag::parse_set(tags, limits)
 }
 
 /// A job's counters as `ListJobs` and `Stats` report them.

@@ -302,6 +302,11 @@ impl Tag {
                 tags.len()
             )));
         }
+        Tag::parse_set(tags, limits)
+    }
+
+    /// Validates every tag of `tags`, sorted, each kept once.
+    pub(crate) fn parse_set(tags: &[String], limits: &Limits) -> Result<Vec<Tag>, Error> {
         let mut parsed = tags
             .iter()
             .map(|t| Tag::parse(t, limits))
