@@ -11,6 +11,7 @@ use tonic::Status;
 use crate::counters::JobMetrics;
 use crate::engine::GetOutcome;
 use crate::model::{FetchReason, ItemState, JobConfig, MAX_SPAN};
+use crate::subscriptions::{Event, EventKind};
 use crate::workers::{FetchOrder, Fetched, Outcome};
 
 /// A protobuf Duration as a std one: non-negative, at most a century, and (unless
@@ -145,5 +146,31 @@ pub(crate) fn job_counters(m: &JobMetrics) -> pb::JobCounters {
         fetches_failed: m.fetches_failed.get(),
         fetches_retried: m.fetches_retried.get(),
         fetches_in_flight: m.fetches_in_flight.get().max(0) as u64,
+    }
+}
+
+/// A near cache's event as sent down its Subscribe stream.
+pub(crate) fn item_event(e: Event) -> pb::ItemEvent {
+    let kind = match e.kind {
+        EventKind::Changed => pb::ItemEventKind::Changed,
+        EventKind::Invalidated => pb::ItemEventKind::Invalidated,
+        EventKind::Removed => pb::ItemEventKind::Removed,
+    };
+    pb::ItemEvent {
+        item: Some(pb::ItemRef {
+            job: String::from_utf8_lossy(e.key.job_bytes()).into_owned(),
+            args: e.key.args().to_vec(),
+        }),
+        kind: kind as i32,
+        at: Some(e.at.into()),
+    }
+}
+
+/// The RESET that ends a Subscribe stream which fell behind.
+pub(crate) fn reset_event(at: SystemTime) -> pb::ItemEvent {
+    pb::ItemEvent {
+        item: None,
+        kind: pb::ItemEventKind::Reset as i32,
+        at: Some(at.into()),
     }
 }

@@ -5,7 +5,8 @@
 //! (validated names and configs), [`policy`] (the staleness rules, pure), [`store`] (sled),
 //! [`workers`] (worker streams and dispatch), [`engine`] (single-flight, refresh
 //! scheduling), [`service`] (the tonic service), [`worker_stream`] (one worker's stream),
-//! [`convert`] (protobuf to model and back), and [`daemon`] (listeners, lifecycle and
+//! [`convert`] (protobuf to model and back), [`subscriptions`] and [`subscribe_stream`] (the
+//! near caches' events and their streams), and [`daemon`] (listeners, lifecycle and
 //! shutdown). Operating it: [`admin`] (the admin service), [`health`] (gRPC health),
 //! [`counters`] (what the engine counts), [`metrics`] (the Prometheus exporter), and [`systemd`] (readiness, watchdog, socket activation).
 //! The command line (`cachebackd --help`, `check-config`, `ctl`) is the binary's own.
@@ -25,6 +26,8 @@ pub mod policy;
 pub mod service;
 pub mod shutdown;
 pub mod store;
+pub mod subscribe_stream;
+pub mod subscriptions;
 pub mod systemd;
 #[cfg(test)]
 mod testing;

@@ -157,6 +157,14 @@ impl ItemKey {
     }
 }
 
+/// Lets a map keyed by `ItemKey` be searched with a key as the store holds it (the
+/// bytes hash alike).
+impl std::borrow::Borrow<[u8]> for ItemKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A job's effective configuration, every default filled in (PROTOCOL.md `JobConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobConfig {

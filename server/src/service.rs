@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::JobName;
 use crate::shutdown::Shutdown;
-use crate::worker_stream;
+use crate::{subscribe_stream, worker_stream};
 
 use cachebackd_proto::wire::MAX_GET_MANY;
 
@@ -26,7 +26,9 @@ impl From<Error> for Status {
             Error::UnknownJob(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::FetchFailed(_) | Error::ShuttingDown => Status::unavailable(message),
-            Error::QueueFull { .. } => Status::resource_exhausted(message),
+            Error::QueueFull { .. } | Error::TooManySubscriptions { .. } => {
+                Status::resource_exhausted(message)
+            }
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
             Error::Store(_) | Error::Internal(_) => Status::internal(message),
         }
@@ -180,6 +182,23 @@ impl Cacheback for CachebackService {
         let job = self.item(&req.job, &req.args)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
+    }
+
+    type SubscribeStream = subscribe_stream::EventStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Every job may be read (a caller's authorization, once there is one, narrows it).
+        let may_read: subscribe_stream::ReadCheck = Box::new(|_| Ok(()));
+        let stream = subscribe_stream::open(
+            self.engine.clone(),
+            self.shutdown.clone(),
+            req.into_inner(),
+            may_read,
+        );
+        Ok(Response::new(stream))
     }
 
     type RegisterJobStream = worker_stream::DaemonStream;

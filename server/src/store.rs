@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
@@ -227,7 +228,16 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> Result<(), Error>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
+    /// Tells `listener` of every item the store removes by itself (the sweep, eviction),
+    /// as it removes it, so that the near caches holding it hear of it. Set once, by the
+    /// engine; a store that removes nothing by itself need not keep it.
+    fn watch_removals(&self, listener: RemovalListener) {
+        let _ = listener;
+    }
 }
+
+/// Told the key of each item a store removes by itself.
+pub type RemovalListener = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// The sled store under `DATA_DIR/store`.
 pub struct SledStore {
@@ -243,6 +253,8 @@ pub struct SledStore {
     usage: RwLock<HashMap<Vec<u8>, Counts>>,
     /// `close` has saved the counts: a write after it makes the saved counts stale.
     closed: AtomicBool,
+    /// Told of the items the sweep removes.
+    removals: OnceLock<RemovalListener>,
 }
 
 /// How the store came up.
@@ -312,6 +324,7 @@ impl SledStore {
                         .collect(),
                 ),
                 closed: AtomicBool::new(false),
+                removals: OnceLock::new(),
             },
             report,
         ))
@@ -544,6 +557,9 @@ impl Store for SledStore {
                 .is_ok()
             {
                 self.account(&k, Some(v.len()), None);
+                if let Some(listener) = self.removals.get() {
+                    listener(&k);
+                }
                 removed += 1;
             }
         }
@@ -624,6 +640,12 @@ impl Store for SledStore {
         drop(usage);
         self.db.flush()?;
         Ok(())
+    }
+
+    fn watch_removals(&self, listener: RemovalListener) {
+        if self.removals.set(listener).is_err() {
+            tracing::error!("the store's removal listener was set twice: the first one stays");
+        }
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
