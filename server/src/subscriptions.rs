@@ -125,6 +125,8 @@ pub struct Subscriptions {
 struct Registry {
     /// How many (stream, item) subscriptions exist: the writers' fast check.
     count: AtomicUsize,
+    /// Streams reset for falling behind, since start.
+    resets: AtomicU64,
     next_id: AtomicU64,
     state: Mutex<State>,
 }
@@ -171,13 +173,18 @@ impl Subscriptions {
         self.inner.count.load(Ordering::Relaxed)
     }
 
+    /// Streams reset for falling behind, since start.
+    pub fn resets(&self) -> u64 {
+        self.inner.resets.load(Ordering::Relaxed)
+    }
+
     /// Tells the subscribers of `key` of a change.
     pub fn emit(&self, key: &ItemKey, kind: EventKind, at: SystemTime) {
         if self.count() == 0 {
             return;
         }
         let mut state = self.inner.state.lock();
-        state.emit(key, kind, at, &self.inner.count);
+        state.emit(key, kind, at, &self.inner);
     }
 
     /// [`emit`](Subscriptions::emit) for a key as the store holds it (eviction, sweep).
@@ -189,7 +196,7 @@ impl Subscriptions {
         let Some(key) = state.by_item.get_key_value(key).map(|(k, _)| k.clone()) else {
             return;
         };
-        state.emit(&key, kind, at, &self.inner.count);
+        state.emit(&key, kind, at, &self.inner);
     }
 
     /// Tells the subscribers of every item whose key starts with `prefix` (one job's).
@@ -205,13 +212,13 @@ impl Subscriptions {
             .cloned()
             .collect();
         for key in keys {
-            state.emit(&key, kind, at, &self.inner.count);
+            state.emit(&key, kind, at, &self.inner);
         }
     }
 }
 
 impl State {
-    fn emit(&mut self, key: &ItemKey, kind: EventKind, at: SystemTime, count: &AtomicUsize) {
+    fn emit(&mut self, key: &ItemKey, kind: EventKind, at: SystemTime, registry: &Registry) {
         let Some(ids) = self.by_item.get(key) else {
             return;
         };
@@ -238,7 +245,8 @@ impl State {
             if let Some(stream) = self.streams.get(&id) {
                 stream.outbox.reset();
             }
-            self.unsubscribe_all(id, count);
+            registry.resets.fetch_add(1, Ordering::Relaxed);
+            self.unsubscribe_all(id, &registry.count);
             // Dropped: what the stream asks for from now on is ignored.
             self.streams.remove(&id);
         }
@@ -318,7 +326,10 @@ impl Changer {
             .iter()
             .filter(|k| !stream.items.contains(*k) && !removed.contains(k))
             .collect();
-        let leaving = removed.iter().filter(|k| stream.items.contains(**k)).count();
+        let leaving = removed
+            .iter()
+            .filter(|k| stream.items.contains(**k))
+            .count();
         if stream.items.len() + joining.len() - leaving > MAX_ITEMS_PER_STREAM {
             return Err(Error::TooManySubscriptions {
                 limit: MAX_ITEMS_PER_STREAM,
@@ -351,7 +362,10 @@ mod tests {
     use crate::model::{JobName, Limits};
 
     fn key(job: &str, args: &str) -> ItemKey {
-        ItemKey::new(&JobName::parse(job, &Limits::default()).unwrap(), args.as_bytes())
+        ItemKey::new(
+            &JobName::parse(job, &Limits::default()).unwrap(),
+            args.as_bytes(),
+        )
     }
 
     #[tokio::test]
@@ -369,12 +383,18 @@ mod tests {
             Next::Event(e) => (e.key, e.kind),
             Next::Reset => panic!("unexpected reset"),
         };
-        assert_eq!(kinds(a.outbox().next().await), (key("j", "1"), EventKind::Changed));
+        assert_eq!(
+            kinds(a.outbox().next().await),
+            (key("j", "1"), EventKind::Changed)
+        );
         assert_eq!(
             kinds(a.outbox().next().await),
             (key("j", "1"), EventKind::Invalidated)
         );
-        assert_eq!(kinds(b.outbox().next().await), (key("j", "2"), EventKind::Removed));
+        assert_eq!(
+            kinds(b.outbox().next().await),
+            (key("j", "2"), EventKind::Removed)
+        );
         assert_eq!(subs.count(), 2);
         drop(a);
         assert_eq!(subs.count(), 1);
@@ -404,7 +424,10 @@ mod tests {
             .collect();
         stream.changer().change(keys.clone(), vec![]).unwrap();
         // Adding one already held is no growth.
-        stream.changer().change(vec![keys[0].clone()], vec![]).unwrap();
+        stream
+            .changer()
+            .change(vec![keys[0].clone()], vec![])
+            .unwrap();
         let err = stream
             .changer()
             .change(vec![key("j", "more")], vec![])

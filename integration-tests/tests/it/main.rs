@@ -14,6 +14,7 @@ mod errors;
 mod fetching;
 mod get_many;
 mod listeners;
+mod near_cache;
 mod ops_admin;
 mod ops_config;
 mod ops_lifecycle;
