@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1;
 
+use crate::near::{self, NearItem};
 use crate::{
     encode_args,
     time::{from_proto_timestamp, to_proto_duration},
@@ -146,14 +147,52 @@ impl<'j, J: Job> JobHandle<'j, J> {
     /// ```
     pub async fn get_item(&self, args: &J::Args) -> Result<Item<J::Output>> {
         let request = self.get_request(args)?;
-        let response = self
+        let Some(near) = self.client.near() else {
+            return self.item_from(self.get_remote(request).await?);
+        };
+        let key = near::key(self.name(), &request.args);
+        if let Some(hit) = near.lookup(&key) {
+            return self.item_from_near(hit);
+        }
+        let ticket = near.begin(key);
+        let response = self.get_remote(request).await;
+        if let Some(ticket) = ticket {
+            let fresh = response.as_ref().ok().and_then(near_item);
+            near.finish(ticket, fresh);
+        }
+        self.item_from(response?)
+    }
+
+    async fn get_remote(&self, request: v1::GetRequest) -> Result<v1::GetResponse> {
+        Ok(self
             .client
             .raw()
             .get(self.client.request(request))
             .await
             .map_err(|status| Error::status_of("Get", self.name(), status))?
-            .into_inner();
-        self.item_from(response)
+            .into_inner())
+    }
+
+    fn item_from_near(&self, hit: NearItem) -> Result<Item<J::Output>> {
+        let data = serde_json::from_slice(&hit.data).map_err(|source| Error::DecodeData {
+            job: self.name().to_owned(),
+            source,
+        })?;
+        Ok(Item {
+            state: ItemState::Fresh,
+            data: Some(data),
+            stored_at: hit.stored_at,
+            expires_at: Some(hit.expires_at),
+            refresh_scheduled: false,
+            fetched: false,
+        })
+    }
+
+    /// Before a write of this client: its near-cached copy of the item goes.
+    fn forget_near(&self, args: &[u8]) {
+        if let Some(near) = self.client.near() {
+            near.forget(&near::key(self.name(), args));
+        }
     }
 
     /// Many [`get`](Self::get)s in one call (the daemon's `GetMany`): one result per
@@ -326,6 +365,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             lifetime: lifetime.map(to_proto_duration),
             ..Default::default()
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -361,6 +401,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             job: self.name().to_owned(),
             args: self.encode(args)?,
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -394,6 +435,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             job: self.name().to_owned(),
             args: self.encode(args)?,
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -414,4 +456,16 @@ impl<'j, J: Job> JobHandle<'j, J> {
             source,
         })
     }
+}
+
+/// What the near cache may keep of a Get's answer: FRESH data with an expiry.
+fn near_item(response: &v1::GetResponse) -> Option<NearItem> {
+    if response.state() != v1::ItemState::Fresh {
+        return None;
+    }
+    Some(NearItem {
+        data: response.data.as_slice().into(),
+        stored_at: response.stored_at.and_then(from_proto_timestamp),
+        expires_at: response.expires_at.and_then(from_proto_timestamp)?,
+    })
 }

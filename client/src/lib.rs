@@ -42,6 +42,7 @@ mod client;
 mod error;
 mod handle;
 mod job;
+mod near;
 mod time;
 mod worker;
 
@@ -58,6 +59,7 @@ pub use client::{
 pub use error::{Error, Result};
 pub use handle::{Invalidated, Item, ItemState, JobHandle};
 pub use job::{BoxError, Job, JobConfig};
+pub use near::{NearCacheStats, MAX_NEAR_CACHE_ITEMS};
 pub use worker::{Worker, WorkerHandle};
 
 /// Whether `name` is a valid job name: 1 to 128 bytes of `[A-Za-z0-9_.:-]`. A `const

@@ -7,6 +7,7 @@ mod harness;
 mod client_attribute;
 mod client_interop;
 mod client_jobs;
+mod client_near_cache;
 mod client_support;
 mod client_worker;
 mod durability;
