@@ -17,7 +17,7 @@ use crate::store::Usage;
 
 /// The admin service over `engine`.
 #[derive(Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     engine: Engine,
     store_moved_aside: bool,
     shutdown: Shutdown,
@@ -26,7 +26,7 @@ pub struct AdminService {
 impl AdminService {
     /// `store_moved_aside` says whether the store was found damaged at start; `shutdown`
     /// counts calls in flight, as the main service's, so the drain waits for them.
-    pub fn new(engine: Engine, store_moved_aside: bool, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(engine: Engine, store_moved_aside: bool, shutdown: Shutdown) -> Self {
         AdminService {
             engine,
             store_moved_aside,

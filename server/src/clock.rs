@@ -7,16 +7,18 @@
 
 use std::time::SystemTime;
 
+#[cfg(test)]
 use tokio::time::Instant;
 
 /// Where the engine reads the wall time. Cheap to copy.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock(Source);
+pub(crate) struct Clock(Source);
 
 #[derive(Debug, Clone, Copy)]
 enum Source {
     System,
     /// `wall` at tokio's `at`, moving as tokio's clock moves.
+    #[cfg(test)]
     Tokio {
         wall: SystemTime,
         at: Instant,
@@ -25,13 +27,14 @@ enum Source {
 
 impl Clock {
     /// The system's wall clock: what the daemon uses.
-    pub fn system() -> Clock {
+    pub(crate) fn system() -> Clock {
         Clock(Source::System)
     }
 
+    #[cfg(test)]
     /// A wall clock that starts now and then moves only as tokio's clock does: with
     /// `start_paused` time, only as the test advances it.
-    pub fn following_tokio() -> Clock {
+    pub(crate) fn following_tokio() -> Clock {
         Clock(Source::Tokio {
             wall: SystemTime::now(),
             at: Instant::now(),
@@ -39,9 +42,10 @@ impl Clock {
     }
 
     /// The wall time now.
-    pub fn now(&self) -> SystemTime {
+    pub(crate) fn now(&self) -> SystemTime {
         match self.0 {
             Source::System => SystemTime::now(),
+            #[cfg(test)]
             Source::Tokio { wall, at } => wall + at.elapsed(),
         }
     }

@@ -59,7 +59,7 @@ fn fetch_histogram() -> Histogram {
 
 /// The daemon's event counters, by job. A cheap-to-clone handle.
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     inner: Arc<Families>,
 }
 
@@ -84,7 +84,7 @@ impl Default for Metrics {
 
 /// One job's counters, resolved once: every update is a single atomic operation.
 #[derive(Debug, Clone)]
-pub struct JobMetrics {
+pub(crate) struct JobMetrics {
     /// Gets that found the item fresh.
     pub gets_fresh: Counter,
     /// Gets that found the item stale.
@@ -109,7 +109,7 @@ pub struct JobMetrics {
 
 impl JobMetrics {
     /// Counts a Get by what it found.
-    pub fn count_get(&self, found: Found) {
+    pub(crate) fn count_get(&self, found: Found) {
         match found {
             Found::Fresh => self.gets_fresh.inc(),
             Found::Stale => self.gets_stale.inc(),
@@ -121,7 +121,7 @@ impl JobMetrics {
 /// What a Get found in the cache (not what it answered: a miss fetched synchronously
 /// answers FRESH, and counts as a miss).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     /// Within its lifetime.
     Fresh,
     /// Past its lifetime.
@@ -132,7 +132,7 @@ pub enum Found {
 
 impl Metrics {
     /// Empty counters; uptime counts from now.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         Metrics {
             inner: Arc::new(Families {
                 started: Instant::now(),
@@ -149,17 +149,17 @@ impl Metrics {
     }
 
     /// When the daemon started.
-    pub fn started_at(&self) -> SystemTime {
+    pub(crate) fn started_at(&self) -> SystemTime {
         self.inner.started_wall
     }
 
     /// How long the daemon has run.
-    pub fn uptime(&self) -> std::time::Duration {
+    pub(crate) fn uptime(&self) -> std::time::Duration {
         self.inner.started.elapsed()
     }
 
     /// The counters of `job`, created if new. Call once per job, not per request.
-    pub fn job(&self, job: &JobName) -> Arc<JobMetrics> {
+    pub(crate) fn job(&self, job: &JobName) -> Arc<JobMetrics> {
         let f = &self.inner;
         let job = || JobLabels {
             job: job.to_string(),
@@ -191,7 +191,7 @@ impl Metrics {
     }
 
     /// Drops the series of a job that was deleted.
-    pub fn forget_job(&self, job: &JobName) {
+    pub(crate) fn forget_job(&self, job: &JobName) {
         let f = &self.inner;
         let labels = JobLabels {
             job: job.to_string(),
@@ -216,7 +216,7 @@ impl Metrics {
     }
 
     /// Registers every event counter in `r` (the exporter's registry).
-    pub fn register(&self, r: &mut Registry) {
+    pub(crate) fn register(&self, r: &mut Registry) {
         let f = &self.inner;
         r.register(
             "gets",

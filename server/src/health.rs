@@ -21,10 +21,11 @@ use tonic_health::ServingStatus;
 use crate::shutdown::Shutdown;
 
 /// The names whose health is reported: the whole server (`""`) and each service.
-pub const SERVICES: [&str; 3] = ["", "cacheback.v1.Cacheback", "cacheback.v1.CachebackAdmin"];
+pub(crate) const SERVICES: [&str; 3] =
+    ["", "cacheback.v1.Cacheback", "cacheback.v1.CachebackAdmin"];
 
 /// Sets every reported service to `status`.
-pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {
         reporter.set_service_status(name, status).await;
     }
@@ -32,7 +33,7 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 
 /// A reporter, NOT_SERVING for every service, and the server that reports it; the `Watch`
 /// streams are tasks of `shutdown` and end when the daemon closes.
-pub async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {
+pub(crate) async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     set_all(&reporter, ServingStatus::NotServing).await;
     let inner = HealthService::from_health_reporter(reporter.clone());
@@ -44,7 +45,7 @@ pub async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<Draini
 
 /// tonic-health's service, with `Watch` streams that end at shutdown.
 #[derive(Debug)]
-pub struct DrainingHealth {
+pub(crate) struct DrainingHealth {
     inner: HealthService,
     shutdown: Shutdown,
 }

@@ -28,7 +28,7 @@ use crate::shutdown::Shutdown;
 /// A registry of every metric: the event counters of `metrics`, and the state of `engine`
 /// read at scrape time. `store_moved_aside` says whether the store was found damaged at
 /// start.
-pub fn registry(metrics: &Metrics, engine: Engine, store_moved_aside: bool) -> Registry {
+pub(crate) fn registry(metrics: &Metrics, engine: Engine, store_moved_aside: bool) -> Registry {
     let mut r = Registry::with_prefix("cachebackd");
     metrics.register(&mut r);
     r.register_collector(Box::new(StateCollector {
@@ -192,7 +192,7 @@ impl Collector for StateCollector {
 
 /// Serves `GET /metrics` on `listener` until the daemon closes: Prometheus text format,
 /// or OpenMetrics when the scraper asks for it. Each connection is a task of `shutdown`.
-pub async fn serve(listener: TcpListener, registry: Registry, shutdown: Shutdown) {
+pub(crate) async fn serve(listener: TcpListener, registry: Registry, shutdown: Shutdown) {
     let registry = Arc::new(registry);
     loop {
         let (stream, peer) = tokio::select! {
@@ -283,6 +283,6 @@ async fn scrape(
 }
 
 /// Binds the metrics endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }

@@ -64,11 +64,11 @@ impl Limits {
 
 /// A job's name: 1 to `max_job_name_bytes` bytes of `[A-Za-z0-9_.:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobName(String);
+pub(crate) struct JobName(String);
 
 impl JobName {
     /// Validates a name against the allowed alphabet and the length limit.
-    pub fn parse(name: &str, limits: &Limits) -> Result<JobName, Error> {
+    pub(crate) fn parse(name: &str, limits: &Limits) -> Result<JobName, Error> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("job name is empty".into()));
         }
@@ -96,7 +96,7 @@ impl JobName {
     }
 
     /// The name as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -118,11 +118,11 @@ impl fmt::Display for JobName {
 /// The job name never holds a 0x00, so the layout is unambiguous and a job's items share
 /// one key prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ItemKey(Vec<u8>);
+pub(crate) struct ItemKey(Vec<u8>);
 
 impl ItemKey {
     /// The key of `args` within `job`.
-    pub fn new(job: &JobName, args: &[u8]) -> ItemKey {
+    pub(crate) fn new(job: &JobName, args: &[u8]) -> ItemKey {
         let mut key = Vec::with_capacity(job.as_str().len() + 1 + args.len());
         key.extend_from_slice(job.as_str().as_bytes());
         key.push(0);
@@ -131,25 +131,25 @@ impl ItemKey {
     }
 
     /// The prefix shared by every item of `job`.
-    pub fn job_prefix(job: &JobName) -> Vec<u8> {
+    pub(crate) fn job_prefix(job: &JobName) -> Vec<u8> {
         let mut prefix = job.as_str().as_bytes().to_vec();
         prefix.push(0);
         prefix
     }
 
     /// The key as stored.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
     /// The job part of the key.
-    pub fn job_bytes(&self) -> &[u8] {
+    pub(crate) fn job_bytes(&self) -> &[u8] {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..end]
     }
 
     /// The args part of the key.
-    pub fn args(&self) -> &[u8] {
+    pub(crate) fn args(&self) -> &[u8] {
         match self.0.iter().position(|&b| b == 0) {
             Some(i) => &self.0[i + 1..],
             None => &[],
@@ -193,11 +193,11 @@ impl Default for JobConfig {
 }
 
 /// Longest span the daemon accepts anywhere (a century), so time arithmetic cannot overflow.
-pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Why a fetch was asked for (PROTOCOL.md `FetchReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchReason {
+pub(crate) enum FetchReason {
     /// The item was not cached.
     Miss,
     /// The item was stale.
@@ -208,7 +208,7 @@ pub enum FetchReason {
 
 /// An item's freshness as a Get reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemState {
+pub(crate) enum ItemState {
     /// Within its lifetime.
     Fresh,
     /// Past its lifetime, still within `cache_ttl`.

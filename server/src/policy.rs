@@ -20,7 +20,7 @@ use crate::model::{FetchReason, JobConfig};
 
 /// What the store says about an item's age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Times {
+pub(crate) struct Times {
     /// When the data was fetched or set.
     pub stored_at: SystemTime,
     /// When it stops being fresh.
@@ -29,7 +29,7 @@ pub struct Times {
 
 /// An item's freshness at a given instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
+pub(crate) enum Freshness {
     /// Within its lifetime.
     Fresh,
     /// Past its lifetime by `stale_for`.
@@ -42,7 +42,7 @@ pub enum Freshness {
 }
 
 /// Classifies an item (or its absence) at `now`.
-pub fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> Freshness {
+pub(crate) fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> Freshness {
     let Some(t) = times else {
         return Freshness::Absent;
     };
@@ -59,7 +59,7 @@ pub fn freshness(times: Option<Times>, config: &JobConfig, now: SystemTime) -> F
 }
 
 /// Whether an item stored at `stored_at` is past the job's hard `cache_ttl` at `now`.
-pub fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -> bool {
+pub(crate) fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -> bool {
     match now.duration_since(stored_at) {
         Ok(age) => age >= config.cache_ttl,
         Err(_) => false,
@@ -70,7 +70,10 @@ pub fn is_past_ttl(stored_at: SystemTime, config: &JobConfig, now: SystemTime) -
 /// (`CachebackAdmin.InvalidateJob`): an item stored then or earlier is stale from that
 /// instant on at the latest; an item stored later is untouched. Applied as items are read,
 /// so invalidating a job writes nothing per item and each item refreshes on its next Get.
-pub fn after_job_invalidation(times: Times, invalidated_before: Option<SystemTime>) -> Times {
+pub(crate) fn after_job_invalidation(
+    times: Times,
+    invalidated_before: Option<SystemTime>,
+) -> Times {
     match invalidated_before {
         Some(mark) if times.stored_at <= mark => Times {
             stored_at: times.stored_at,
@@ -82,27 +85,25 @@ pub fn after_job_invalidation(times: Times, invalidated_before: Option<SystemTim
 
 /// What an asynchronous refresh does on this Get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
+pub(crate) enum Refresh {
     /// Start one now.
     Start(FetchReason),
     /// One is in flight already; nothing more starts.
     InFlight,
     /// Held back: backoff after a failure, or the job's wait queue is full.
     HeldBack,
-    /// Nothing to refresh.
-    None,
 }
 
 impl Refresh {
     /// Whether the caller is told a refresh is scheduled (`GetResponse.refresh_scheduled`).
-    pub fn scheduled(self) -> bool {
+    pub(crate) fn scheduled(self) -> bool {
         matches!(self, Refresh::Start(_) | Refresh::InFlight)
     }
 }
 
 /// The plan for one Get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GetPlan {
+pub(crate) enum GetPlan {
     /// Serve the fresh data; start nothing.
     ServeFresh,
     /// Serve the stale data, refreshing as `Refresh` says.
@@ -121,7 +122,7 @@ pub enum GetPlan {
 
 /// What else a Get must know besides the item: the request and the flight table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GetContext {
+pub(crate) struct GetContext {
     /// `GetRequest.fetch_on_miss`, if the caller set it.
     pub fetch_on_miss_override: Option<bool>,
     /// A fetch of this item is in flight.
@@ -132,7 +133,7 @@ pub struct GetContext {
 }
 
 /// Decides what a Get does.
-pub fn plan_get(freshness: Freshness, config: &JobConfig, ctx: GetContext) -> GetPlan {
+pub(crate) fn plan_get(freshness: Freshness, config: &JobConfig, ctx: GetContext) -> GetPlan {
     let refresh = |reason| {
         if ctx.in_flight {
             Refresh::InFlight
@@ -168,7 +169,7 @@ pub fn plan_get(freshness: Freshness, config: &JobConfig, ctx: GetContext) -> Ge
 /// consecutive failure: `base` doubling per failure, capped at `cap` (the job's
 /// `refresh_timeout`), then scaled by `jitter` in [0.5, 1.0] so that items that failed
 /// together do not retry together.
-pub fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+pub(crate) fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
     let raw = base.saturating_mul(1u32 << exp).min(cap.max(base));
     raw.mul_f64(jitter.clamp(0.5, 1.0))
@@ -176,7 +177,7 @@ pub fn backoff_delay(failures: u32, base: Duration, cap: Duration, jitter: f64) 
 
 /// The times of an item stored now with `lifetime`, to the microsecond: the precision of
 /// the store, so that what a call answers is exactly what a later read finds.
-pub fn times_for_new(now: SystemTime, lifetime: Duration) -> Times {
+pub(crate) fn times_for_new(now: SystemTime, lifetime: Duration) -> Times {
     let micros = |d: Duration| Duration::from_micros(d.as_micros().min(u64::MAX as u128) as u64);
     let since_epoch = now
         .duration_since(SystemTime::UNIX_EPOCH)

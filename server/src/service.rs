@@ -37,7 +37,7 @@ impl From<Error> for Status {
 
 /// The `cacheback.v1.Cacheback` service.
 #[derive(Clone)]
-pub struct CachebackService {
+pub(crate) struct CachebackService {
     engine: Engine,
     shutdown: Shutdown,
 }
@@ -45,7 +45,7 @@ pub struct CachebackService {
 impl CachebackService {
     /// A service over `engine`; `shutdown` owns every worker stream and counts the unary
     /// calls in flight, so that the drain can wait for them.
-    pub fn new(engine: Engine, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(engine: Engine, shutdown: Shutdown) -> Self {
         CachebackService { engine, shutdown }
     }
 

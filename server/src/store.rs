@@ -19,7 +19,7 @@ use crate::policy::{self, Times};
 
 /// One cached item as it is stored: its times and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// When it was fetched or set, and when it stops being fresh.
     pub times: Times,
     /// The data, opaque to the daemon.
@@ -35,7 +35,7 @@ const JOB_FORMAT: u8 = 1;
 
 impl Item {
     /// Encodes the record.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ITEM_HEADER + self.data.len());
         out.push(ITEM_FORMAT);
         out.push(0);
@@ -46,7 +46,7 @@ impl Item {
     }
 
     /// Decodes only the header: what the sweeper needs.
-    pub fn decode_times(bytes: &[u8]) -> Option<Times> {
+    pub(crate) fn decode_times(bytes: &[u8]) -> Option<Times> {
         if bytes.len() < ITEM_HEADER || bytes[0] != ITEM_FORMAT {
             return None;
         }
@@ -59,7 +59,7 @@ impl Item {
     }
 
     /// Decodes a whole record; `None` if it is not one of ours.
-    pub fn decode(bytes: &[u8]) -> Option<Item> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Item> {
         let times = Item::decode_times(bytes)?;
         Some(Item {
             times,
@@ -156,7 +156,7 @@ impl std::fmt::Display for Durability {
 
 /// How much of the store one job takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Items stored (stale ones included, until swept).
     pub items: u64,
     /// Bytes of their data (headers and keys not counted).
@@ -193,7 +193,7 @@ impl From<Usage> for Counts {
 
 /// What the daemon needs from storage. Synchronous: every call is a short local operation;
 /// `flush` may block on the disk and is run off the async threads.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Reads an item. A record that fails to decode is removed, counted and reported absent.
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
     /// Writes an item.
@@ -237,10 +237,10 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Told the key of each item a store removes by itself.
-pub type RemovalListener = Box<dyn Fn(&[u8]) + Send + Sync>;
+pub(crate) type RemovalListener = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// The sled store under `DATA_DIR/store`.
-pub struct SledStore {
+pub(crate) struct SledStore {
     db: sled::Db,
     items: sled::Tree,
     jobs: sled::Tree,
@@ -259,7 +259,7 @@ pub struct SledStore {
 
 /// How the store came up.
 #[derive(Debug, Default)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     /// Where a store that could not be opened was moved to, if one was.
     pub moved_aside: Option<PathBuf>,
     /// Why it could not be opened.
@@ -270,7 +270,7 @@ impl SledStore {
     /// Opens (or creates) the store under `data_dir`. A store that fails to open is moved
     /// aside to `store.corrupt-<unix seconds>` and a fresh one is created; only a data dir
     /// that cannot be used at all (locked by another process, not writable) is an error.
-    pub fn open(
+    pub(crate) fn open(
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {

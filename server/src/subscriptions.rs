@@ -23,14 +23,14 @@ use crate::error::Error;
 use crate::model::ItemKey;
 
 /// At most this many items subscribed per stream (PROTOCOL.md).
-pub const MAX_ITEMS_PER_STREAM: usize = 100_000;
+pub(crate) const MAX_ITEMS_PER_STREAM: usize = 100_000;
 
 /// Events queued for one stream before it counts as too slow and is reset.
-pub const OUTBOX_CAPACITY: usize = 4096;
+pub(crate) const OUTBOX_CAPACITY: usize = 4096;
 
 /// What happened to an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// New data stored: a Set, a stored fetch, a NotModified.
     Changed,
     /// Marked stale: Invalidate, InvalidateJob, InvalidateTags.
@@ -41,18 +41,18 @@ pub enum EventKind {
 
 /// One change of a subscribed item.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     /// The item.
-    pub key: ItemKey,
+    pub(crate) key: ItemKey,
     /// What happened.
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// When the daemon made the change.
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// What a stream's reader takes next from its outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// An event, in order.
     Event(Event),
     /// The stream fell behind: its subscriptions are gone and nothing more will come.
@@ -61,7 +61,7 @@ pub enum Next {
 
 /// The bounded queue of one stream's events, filled by writers and drained by the stream.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     wake: Notify,
 }
@@ -96,7 +96,7 @@ impl Outbox {
 
     /// The next event, waiting for one; [`Next::Reset`] once the stream was reset. One
     /// reader per outbox (its stream): a wake-up that comes while nobody waits is kept.
-    pub async fn next(&self) -> Next {
+    pub(crate) async fn next(&self) -> Next {
         loop {
             {
                 let mut state = self.state.lock();
@@ -117,7 +117,7 @@ type StreamId = u64;
 
 /// Every stream's subscriptions: a cheap-to-clone handle, one per daemon.
 #[derive(Debug, Clone, Default)]
-pub struct Subscriptions {
+pub(crate) struct Subscriptions {
     inner: Arc<Registry>,
 }
 
@@ -145,13 +145,13 @@ struct StreamEntry {
 
 impl Subscriptions {
     /// A registry with nobody subscribed.
-    pub fn new() -> Subscriptions {
+    pub(crate) fn new() -> Subscriptions {
         Subscriptions::default()
     }
 
     /// Opens a stream; it is forgotten, with its subscriptions, when the returned
     /// registration is dropped.
-    pub fn open(&self) -> Registration {
+    pub(crate) fn open(&self) -> Registration {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::default());
         self.inner.state.lock().streams.insert(
@@ -169,17 +169,17 @@ impl Subscriptions {
     }
 
     /// How many (stream, item) subscriptions exist now.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.inner.count.load(Ordering::Relaxed)
     }
 
     /// Streams reset for falling behind, since start.
-    pub fn resets(&self) -> u64 {
+    pub(crate) fn resets(&self) -> u64 {
         self.inner.resets.load(Ordering::Relaxed)
     }
 
     /// Tells the subscribers of `key` of a change.
-    pub fn emit(&self, key: &ItemKey, kind: EventKind, at: SystemTime) {
+    pub(crate) fn emit(&self, key: &ItemKey, kind: EventKind, at: SystemTime) {
         if self.count() == 0 {
             return;
         }
@@ -188,7 +188,7 @@ impl Subscriptions {
     }
 
     /// [`emit`](Subscriptions::emit) for a key as the store holds it (eviction, sweep).
-    pub fn emit_stored(&self, key: &[u8], kind: EventKind, at: SystemTime) {
+    pub(crate) fn emit_stored(&self, key: &[u8], kind: EventKind, at: SystemTime) {
         if self.count() == 0 {
             return;
         }
@@ -200,7 +200,7 @@ impl Subscriptions {
     }
 
     /// Tells the subscribers of every item whose key starts with `prefix` (one job's).
-    pub fn emit_prefix(&self, prefix: &[u8], kind: EventKind, at: SystemTime) {
+    pub(crate) fn emit_prefix(&self, prefix: &[u8], kind: EventKind, at: SystemTime) {
         if self.count() == 0 {
             return;
         }
@@ -272,7 +272,7 @@ impl State {
 
 /// One open stream's place in the registry; dropping it forgets the stream.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     subscriptions: Subscriptions,
     id: StreamId,
     outbox: Arc<Outbox>,
@@ -280,13 +280,13 @@ pub struct Registration {
 
 impl Registration {
     /// The stream's queue of events.
-    pub fn outbox(&self) -> &Arc<Outbox> {
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 
     /// A handle that changes this stream's subscriptions, for the task that reads its
     /// requests.
-    pub fn changer(&self) -> Changer {
+    pub(crate) fn changer(&self) -> Changer {
         Changer {
             subscriptions: self.subscriptions.clone(),
             id: self.id,
@@ -305,7 +305,7 @@ impl Drop for Registration {
 
 /// Changes one stream's subscriptions.
 #[derive(Debug, Clone)]
-pub struct Changer {
+pub(crate) struct Changer {
     subscriptions: Subscriptions,
     id: StreamId,
 }
@@ -314,7 +314,7 @@ impl Changer {
     /// Adds then removes items; an item added twice is held once. Past
     /// [`MAX_ITEMS_PER_STREAM`] nothing of this change is applied and the error says so.
     /// A stream that was reset or closed takes nothing.
-    pub fn change(&self, add: Vec<ItemKey>, remove: Vec<ItemKey>) -> Result<(), Error> {
+    pub(crate) fn change(&self, add: Vec<ItemKey>, remove: Vec<ItemKey>) -> Result<(), Error> {
         let inner = &self.subscriptions.inner;
         let mut state = inner.state.lock();
         let State { by_item, streams } = &mut *state;

@@ -23,11 +23,11 @@ use crate::error::Error;
 use crate::model::{FetchReason, JobName};
 
 /// A worker's identity on its stream (sent to it in `Registered.worker_id`).
-pub type WorkerId = Uuid;
+pub(crate) type WorkerId = Uuid;
 /// A fetch's identity (sent in `FetchRequest.request_id`), parsed once, at the edge: an
 /// answer whose id is not one is never looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestId(Uuid);
+pub(crate) struct RequestId(Uuid);
 
 impl RequestId {
     /// A new, random id.
@@ -36,7 +36,7 @@ impl RequestId {
     }
 
     /// The id a worker sent back, or `None` if it is not one of ours.
-    pub fn parse(text: &str) -> Option<RequestId> {
+    pub(crate) fn parse(text: &str) -> Option<RequestId> {
         Uuid::parse_str(text).ok().map(RequestId)
     }
 }
@@ -49,7 +49,7 @@ impl std::fmt::Display for RequestId {
 
 /// A fetch handed to a worker.
 #[derive(Debug, Clone)]
-pub struct FetchOrder {
+pub(crate) struct FetchOrder {
     /// Matches the worker's answer to this fetch.
     pub request_id: RequestId,
     /// The item's args.
@@ -62,7 +62,7 @@ pub struct FetchOrder {
 
 /// What the daemon sends down a worker's stream.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A fetch to run.
     Fetch(FetchOrder),
     /// End the stream with this error.
@@ -71,7 +71,7 @@ pub enum Outbound {
 
 /// A worker's successful answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The data.
     pub data: Vec<u8>,
     /// A per-item lifetime replacing the job's, if the worker gave one.
@@ -79,11 +79,11 @@ pub struct Fetched {
 }
 
 /// A worker's answer: data, or its error message.
-pub type Outcome = Result<Fetched, String>;
+pub(crate) type Outcome = Result<Fetched, String>;
 
 /// What became of a worker's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answered {
+pub(crate) enum Answered {
     /// It answered a waiting fetch.
     Delivered,
     /// Its fetch had outlived its deadline: dropped, the slot freed.
@@ -94,7 +94,7 @@ pub enum Answered {
 
 /// Counters kept by the registry.
 #[derive(Debug, Default)]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     /// Answers whose request id was not in flight on their stream.
     pub unknown_answers: AtomicU64,
     /// Answers that came after their fetch's deadline.
@@ -105,7 +105,7 @@ pub struct WorkerStats {
 
 /// The registry: a cheap-to-clone handle.
 #[derive(Clone)]
-pub struct Workers {
+pub(crate) struct Workers {
     shared: Arc<Shared>,
 }
 
@@ -150,7 +150,7 @@ impl Pending {
 
 impl Workers {
     /// An empty registry whose per-job queues hold at most `queue_capacity` fetches.
-    pub fn new(queue_capacity: usize) -> Workers {
+    pub(crate) fn new(queue_capacity: usize) -> Workers {
         Workers {
             shared: Arc::new(Shared {
                 jobs: Mutex::new(HashMap::new()),
@@ -161,19 +161,19 @@ impl Workers {
     }
 
     /// The registry's counters.
-    pub fn stats(&self) -> &WorkerStats {
+    pub(crate) fn stats(&self) -> &WorkerStats {
         &self.shared.stats
     }
 
     /// How many workers serve `job` now.
-    pub fn count(&self, job: &JobName) -> usize {
+    pub(crate) fn count(&self, job: &JobName) -> usize {
         let jobs = self.shared.jobs.lock();
         jobs.get(job).map_or(0, |j| j.workers.len())
     }
 
     /// Whether `job`'s queue of fetches waiting for a worker is full: a fetch started now
     /// would be refused.
-    pub fn queue_full(&self, job: &JobName) -> bool {
+    pub(crate) fn queue_full(&self, job: &JobName) -> bool {
         let jobs = self.shared.jobs.lock();
         jobs.get(job)
             .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
@@ -181,7 +181,7 @@ impl Workers {
 
     /// Adds a worker for `job` that takes at most `max_in_flight` fetches at once; queued
     /// fetches go to it at once. `tx` is its stream.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         job: &JobName,
         id: WorkerId,
@@ -201,7 +201,7 @@ impl Workers {
 
     /// Removes a worker whose stream ended; its live fetches go to the other workers of the
     /// job at once (or back to the head of the queue).
-    pub fn unregister(&self, job: &JobName, id: WorkerId) {
+    pub(crate) fn unregister(&self, job: &JobName, id: WorkerId) {
         let mut jobs = self.shared.jobs.lock();
         let Some(entry) = jobs.get_mut(job) else {
             return;
@@ -232,7 +232,7 @@ impl Workers {
 
     /// Runs one fetch of `args` for `job` on a worker: waits (queued) for a free worker,
     /// then for its answer, until `deadline`.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         job: &JobName,
         args: Arc<[u8]>,
@@ -277,7 +277,7 @@ impl Workers {
     }
 
     /// Counts an answer whose request id is not one the daemon gives out: dropped.
-    pub fn unknown_answer(&self) -> Answered {
+    pub(crate) fn unknown_answer(&self) -> Answered {
         self.shared
             .stats
             .unknown_answers
@@ -286,7 +286,7 @@ impl Workers {
     }
 
     /// Delivers a worker's answer to the fetch it belongs to and frees its slot.
-    pub fn answer(
+    pub(crate) fn answer(
         &self,
         job: &JobName,
         worker: WorkerId,

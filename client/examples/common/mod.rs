@@ -10,11 +10,11 @@ use std::{
 use cacheback::{Client, Item, ItemState};
 
 /// How long the fake API takes to answer.
-pub const SLOW: Duration = Duration::from_millis(1500);
+pub(crate) const SLOW: Duration = Duration::from_millis(1500);
 
 /// The slow fake Twitter API: every call returns a new "latest tweet", so a refresh is
 /// visible in the data.
-pub async fn call_twitter(username: &str) -> Vec<String> {
+pub(crate) async fn call_twitter(username: &str) -> Vec<String> {
     static CALLS: AtomicU32 = AtomicU32::new(0);
     tokio::time::sleep(SLOW).await;
     let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -23,7 +23,7 @@ pub async fn call_twitter(username: &str) -> Vec<String> {
 
 /// The daemon at `$CACHEBACKD_URL` (default `http://127.0.0.1:7070`); exits with a hint
 /// if it is not running.
-pub async fn connect() -> Client {
+pub(crate) async fn connect() -> Client {
     let url = std::env::var(cacheback::URL_ENV).unwrap_or_else(|_| cacheback::DEFAULT_URL.into());
     match Client::connect(&url).await {
         Ok(client) => client,
@@ -38,19 +38,19 @@ pub async fn connect() -> Client {
 }
 
 /// Prints each step with the time since the start.
-pub struct Timeline(Instant);
+pub(crate) struct Timeline(Instant);
 
 impl Timeline {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Timeline(Instant::now())
     }
 
-    pub fn say(&self, what: &str) {
+    pub(crate) fn say(&self, what: &str) {
         println!("[{:5.2}s] {what}", self.0.elapsed().as_secs_f64());
     }
 
     /// One read, labelled with what the daemon answered.
-    pub fn item<T: Debug>(&self, what: &str, item: &Item<T>) {
+    pub(crate) fn item<T: Debug>(&self, what: &str, item: &Item<T>) {
         let label = match item.state {
             ItemState::Miss => "MISS    (nothing to serve; filling in the background)",
             ItemState::Fresh if item.fetched => "MISS    (the read waited for the fetch)",
@@ -63,7 +63,7 @@ impl Timeline {
 
 /// Polls `read` until the item is fresh and was stored after `after`: a background
 /// fetch landed.
-pub async fn until_refreshed<T, F, Fut>(
+pub(crate) async fn until_refreshed<T, F, Fut>(
     mut read: F,
     after: Option<SystemTime>,
 ) -> Result<Item<T>, cacheback::Error>

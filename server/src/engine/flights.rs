@@ -189,16 +189,17 @@ impl Engine {
         result: &Result<Item, Error>,
     ) -> bool {
         let mut table = self.shard(key).lock();
-        let Some(flight) = table.flights.remove(key).filter(|f| f.id == id) else {
+        let Some(flight) = table.flights.get(key).filter(|f| f.id == id) else {
             return false;
         };
+        let (superseded, reinvalidate) = (flight.superseded, flight.reinvalidate);
         let mut stored = false;
         match result {
             Ok(item) => {
                 table.backoff.remove(key);
-                if !flight.superseded && self.still_known(job).is_ok() {
+                if !superseded && self.still_known(job).is_ok() {
                     let mut item = item.clone();
-                    if flight.reinvalidate {
+                    if reinvalidate {
                         // Based on data from before the Invalidate: stale until the follow-up.
                         item.times.expires_at = item.times.stored_at;
                     }
@@ -221,7 +222,10 @@ impl Engine {
                 table.record_failure(key, self.inner.settings.retry_base, config.refresh_timeout)
             }
         }
-        if flight.reinvalidate && !flight.superseded && !table.backed_off(key) {
+        // Out of the table only now: a panic above leaves it to the guard, which answers
+        // its waiters.
+        table.flights.remove(key);
+        if reinvalidate && !superseded && !table.backed_off(key) {
             metrics.refreshes_scheduled.inc();
             self.start_flight(
                 &mut table,

@@ -17,7 +17,7 @@ use crate::subscriptions::EventKind;
 /// A known job: its config, its invalidation instant and its counters, resolved once so
 /// that a Get only increments them.
 #[derive(Clone)]
-pub struct JobEntry {
+pub(crate) struct JobEntry {
     /// The effective config.
     pub config: JobConfig,
     /// Items stored at or before this instant count as stale (InvalidateJob).
@@ -38,28 +38,28 @@ impl JobEntry {
 
 impl Engine {
     /// The config of `job`, or `UnknownJob`.
-    pub fn job_config(&self, job: &JobName) -> Result<JobConfig, Error> {
+    pub(crate) fn job_config(&self, job: &JobName) -> Result<JobConfig, Error> {
         self.job_entry(job).map(|e| e.config)
     }
     /// Everything known of `job`, or `UnknownJob`.
-    pub fn job_entry(&self, job: &JobName) -> Result<JobEntry, Error> {
+    pub(crate) fn job_entry(&self, job: &JobName) -> Result<JobEntry, Error> {
         let jobs = self.inner.jobs.read();
         jobs.get(job)
             .cloned()
             .ok_or_else(|| Error::UnknownJob(job.to_string()))
     }
     /// Every known job and its config.
-    pub fn jobs(&self) -> Vec<(JobName, JobConfig)> {
+    pub(crate) fn jobs(&self) -> Vec<(JobName, JobConfig)> {
         let jobs = self.inner.jobs.read();
         jobs.iter().map(|(k, v)| (k.clone(), v.config)).collect()
     }
     /// Every known job and everything known of it.
-    pub fn job_entries(&self) -> Vec<(JobName, JobEntry)> {
+    pub(crate) fn job_entries(&self) -> Vec<(JobName, JobEntry)> {
         let jobs = self.inner.jobs.read();
         jobs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
     /// Makes `config` the job's config (the latest registration wins) and stores it durably.
-    pub async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
+    pub(crate) async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
         self.inner.store.put_job(job, &config)?;
         self.flush().await?;
         let mut jobs = self.inner.jobs.write();
@@ -80,7 +80,7 @@ impl Engine {
     /// apply the mark as they read, so each item refreshes on its next Get (no stampede).
     /// Fetches in flight may have read old data: each is followed by one more refresh, as
     /// for an Invalidate. Returns the mark.
-    pub async fn invalidate_job(&self, job: &JobName) -> Result<SystemTime, Error> {
+    pub(crate) async fn invalidate_job(&self, job: &JobName) -> Result<SystemTime, Error> {
         self.job_entry(job)?;
         let mark = policy::times_for_new(self.now(), Duration::ZERO).stored_at;
         {
@@ -107,7 +107,7 @@ impl Engine {
     /// Removes `job`: its config, its items and its mark; how many items went, or `None` if
     /// the job was not known. Refused while workers of the job are connected, since they
     /// would register it again at once. Fetches in flight finish, unstored.
-    pub async fn delete_job(&self, job: &JobName) -> Result<Option<u64>, Error> {
+    pub(crate) async fn delete_job(&self, job: &JobName) -> Result<Option<u64>, Error> {
         let workers = self.inner.workers.count(job);
         if workers > 0 {
             return Err(Error::FailedPrecondition(format!(

@@ -26,6 +26,8 @@ mod flights;
 mod jobs;
 mod sweeper;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use flights::{wait_flight, Table, SHARDS};
-pub use jobs::JobEntry;
+pub(crate) use jobs::JobEntry;
 
 use crate::clock::Clock;
 use crate::counters::{Found, Metrics};
@@ -80,7 +82,7 @@ impl Default for EngineSettings {
 
 /// What a Get answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GetOutcome {
+pub(crate) struct GetOutcome {
     /// FRESH, STALE or MISS.
     pub state: ItemState,
     /// The data (empty on MISS).
@@ -95,7 +97,7 @@ pub struct GetOutcome {
 
 /// What an Invalidate answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InvalidateOutcome {
+pub(crate) struct InvalidateOutcome {
     /// The item was present.
     pub found: bool,
     /// A refresh was scheduled or is in flight.
@@ -104,7 +106,7 @@ pub struct InvalidateOutcome {
 
 /// The engine: a cheap-to-clone handle.
 #[derive(Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     inner: Arc<Inner>,
 }
 
@@ -133,7 +135,7 @@ struct Inner {
 impl Engine {
     /// An engine over `store`, loading the stored job configs, that counts what it does in
     /// `metrics` and spawns its tasks under `shutdown`.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         settings: EngineSettings,
         metrics: Metrics,
@@ -190,37 +192,37 @@ impl Engine {
     }
 
     /// The near caches' subscriptions.
-    pub fn subscriptions(&self) -> &Subscriptions {
+    pub(crate) fn subscriptions(&self) -> &Subscriptions {
         &self.inner.subscriptions
     }
 
     /// The worker registry.
-    pub fn workers(&self) -> &Workers {
+    pub(crate) fn workers(&self) -> &Workers {
         &self.inner.workers
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
     /// The size limits.
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.inner.settings.limits
     }
 
     /// The counters.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
     /// What a Register leaves unset.
-    pub fn job_defaults(&self) -> &JobConfig {
+    pub(crate) fn job_defaults(&self) -> &JobConfig {
         &self.inner.settings.job_defaults
     }
 
     /// Adds a registered worker's stream to the job's workers.
-    pub fn add_worker(
+    pub(crate) fn add_worker(
         &self,
         job: &JobName,
         id: WorkerId,
@@ -231,7 +233,7 @@ impl Engine {
     }
 
     /// Reads an item, refreshing it as the job's policy says.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         job: &JobName,
         args: &[u8],
@@ -329,7 +331,7 @@ impl Engine {
 
     /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
     /// `raw_get`): no fetch, no refresh, no backoff change, no counters moved.
-    pub fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
+    pub(crate) fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
         let key = ItemKey::new(job, args);
         let jobs = self.inner.jobs.read();
         let entry = jobs
@@ -345,7 +347,7 @@ impl Engine {
     }
 
     /// Stores `data` for an item directly; returns its expiry.
-    pub async fn set(
+    pub(crate) async fn set(
         &self,
         job: &JobName,
         args: &[u8],
@@ -369,7 +371,7 @@ impl Engine {
     }
 
     /// Removes an item; whether it was there.
-    pub async fn delete(&self, job: &JobName, args: &[u8]) -> Result<bool, Error> {
+    pub(crate) async fn delete(&self, job: &JobName, args: &[u8]) -> Result<bool, Error> {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
         let found = {
@@ -388,7 +390,11 @@ impl Engine {
     }
 
     /// Marks a present item stale now and schedules a refresh; an absent item is left alone.
-    pub async fn invalidate(&self, job: &JobName, args: &[u8]) -> Result<InvalidateOutcome, Error> {
+    pub(crate) async fn invalidate(
+        &self,
+        job: &JobName,
+        args: &[u8],
+    ) -> Result<InvalidateOutcome, Error> {
         let entry = self.job_entry(job)?;
         let config = entry.config;
         let key = ItemKey::new(job, args);
@@ -436,7 +442,7 @@ impl Engine {
     }
 
     /// Before a clean stop: the store records what its next start may skip, and flushes.
-    pub async fn close(&self) -> Result<(), Error> {
+    pub(crate) async fn close(&self) -> Result<(), Error> {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
@@ -444,7 +450,7 @@ impl Engine {
     }
 
     /// Makes every acknowledged write durable.
-    pub async fn flush(&self) -> Result<(), Error> {
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await

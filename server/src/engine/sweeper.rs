@@ -9,12 +9,12 @@ use crate::error::Error;
 impl Engine {
     /// Removes the items past their job's cache_ttl, and the items of jobs that no longer
     /// exist (the job is looked up live, item by item); how many went.
-    pub fn sweep(&self, now: SystemTime) -> Result<usize, Error> {
+    pub(crate) fn sweep(&self, now: SystemTime) -> Result<usize, Error> {
         let config_of = |name: &str| self.inner.jobs.read().get(name).map(|e| e.config);
         self.inner.store.sweep(&config_of, now)
     }
     /// Runs the sweeper every `sweep_interval` until the daemon closes.
-    pub async fn run_sweeper(self) {
+    pub(crate) async fn run_sweeper(self) {
         let shutdown = self.inner.shutdown.clone();
         let mut tick = tokio::time::interval(self.inner.settings.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

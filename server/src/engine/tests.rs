@@ -1,8 +1,8 @@
-//! The engine's rules, tested in process: an in-memory store, a worker that is a channel
-//! the test answers by hand, and tokio's paused clock (the engine's wall clock follows it),
-//! so every test is exact and takes no real time. The integration suite proves the same
-//! rules through the real binary; these pin down the orderings it cannot reach, such as a
-//! write landing while a fetch is in flight.
+//! The engine's rules, tested in process with the doubles of `testing`: an in-memory
+//! store, a worker that is a channel the test answers by hand, and tokio's paused clock
+//! (the engine's wall clock follows it), so every test is exact and takes no real time.
+//! The integration suite proves the same rules through the real binary; these pin down the
+//! orderings it cannot reach, such as a write landing while a fetch is in flight.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio::time::advance;
 
+use super::testing::{settle, until, Rig};
 use super::{Engine, EngineSettings};
 use crate::counters::JobMetrics;
 use crate::error::Error;
 use crate::model::{FetchReason, ItemState, JobConfig, JobName};
-use crate::testing::{settle, until, Rig};
 use crate::workers::{Answered, RequestId};
 
 /// Gets `args` of `job` in a task of its own, so the test can act while it waits.

@@ -35,7 +35,7 @@ where
     about,
     args_conflicts_with_subcommands = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -47,7 +47,7 @@ pub struct Cli {
 
 /// What `cachebackd` can do besides serving.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check a config file (every key and value) without serving; print the settings it
     /// gives on stdout; exit 78 (EX_CONFIG) with the key and line of the first problem.
     CheckConfig {
@@ -60,7 +60,7 @@ pub enum Command {
 
 /// The settings on the command line; each one given overrides the file.
 #[derive(Debug, Clone, Default, Args)]
-pub struct SettingsArgs {
+pub(crate) struct SettingsArgs {
     /// Read settings from this TOML file (see packaging/cachebackd.toml); the flags below
     /// override it.
     #[arg(long, value_name = "FILE")]
@@ -157,7 +157,7 @@ pub struct SettingsArgs {
 }
 
 /// The settings from the defaults, the file named by `--config` (if any), then the flags.
-pub fn load(args: &SettingsArgs) -> Result<Config, ConfigError> {
+pub(crate) fn load(args: &SettingsArgs) -> Result<Config, ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

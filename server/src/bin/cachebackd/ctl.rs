@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How to reach the daemon, and what to ask it.
 #[derive(Debug, Clone, Args)]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// The daemon's address: host:port, http://host:port, or unix:/path/to.sock.
     #[arg(
         long,
@@ -52,7 +52,7 @@ pub struct CtlArgs {
 
 /// What `cachebackd ctl` can do.
 #[derive(Debug, Clone, Subcommand)]
-pub enum CtlCommand {
+pub(crate) enum CtlCommand {
     /// Read an item (fetching it on a miss as its job says, unless --no-fetch).
     Get {
         /// The job.
@@ -128,7 +128,7 @@ fn item_args(typed: &str, raw: bool) -> Result<Vec<u8>, String> {
 }
 
 /// Runs one command; the process's exit code (1 for any error, said on stderr).
-pub fn main(args: CtlArgs) -> ExitCode {
+pub(crate) fn main(args: CtlArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

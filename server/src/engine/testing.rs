@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::{Engine, EngineSettings};
 use crate::clock::Clock;
 use crate::counters::Metrics;
-use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName, Limits};
 use crate::policy;
@@ -210,11 +210,15 @@ pub(crate) struct FakeWorker {
 }
 
 impl FakeWorker {
-    /// The next fetch order sent to this worker (awaits it).
+    /// The next fetch order sent to this worker. Waits at most an hour of paused time,
+    /// which tokio skips at once when nothing else can happen: a test whose order never
+    /// comes fails instead of hanging.
     pub(crate) async fn order(&mut self) -> FetchOrder {
-        match self.rx.recv().await {
-            Some(Outbound::Fetch(order)) => order,
-            other => panic!("expected a fetch order, got {other:?}"),
+        let next = tokio::time::timeout(Duration::from_secs(3600), self.rx.recv());
+        match next.await {
+            Ok(Some(Outbound::Fetch(order))) => order,
+            Ok(other) => panic!("expected a fetch order, got {other:?}"),
+            Err(_) => panic!("no fetch order came"),
         }
     }
 
