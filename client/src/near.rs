@@ -288,14 +288,21 @@ impl NearCache {
         }
     }
 
-    /// An event for `key`: the item goes, and reads in flight keep only data stored at
-    /// or after `spoiled_before`.
+    /// An event for `key`: data stored before `spoiled_before` goes, held or being read.
+    /// (The CHANGED of the very data held, which may come after the Get's answer, leaves
+    /// it.)
     fn on_event(&self, key: &[u8], spoiled_before: SystemTime) {
         let mut link = self.link.lock();
         if let Some(held) = link.subscribed.get_mut(key) {
             held.spoil(spoiled_before);
         }
-        self.items.invalidate(key);
+        let stale = self
+            .items
+            .get(key)
+            .is_some_and(|item| item.stored_at.is_none_or(|at| at < spoiled_before));
+        if stale {
+            self.items.invalidate(key);
+        }
     }
 
     /// The stream is lost (or a new one is up, `tx`): everything held goes.

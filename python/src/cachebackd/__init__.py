@@ -17,6 +17,7 @@ The daemon is found at CACHEBACKD_TARGET (`host:port` or `unix:/path`), else
 """
 
 from ._codec import encode_args, encode_json
+from ._near import MAX_NEAR_CACHE_ITEMS, NearCacheStats
 from .client import (
     DEFAULT_TARGET,
     TARGET_ENV,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TARGET",
+    "MAX_NEAR_CACHE_ITEMS",
     "TARGET_ENV",
     "TOKEN_ENV",
     "URL_ENV",
@@ -52,6 +54,7 @@ __all__ = [
     "Item",
     "ItemState",
     "Job",
+    "NearCacheStats",
     "Worker",
     "cacheback",
     "default_client",

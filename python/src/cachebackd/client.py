@@ -18,6 +18,7 @@ import grpc
 
 from . import _wire
 from ._codec import Seconds, from_timestamp, to_duration
+from ._near import NearCache, NearCacheStats, key_of, near_item
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
 from .errors import CachebackError, of_status
@@ -189,6 +190,11 @@ class Client:
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
     by the job's `refresh_timeout` on the daemon's side. `token` (default: the environment
     variable CACHEBACKD_TOKEN) is sent with every call as `authorization: Bearer <token>`.
+    `near_cache` (default None: off) keeps up to that many items the daemon answered FRESH
+    in this process and serves them from `get` without a call while they are fresh and
+    the daemon has told of no change to them (its Subscribe stream, on a thread of its
+    own); a lost stream drops them all. Reads served locally are not seen by the daemon
+    (no early refresh): `near_cache_stats()` counts them.
     Thread-safe; use one per process.
     """
 
@@ -199,6 +205,7 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
+        near_cache: Optional[int] = None,
     ) -> None:
         self.target = resolve_target(target)
         self.timeout = timeout
@@ -207,6 +214,9 @@ class Client:
             self.target, options=channel_options(self.target, options)
         )
         self.stub = CachebackStub(self.channel)
+        self.near: Optional[NearCache] = (
+            NearCache(self.stub, self.metadata, near_cache) if near_cache is not None else None
+        )
 
     def __repr__(self) -> str:
         return f"Client({self.target!r}, timeout={self.timeout!r})"
@@ -219,11 +229,20 @@ class Client:
 
     def close(self) -> None:
         """Close the channel; calls in flight fail with CANCELLED."""
+        if self.near is not None:
+            self.near.close()
         self.channel.close()
 
     def wait_until_ready(self, timeout: Optional[float] = None) -> None:
-        """Block until the channel is connected (raises grpc.FutureTimeoutError)."""
+        """Block until the channel is connected and, with a near cache, its stream is up
+        (raises grpc.FutureTimeoutError)."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        if self.near is not None and not self.near.wait_until_up(timeout):
+            raise grpc.FutureTimeoutError()
+
+    def near_cache_stats(self) -> Optional[NearCacheStats]:
+        """The near cache's counters (hits, misses, items, resets); None without one."""
+        return self.near.stats() if self.near is not None else None
 
     def _call(self, method: Any, request: Any, timeout: Any) -> Any:
         try:
@@ -248,7 +267,27 @@ class Client:
         `fetch_on_miss` overrides the job's setting for this call.
         """
         request = get_request(job, args, fetch_on_miss)
-        return item_from_reply(self._call(self.stub.Get, request, timeout))
+        near = self.near
+        if near is None:
+            return item_from_reply(self._call(self.stub.Get, request, timeout))
+        key = key_of(job, args)
+        hit = near.lookup(key)
+        if hit is not None:
+            return replace(item_from_reply(hit.reply), refresh_scheduled=False, fetched=False)
+        ticket = near.begin(key)
+        try:
+            reply = self._call(self.stub.Get, request, timeout)
+        except BaseException:
+            if ticket is not None:
+                near.finish(ticket, None)
+            raise
+        if ticket is not None:
+            near.finish(ticket, near_item(reply))
+        return item_from_reply(reply)
+
+    def _forget_near(self, job: str, args: bytes) -> None:
+        if self.near is not None:
+            self.near.forget(key_of(job, args))
 
     def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
         """Read what is stored for an item and start nothing: no fetch, no refresh
@@ -277,7 +316,10 @@ class Client:
         for start in range(0, len(args), _wire.MAX_GET_MANY):
             requests = [
                 get_request(job, a, f)
-                for a, f in zip(args[start : start + _wire.MAX_GET_MANY], overrides[start : start + _wire.MAX_GET_MANY])
+                for a, f in zip(
+                    args[start : start + _wire.MAX_GET_MANY],
+                    overrides[start : start + _wire.MAX_GET_MANY],
+                )
             ]
             reply = self._call(self.stub.GetMany, pb.GetManyRequest(requests=requests), timeout)
             for result in reply.results:
@@ -301,16 +343,19 @@ class Client:
 
         `lifetime` replaces the job's lifetime for this item only.
         """
+        self._forget_near(job, args)
         reply = self._call(self.stub.Set, set_request(job, args, data, lifetime), timeout)
         return from_timestamp(reply.expires_at)
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""
+        self._forget_near(job, args)
         reply = self._call(self.stub.Invalidate, pb.InvalidateRequest(job=job, args=args), timeout)
         return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
 
     def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
         """Remove an item, so that the next Get is a miss; returns whether it existed."""
+        self._forget_near(job, args)
         reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 
