@@ -10,6 +10,7 @@ mod hits;
 mod load;
 mod marks;
 mod memory;
+mod near;
 mod noop;
 mod procs;
 mod redis_bench;
@@ -106,6 +107,8 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Hits,
+    /// The near cache's hit beside a plain Get and Redis GET.
+    Near,
     Storm,
     Refresh,
     Memory,
@@ -206,7 +209,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         found
     };
 
-    if wants(Scenario::Hits) || wants(Scenario::Storm) || wants(Scenario::Refresh) {
+    let serving = [
+        Scenario::Hits,
+        Scenario::Near,
+        Scenario::Storm,
+        Scenario::Refresh,
+    ];
+    if serving.into_iter().any(wants) {
         let data_dir = dir.path().join("data");
         let (daemon, daemon_at) =
             procs::start_daemon(&bin, &data_dir, dir.path().join("cachebackd.log"), &[]).await?;
@@ -259,6 +268,27 @@ async fn run(cli: Cli) -> Result<(), String> {
                 plan.rounds,
             )
             .await?;
+            if let Some(target) = redis {
+                target.stop().await;
+            }
+        }
+
+        if wants(Scenario::Near) {
+            eprintln!("near-cache hits");
+            let redis = match &redis_bin {
+                Some(bin) => Some(redis_bench::RedisTarget::start(bin, dir.path(), 1).await?),
+                None => None,
+            };
+            let url = format!("http://{daemon_at}");
+            report.near = Some(
+                near::run(
+                    &url,
+                    daemon_ch[0].clone(),
+                    redis.as_ref(),
+                    plan.spec.measure,
+                )
+                .await?,
+            );
             if let Some(target) = redis {
                 target.stop().await;
             }
