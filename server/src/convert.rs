@@ -10,7 +10,9 @@ use tonic::Status;
 
 use crate::counters::JobMetrics;
 use crate::engine::GetOutcome;
-use crate::model::{FetchReason, ItemState, JobConfig, MAX_SPAN};
+use crate::model::{
+    FetchReason, ItemState, JobConfig, MAX_ERROR_MESSAGE, MAX_REFRESH_TIMEOUT, MAX_SPAN,
+};
 use crate::subscriptions::{Event, EventKind};
 use crate::workers::{FetchOrder, Fetched, Outcome};
 
@@ -33,9 +35,13 @@ pub(crate) fn span(
 }
 
 /// A registration's config with every default (the daemon's `job_defaults`) filled in.
+/// Past the field-by-field checks: `refresh_timeout` at most [`MAX_REFRESH_TIMEOUT`] (a
+/// fetch and its place in the queue are never held longer), and `cache_ttl` at least the
+/// lifetime (an item gone before it is stale could never be served; a `cache_ttl` of 1 ns
+/// would make every item a miss).
 pub(crate) fn job_config(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobConfig, Status> {
     let d = *defaults;
-    Ok(JobConfig {
+    let config = JobConfig {
         lifetime: match c.lifetime {
             Some(x) => span("JobConfig.lifetime", x, true)?,
             None => d.lifetime,
@@ -53,7 +59,37 @@ pub(crate) fn job_config(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobCo
             Some(x) => span("JobConfig.cache_ttl", x, false)?,
             None => d.cache_ttl,
         },
-    })
+    };
+    let human = humantime::format_duration;
+    if config.refresh_timeout > MAX_REFRESH_TIMEOUT {
+        return Err(Status::invalid_argument(format!(
+            "JobConfig.refresh_timeout {} is over the limit of {}",
+            human(config.refresh_timeout),
+            human(MAX_REFRESH_TIMEOUT)
+        )));
+    }
+    if config.cache_ttl < config.lifetime {
+        return Err(Status::invalid_argument(format!(
+            "JobConfig.cache_ttl ({}) must be at least the lifetime ({})",
+            human(config.cache_ttl),
+            human(config.lifetime)
+        )));
+    }
+    Ok(config)
+}
+
+/// A worker's error message as passed on: at most [`MAX_ERROR_MESSAGE`] bytes (it goes
+/// into every waiting caller's status and into the log).
+fn clip_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("... (cut)");
+    }
+    message
 }
 
 /// The effective config as sent in `Registered.config` and `JobInfo.config`.
@@ -123,7 +159,7 @@ pub(crate) fn fetch_outcome(outcome: Option<fetch_result::Outcome>) -> Outcome {
                 lifetime: None,
             }),
         },
-        Some(fetch_result::Outcome::Error(e)) => Err(e.message),
+        Some(fetch_result::Outcome::Error(e)) => Err(clip_message(e.message)),
         Some(fetch_result::Outcome::Absent(_)) => {
             Err("this daemon does not store FetchedAbsent answers yet".into())
         }

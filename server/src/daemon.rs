@@ -13,15 +13,16 @@ use cachebackd_proto::v1::cacheback_admin_server::CachebackAdminServer;
 use cachebackd_proto::v1::cacheback_server::CachebackServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::config::{Config, ListenAddr};
+use crate::connections::{self, Connections};
 use crate::counters::Metrics;
 use crate::engine::Engine;
+use crate::oversize::OversizeLayer;
 use crate::service::CachebackService;
 use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
@@ -67,12 +68,18 @@ pub async fn run_with_sockets(
     passed: Vec<PassedSocket>,
     shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
-    let (store, report) = SledStore::open(&config.data_dir, config.flush_interval)?;
+    let (store, report) =
+        SledStore::open_bounded(&config.data_dir, config.flush_interval, config.max_bytes)?;
     if let Some(aside) = &report.moved_aside {
+        let kept = report.salvaged.clone().unwrap_or_default();
         tracing::error!(
             moved_to = %aside.display(),
             reason = report.reason.as_deref().unwrap_or(""),
-            "THE STORE COULD NOT BE OPENED: it was moved aside and cachebackd starts with an empty cache"
+            kept_items = kept.items,
+            kept_jobs = kept.jobs,
+            lost_records = kept.lost_records,
+            unread_log_bytes = kept.unread_log_bytes,
+            "THE STORE WAS DAMAGED: it was moved aside, and what could be read of it was salvaged into a fresh store"
         );
     }
     let store_moved_aside = report.moved_aside.is_some();
@@ -109,9 +116,17 @@ pub async fn run_with_sockets(
     // Everything is ready: the store is open and every listener bound. Health says so before
     // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
     crate::health::set_all(&health, ServingStatus::Serving).await;
+    let connections = Connections::new(config.max_connections, config.idle_timeout);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
+            .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
+            .layer(connections.layer())
+            .layer(OversizeLayer {
+                max_data_bytes: config.max_data_bytes,
+            })
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -120,13 +135,13 @@ pub async fn run_with_sockets(
         let signal = shutdown.drain_token().cancelled_owned();
         match listener {
             Bound::Tcp(l) => {
-                let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                let incoming = connections.tcp(l);
                 servers.spawn(async move {
                     router.serve_with_incoming_shutdown(incoming, signal).await
                 });
             }
             Bound::Unix(l) => {
-                let incoming = UnixListenerStream::new(l);
+                let incoming = connections.unix(l);
                 servers.spawn(async move {
                     router.serve_with_incoming_shutdown(incoming, signal).await
                 });
@@ -134,11 +149,19 @@ pub async fn run_with_sockets(
         }
     }
     if let Some(l) = metrics_listener {
-        let registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
+        let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
+        connections::register_metrics(&mut registry, connections.stats());
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
     }
     shutdown.spawn(engine.clone().run_sweeper());
     systemd::spawn_watchdog(&shutdown);
+    // Ends before the drain reports NOT_SERVING, so that it cannot report SERVING after.
+    let store_watch_stop = CancellationToken::new();
+    let store_watch = shutdown.spawn(crate::health::follow_store(
+        engine.store().clone(),
+        health.clone(),
+        store_watch_stop.clone(),
+    ));
 
     let jobs = engine.jobs().len();
     tracing::info!(
@@ -155,6 +178,8 @@ pub async fn run_with_sockets(
 
     shutdown.draining().await;
     systemd::stopping("draining in-flight calls");
+    store_watch_stop.cancel();
+    let _ = store_watch.await;
     crate::health::set_all(&health, ServingStatus::NotServing).await;
     tracing::info!(grace = ?config.drain_grace, "shutting down: draining in-flight calls");
     if !shutdown.wait_for_calls(config.drain_grace).await {

@@ -27,9 +27,29 @@ pub enum Error {
     /// The caller's own deadline passed first.
     #[error("the caller's deadline passed before the fetch finished")]
     DeadlineExceeded,
-    /// The store failed.
+    /// The store failed (an I/O error, or a store that cannot be used).
     #[error("store: {0}")]
     Store(String),
+    /// The store cannot take a write for want of space (disk full, quota): reads go on.
+    #[error("store: {0}")]
+    StoreFull(String),
+    /// A Register of a new job past `max_jobs`.
+    #[error("the daemon knows {max} jobs already, its limit (max_jobs): job {job:?} is not taken")]
+    TooManyJobs {
+        /// The new job.
+        job: String,
+        /// The limit.
+        max: usize,
+    },
+    /// Every job's queue together holds the most fetches the daemon lets wait.
+    #[error("{capacity} fetches are waiting for a worker across all jobs already, the daemon's limit (max_queued_fetches)")]
+    QueuesFull {
+        /// The limit across jobs.
+        capacity: usize,
+    },
+    /// A worker holds every slot with lost fetches and answers nothing: its stream ends.
+    #[error("{0}")]
+    WorkerStuck(String),
     /// A bug or a panic inside the daemon; the request may be retried.
     #[error("internal error: {0}")]
     Internal(String),
@@ -46,6 +66,26 @@ pub enum Error {
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
-        Error::Store(e.to_string())
+        match e {
+            sled::Error::Io(io) => Error::from(io),
+            other => Error::Store(other.to_string()),
+        }
     }
+}
+
+/// An I/O error of the store, told as the OS tells it ("No space left on device (os error
+/// 28)"), never as Rust's debug text; want of space is its own kind.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc_codes::ENOSPC | libc_codes::EDQUOT) => Error::StoreFull(e.to_string()),
+            _ => Error::Store(e.to_string()),
+        }
+    }
+}
+
+/// The two errno values of want of space (Linux numbering, as std reports them).
+mod libc_codes {
+    pub(super) const ENOSPC: i32 = 28;
+    pub(super) const EDQUOT: i32 = 122;
 }

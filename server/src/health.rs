@@ -31,6 +31,39 @@ pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Reports NOT_SERVING while the store refuses writes (its disk is full, or it failed) and
+/// SERVING again once it takes them, until `stop`. Checked every 250 ms: the store's own
+/// check reads free space at most that often.
+pub(crate) async fn follow_store(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    reporter: HealthReporter,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writable = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = store.writable();
+        if now.is_ok() != writable {
+            writable = now.is_ok();
+            match now {
+                Ok(()) => {
+                    tracing::info!("the store takes writes again: health is SERVING");
+                    set_all(&reporter, ServingStatus::Serving).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the store refuses writes: health is NOT_SERVING (reads go on)");
+                    set_all(&reporter, ServingStatus::NotServing).await;
+                }
+            }
+        }
+    }
+}
+
 /// A reporter, NOT_SERVING for every service, and the server that reports it; the `Watch`
 /// streams are tasks of `shutdown` and end when the daemon closes.
 pub(crate) async fn service(shutdown: Shutdown) -> (HealthReporter, HealthServer<DrainingHealth>) {

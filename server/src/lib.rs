@@ -12,19 +12,26 @@
 //! `worker_stream` (one worker's stream), `subscriptions` and `subscribe_stream` (the near
 //! caches' events and their streams), `convert` (protobuf to model and back), `clock`
 //! (wall time, injectable), `admin` (the admin service), `health` (gRPC health),
-//! `counters` (what the engine counts) and `metrics` (the Prometheus exporter).
+//! `counters` (what the engine counts) and `metrics` (the Prometheus exporter). Bounds:
+//! `budget` (the memory one call may pin), `connections` (how many, idle ones, accept
+//! back-off), `oversize` (requests over the message limit) and `logs` (rate-limited,
+//! clipped log lines).
 
 mod admin;
+mod budget;
 mod clock;
 pub mod config;
+mod connections;
 mod convert;
 mod counters;
 pub mod daemon;
 mod engine;
 pub mod error;
 mod health;
+mod logs;
 mod metrics;
 mod model;
+mod oversize;
 mod policy;
 mod service;
 pub mod shutdown;

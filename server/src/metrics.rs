@@ -67,7 +67,12 @@ impl Collector for StateCollector {
                     tracing::warn!(%job, error = %e, "cannot read the job's usage for metrics");
                     Default::default()
                 });
-                (labels, self.engine.workers().count(job), usage)
+                (
+                    labels,
+                    self.engine.workers().count(job),
+                    usage,
+                    store.evictions(job),
+                )
             })
             .collect();
 
@@ -83,20 +88,37 @@ impl Collector for StateCollector {
             "workers",
             "Worker streams registered for the job now",
             None,
-            usage.iter().map(|(l, w, _)| (l, *w as i64)).collect(),
+            usage.iter().map(|(l, w, _, _)| (l, *w as i64)).collect(),
         )?;
         family(
             "stored_items",
             "Items stored for the job (stale ones included, until swept)",
             None,
-            usage.iter().map(|(l, _, u)| (l, u.items as i64)).collect(),
+            usage
+                .iter()
+                .map(|(l, _, u, _)| (l, u.items as i64))
+                .collect(),
         )?;
         family(
             "stored_data",
             "Bytes of data stored for the job",
             Some(&Unit::Bytes),
-            usage.iter().map(|(l, _, u)| (l, u.bytes as i64)).collect(),
+            usage
+                .iter()
+                .map(|(l, _, u, _)| (l, u.bytes as i64))
+                .collect(),
         )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "evictions",
+                "Items of the job evicted, least recently used first, to keep the store under max_bytes",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, _, _, evicted) in &usage {
+                ConstCounter::new(*evicted).encode(m.encode_family(labels)?)?;
+            }
+        }
 
         let gauge = |encoder: &mut DescriptorEncoder,
                      name: &str,

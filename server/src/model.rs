@@ -63,8 +63,16 @@ impl Limits {
 }
 
 /// A job's name: 1 to `max_job_name_bytes` bytes of `[A-Za-z0-9_.:-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct JobName(String);
+
+/// Quoted like the text it is (`"tweets"`), so messages built with `{:?}` never show
+/// Rust's `JobName("tweets")`.
+impl fmt::Debug for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl JobName {
     /// Validates a name against the allowed alphabet and the length limit.
@@ -194,6 +202,13 @@ impl Default for JobConfig {
 
 /// Longest span the daemon accepts anywhere (a century), so time arithmetic cannot overflow.
 pub(crate) const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Longest `refresh_timeout` a Register may set: a fetch, and its place in the wait queue,
+/// is never held longer than this.
+pub(crate) const MAX_REFRESH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Longest worker error message passed on to callers and into logs, in bytes.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// Why a fetch was asked for (PROTOCOL.md `FetchReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,10 +9,11 @@ use futures_util::future::join_all;
 use prost::Message;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::budget::{Planned, ResponseBudget};
 use crate::convert::{self, get_response};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::model::JobName;
+use crate::model::{ItemKey, JobName};
 use crate::shutdown::Shutdown;
 use crate::{subscribe_stream, worker_stream};
 
@@ -25,12 +26,18 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::invalid_argument(message),
             Error::UnknownJob(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::FetchFailed(_) | Error::ShuttingDown => Status::unavailable(message),
-            Error::QueueFull { .. } | Error::TooManySubscriptions { .. } => {
-                Status::resource_exhausted(message)
+            Error::FetchFailed(_) | Error::ShuttingDown | Error::WorkerStuck(_) => {
+                Status::unavailable(message)
             }
+            Error::QueueFull { .. }
+            | Error::QueuesFull { .. }
+            | Error::TooManyJobs { .. }
+            | Error::StoreFull(_)
+            | Error::TooManySubscriptions { .. } => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
-            Error::Store(_) | Error::Internal(_) => Status::internal(message),
+            // An I/O error of the store: writes may succeed again without a restart.
+            Error::Store(_) => Status::unavailable(message),
+            Error::Internal(_) => Status::internal(message),
         }
     }
 }
@@ -100,10 +107,10 @@ impl Cacheback for CachebackService {
                 requests.len()
             )));
         }
-        let outcomes = join_all(requests.iter().map(|r| self.get_one(r, deadline))).await;
         // Items past the response's size budget fail alone: the rest are still answered.
         // Sizes are exact encoded lengths, and room is kept for the error entry of every
-        // item still to come, so the response always fits the encoding limit.
+        // item still to come, so the response always fits the encoding limit. Items are
+        // read lazily against that budget (`budget`): one that cannot fit is never read.
         let entry = |r: &pb::GetResult| {
             let len = r.encoded_len();
             1 + prost::length_delimiter_len(len) + len
@@ -116,6 +123,30 @@ impl Cacheback for CachebackService {
         };
         let error_size = entry(&too_large);
         let budget = self.engine.limits().max_message_bytes();
+        let known: Vec<_> = requests
+            .iter()
+            .map(|r| match JobName::parse(&r.job, self.engine.limits()) {
+                Ok(job) => self.engine.store().data_len(&ItemKey::new(&job, &r.args)),
+                Err(_) => None,
+            })
+            .collect();
+        let (plan, response_budget) = ResponseBudget::plan(budget, error_size, &known);
+        let too_large_status = || Status::resource_exhausted(too_large_message(&too_large));
+        let outcomes = join_all(requests.iter().zip(plan).map(|(r, planned)| {
+            let response_budget = &response_budget;
+            async move {
+                let Planned::Read(planned) = planned else {
+                    return Err(too_large_status());
+                };
+                let response = self.get_one(r, deadline).await?;
+                if response_budget.admit(planned, response.data.len()) {
+                    Ok(response)
+                } else {
+                    Err(too_large_status())
+                }
+            }
+        }))
+        .await;
         let mut used = 0;
         let count = outcomes.len();
         let results = outcomes
@@ -210,6 +241,13 @@ impl Cacheback for CachebackService {
         let stream =
             worker_stream::open(self.engine.clone(), self.shutdown.clone(), req.into_inner());
         Ok(Response::new(stream))
+    }
+}
+
+fn too_large_message(entry: &pb::GetResult) -> String {
+    match &entry.outcome {
+        Some(get_result::Outcome::Error(e)) => e.message.clone(),
+        _ => String::new(),
     }
 }
 

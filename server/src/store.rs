@@ -6,7 +6,7 @@
 //! not stay down. A record that fails to decode is dropped and counted, never served.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,13 @@ use parking_lot::RwLock;
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
 use crate::policy::{self, Times};
+
+mod open;
+mod recency;
+mod salvage;
+mod space;
+
+pub(crate) use open::OpenReport;
 
 /// One cached item as it is stored: its times and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +176,8 @@ pub(crate) struct Usage {
 struct Counts {
     items: AtomicI64,
     bytes: AtomicI64,
+    /// Items evicted for `max_bytes`, since start.
+    evicted: AtomicU64,
 }
 
 impl Counts {
@@ -187,6 +196,7 @@ impl From<Usage> for Counts {
         Counts {
             items: word(u.items),
             bytes: word(u.bytes),
+            evicted: AtomicU64::new(0),
         }
     }
 }
@@ -234,6 +244,21 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn watch_removals(&self, listener: RemovalListener) {
         let _ = listener;
     }
+    /// Bytes of data stored for `key`, read from memory (the data is not touched), if it
+    /// is stored and the store keeps sizes; a read does not count as a use.
+    fn data_len(&self, _key: &ItemKey) -> Option<u64> {
+        None
+    }
+    /// Items of `job` evicted for `max_bytes` since start (0 for a store that does not
+    /// evict).
+    fn evictions(&self, _job: &JobName) -> u64 {
+        0
+    }
+    /// `Ok` while the store takes writes; the error a write would get otherwise (its disk
+    /// is full, or it failed). Checked anew at most every 100 ms.
+    fn writable(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Told the key of each item a store removes by itself.
@@ -253,81 +278,109 @@ pub(crate) struct SledStore {
     usage: RwLock<HashMap<Vec<u8>, Counts>>,
     /// `close` has saved the counts: a write after it makes the saved counts stale.
     closed: AtomicBool,
-    /// Told of the items the sweep removes.
+    /// Told of the items the sweep and eviction remove.
     removals: OnceLock<RemovalListener>,
-}
-
-/// How the store came up.
-#[derive(Debug, Default)]
-pub(crate) struct OpenReport {
-    /// Where a store that could not be opened was moved to, if one was.
-    pub moved_aside: Option<PathBuf>,
-    /// Why it could not be opened.
-    pub reason: Option<String>,
+    /// The recency order, for `max_bytes`.
+    recency: recency::Recency,
+    /// Refuses writes while the disk is full.
+    space: space::SpaceGuard,
 }
 
 impl SledStore {
-    /// Opens (or creates) the store under `data_dir`. A store that fails to open is moved
-    /// aside to `store.corrupt-<unix seconds>` and a fresh one is created; only a data dir
-    /// that cannot be used at all (locked by another process, not writable) is an error.
+    /// Opens (or creates) the store under `data_dir`. Only a store proven damaged is
+    /// moved aside (and salvaged, see [`open`]); a locked or unusable one is an error that
+    /// leaves it as it is.
+    #[cfg(test)]
     pub(crate) fn open(
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::Store(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join("store");
-        let mut report = OpenReport::default();
-        let db = match try_open(&path, flush_interval) {
-            Ok(db) => db,
-            Err(OpenError::Locked(msg)) => return Err(Error::Store(msg)),
-            Err(OpenError::Damaged(msg)) => {
-                let stamp = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let aside = data_dir.join(format!("store.corrupt-{stamp}"));
-                std::fs::rename(&path, &aside).map_err(|e| {
-                    Error::Store(format!(
-                        "store at {} is damaged ({msg}) and cannot be moved aside: {e}",
-                        path.display()
-                    ))
-                })?;
-                report.moved_aside = Some(aside);
-                report.reason = Some(msg);
-                try_open(&path, flush_interval).map_err(|e| {
-                    Error::Store(format!("cannot create a fresh store: {}", e.message()))
-                })?
-            }
-        };
+        SledStore::open_bounded(data_dir, flush_interval, u64::MAX)
+    }
+
+    /// As [`SledStore::open`], holding at most `max_bytes` of items (keys and records):
+    /// past it the least recently used are evicted, at once if the store is over it now.
+    pub(crate) fn open_bounded(
+        data_dir: &Path,
+        flush_interval: Duration,
+        max_bytes: u64,
+    ) -> Result<(SledStore, OpenReport), Error> {
+        let (db, report) = open::open_db(data_dir, flush_interval)?;
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
         let meta = db.open_tree("meta")?;
         let usage = load_usage(&db, &meta, &items)?;
-        Ok((
-            SledStore {
-                db,
-                items,
-                jobs,
-                invalidated,
-                meta,
-                corrupt: AtomicU64::new(0),
-                usage: RwLock::new(
-                    usage
-                        .into_iter()
-                        .map(|(job, u)| (job, Counts::from(u)))
-                        .collect(),
-                ),
-                closed: AtomicBool::new(false),
-                removals: OnceLock::new(),
-            },
-            report,
-        ))
+        let recency = recency::Recency::new(max_bytes);
+        let store = SledStore {
+            db,
+            items,
+            jobs,
+            invalidated,
+            meta,
+            corrupt: AtomicU64::new(0),
+            usage: RwLock::new(
+                usage
+                    .into_iter()
+                    .map(|(job, u)| (job, Counts::from(u)))
+                    .collect(),
+            ),
+            closed: AtomicBool::new(false),
+            removals: OnceLock::new(),
+            recency,
+            space: space::SpaceGuard::new(data_dir.to_path_buf()),
+        };
+        store.load_recency()?;
+        Ok((store, report))
+    }
+
+    /// Fills the recency order from the stored items, oldest stored first (the order of
+    /// use before a restart is not kept), and evicts what is over the bound.
+    fn load_recency(&self) -> Result<(), Error> {
+        let mut all = Vec::new();
+        for kv in self.items.iter() {
+            // Read through once already when the store opened.
+            let Ok((k, v)) = kv else {
+                tracing::error!("the store's items could not all be read into the recency order");
+                break;
+            };
+            let stored = Item::decode_times(&v).map(|t| t.stored_at);
+            let size = (k.len() + v.len()) as u64;
+            all.push((stored, k, size));
+        }
+        all.sort_by_key(|(stored, _, _)| *stored);
+        for (_, key, size) in all {
+            let victims = self.recency.insert(&key, size);
+            self.evict(victims);
+        }
+        Ok(())
+    }
+
+    /// Removes items the recency order gave up, counting them per job.
+    fn evict(&self, victims: Vec<Box<[u8]>>) {
+        for key in victims {
+            match self.items.remove(&*key) {
+                Ok(Some(old)) => {
+                    self.account(&key, Some(old.len()), None);
+                    let job = key.split(|&b| b == 0).next().unwrap_or_default();
+                    if let Some(c) = self.usage.read().get(job) {
+                        c.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(listener) = self.removals.get() {
+                        listener(&key);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot evict an item"),
+            }
+        }
+    }
+
+    /// A write that sled failed: remembered by the space guard, passed on.
+    fn failed(&self, e: sled::Error) -> Error {
+        let e = Error::from(e);
+        self.space.note_failure(&e);
+        e
     }
 
     /// Counts a write of `key` that replaced `old` with `new` (raw record lengths). A
@@ -356,73 +409,11 @@ impl SledStore {
     fn drop_corrupt(&self, key: &[u8], what: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
+        self.recency.remove(key);
         match self.items.remove(key) {
             Ok(old) => self.account(key, old.map(|v| v.len()), None),
             Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
         }
-    }
-}
-
-enum OpenError {
-    Locked(String),
-    Damaged(String),
-}
-
-impl OpenError {
-    fn message(&self) -> &str {
-        match self {
-            OpenError::Locked(m) | OpenError::Damaged(m) => m,
-        }
-    }
-}
-
-fn try_open(path: &Path, flush_interval: Duration) -> Result<sled::Db, OpenError> {
-    let existed = ["conf", "db"].iter().any(|f| path.join(f).exists());
-    let config = sled::Config::new()
-        .path(path)
-        .flush_every_ms(Some(flush_interval.as_millis().max(1) as u64));
-    // sled can panic on some damaged files instead of returning an error: both mean the
-    // same here.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-    let db = match opened {
-        Ok(Ok(db)) => db,
-        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(OpenError::Locked(format!(
-                "store at {} is in use by another process (is another cachebackd running on this data dir?)",
-                path.display()
-            )))
-        }
-        Ok(Err(e)) => return Err(OpenError::Damaged(e.to_string())),
-        Err(_) => return Err(OpenError::Damaged("sled panicked while opening it".into())),
-    };
-    // sled opens some damaged stores as empty ones. Every store we create holds a format
-    // marker, so files that exist but hold no marker are damage, not a fresh start.
-    let check = || -> Result<(), String> {
-        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
-        let marker = meta.get(FORMAT_KEY).map_err(|e| e.to_string())?;
-        match marker {
-            Some(v) if v.as_ref() == FORMAT_MARKER => {}
-            Some(v) => {
-                return Err(format!(
-                    "unknown store format {:?}",
-                    String::from_utf8_lossy(&v)
-                ))
-            }
-            None if existed => return Err("its files hold no cachebackd store".into()),
-            None => {
-                meta.insert(FORMAT_KEY, FORMAT_MARKER)
-                    .map_err(|e| e.to_string())?;
-                db.flush().map_err(|e| e.to_string())?;
-            }
-        }
-        let jobs = db.open_tree("jobs").map_err(|e| e.to_string())?;
-        jobs.iter()
-            .try_for_each(|kv| kv.map(|_| ()))
-            .map_err(|e| e.to_string())
-    };
-    match check() {
-        Ok(()) => Ok(db),
-        Err(msg) => Err(OpenError::Damaged(msg)),
     }
 }
 
@@ -484,7 +475,10 @@ impl Store for SledStore {
             return Ok(None);
         };
         match Item::decode(&bytes) {
-            Some(item) => Ok(Some(item)),
+            Some(item) => {
+                self.recency.touch(key.as_bytes());
+                Ok(Some(item))
+            }
             None => {
                 self.drop_corrupt(key.as_bytes(), "item");
                 Ok(None)
@@ -493,14 +487,23 @@ impl Store for SledStore {
     }
 
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
+        self.space.admit()?;
         let record = item.encode();
         let len = record.len();
-        let old = self.items.insert(key.as_bytes(), record)?;
+        let old = self
+            .items
+            .insert(key.as_bytes(), record)
+            .map_err(|e| self.failed(e))?;
         self.account(key.as_bytes(), old.map(|v| v.len()), Some(len));
+        let victims = self
+            .recency
+            .insert(key.as_bytes(), (key.as_bytes().len() + len) as u64);
+        self.evict(victims);
         Ok(())
     }
 
     fn remove(&self, key: &ItemKey) -> Result<bool, Error> {
+        self.recency.remove(key.as_bytes());
         let old = self.items.remove(key.as_bytes())?;
         let found = old.is_some();
         self.account(key.as_bytes(), old.map(|v| v.len()), None);
@@ -508,8 +511,10 @@ impl Store for SledStore {
     }
 
     fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<(), Error> {
+        self.space.admit()?;
         self.jobs
-            .insert(job.as_str().as_bytes(), encode_job(config))?;
+            .insert(job.as_str().as_bytes(), encode_job(config))
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -556,6 +561,7 @@ impl Store for SledStore {
                 .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
                 .is_ok()
             {
+                self.recency.remove(&k);
                 self.account(&k, Some(v.len()), None);
                 if let Some(listener) = self.removals.get() {
                     listener(&k);
@@ -576,8 +582,10 @@ impl Store for SledStore {
     }
 
     fn put_invalidated_before(&self, job: &JobName, at: SystemTime) -> Result<(), Error> {
+        self.space.admit()?;
         self.invalidated
-            .insert(job.as_str().as_bytes(), &micros(at).to_be_bytes())?;
+            .insert(job.as_str().as_bytes(), &micros(at).to_be_bytes())
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -604,6 +612,7 @@ impl Store for SledStore {
         let mut removed = 0;
         for k in self.items.scan_prefix(ItemKey::job_prefix(job)).keys() {
             let k = k?;
+            self.recency.remove(&k);
             if let Some(old) = self.items.remove(&k)? {
                 self.account(&k, Some(old.len()), None);
                 removed += 1;
@@ -650,6 +659,24 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, Error> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    fn data_len(&self, key: &ItemKey) -> Option<u64> {
+        let overhead = (key.as_bytes().len() + ITEM_HEADER) as u64;
+        self.recency
+            .size(key.as_bytes())
+            .map(|s| s.saturating_sub(overhead))
+    }
+
+    fn evictions(&self, job: &JobName) -> u64 {
+        let usage = self.usage.read();
+        usage
+            .get(job.as_str().as_bytes())
+            .map_or(0, |c| c.evicted.load(Ordering::Relaxed))
+    }
+
+    fn writable(&self) -> Result<(), Error> {
+        self.space.admit()
     }
 }
 
@@ -714,6 +741,89 @@ mod tests {
         // The fresh store opens cleanly next time.
         let (_, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
         assert!(report.moved_aside.is_none());
+    }
+
+    /// Opens the store at `dir` once the previous handle in this process let go of it
+    /// (sled's background threads release its lock a moment after the drop).
+    fn reopen(dir: &Path) -> (SledStore, OpenReport) {
+        for _ in 0..100 {
+            match SledStore::open(dir, Duration::from_millis(100)) {
+                Err(e) if e.to_string().contains("another cachebackd holds") => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store at {} stays locked", dir.display());
+    }
+
+    /// A store of `n` items of job `j`, closed.
+    fn filled(dir: &Path, n: usize) {
+        let (store, _) = SledStore::open(dir, Duration::from_millis(100)).unwrap();
+        store.put_job(&job("j"), &JobConfig::default()).unwrap();
+        for i in 0..n {
+            let item = Item {
+                times: policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
+                data: vec![7; 100 + i % 300],
+            };
+            store
+                .put(&ItemKey::new(&job("j"), format!("[{i}]").as_bytes()), &item)
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+
+    #[test]
+    fn a_garbled_conf_alone_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 2000);
+        std::fs::write(dir.path().join("store/conf"), vec![0xA5; 62]).unwrap();
+        let (store, report) = reopen(dir.path());
+        assert!(report.moved_aside.is_some());
+        let salvaged = report.salvaged.unwrap();
+        assert_eq!((salvaged.items, salvaged.jobs), (2000, 1), "{salvaged:?}");
+        assert_eq!(store.usage(&job("j")).unwrap().items, 2000);
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert!(!dir.path().join("store.salvage").exists());
+    }
+
+    #[test]
+    fn a_flipped_byte_loses_only_what_follows_it() {
+        for tenth in 1..10 {
+            let dir = tempfile::tempdir().unwrap();
+            filled(dir.path(), 5000);
+            let db = dir.path().join("store/db");
+            let mut bytes = std::fs::read(&db).unwrap();
+            let at = bytes.len() * tenth / 10;
+            bytes[at] ^= 0xff;
+            std::fs::write(&db, bytes).unwrap();
+            let (store, report) = reopen(dir.path());
+            // Whatever sled makes of the damage, every item kept is whole and counted.
+            let items = store.usage(&job("j")).unwrap().items;
+            if let Some(salvaged) = report.salvaged {
+                assert_eq!(items, salvaged.items, "at {tenth}/10: {salvaged:?}");
+            }
+            for i in 0..5000 {
+                let key = ItemKey::new(&job("j"), format!("[{i}]").as_bytes());
+                if let Some(item) = store.get(&key).unwrap() {
+                    assert_eq!(item.data, vec![7; 100 + i % 300]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        first.put_job(&job("j"), &JobConfig::default()).unwrap();
+        let Err(e) = SledStore::open(dir.path(), Duration::from_millis(100)) else {
+            panic!("a second open of a store in use succeeded");
+        };
+        assert!(e.to_string().contains("another cachebackd holds"), "{e}");
+        assert_eq!(first.jobs().unwrap().len(), 1);
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "nothing moved aside");
     }
 
     #[test]

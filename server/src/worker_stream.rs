@@ -4,18 +4,20 @@
 //! only hands the stream over ([`open`]); the registry (`workers`) keeps the fetches.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use cachebackd_proto::v1::{self as pb, daemon_message, worker_message};
 use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
 use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::logs::{clip, RateLimit};
 use crate::model::{JobConfig, JobName};
 use crate::shutdown::Shutdown;
 use crate::workers::{Answered, Outbound, RequestId, WorkerId};
@@ -107,7 +109,9 @@ impl WorkerStream {
         }
         drop(reg_tx);
         tracing::info!(%job, worker = %worker_id, max_in_flight, "worker registered");
-        let end = self.serve(inbound, &job, worker_id).await;
+        let end = self
+            .serve(inbound, &job, worker_id, config.refresh_timeout)
+            .await;
         self.engine.workers().unregister(&job, worker_id);
         match end {
             Some(e) => {
@@ -143,11 +147,27 @@ impl WorkerStream {
         inbound: &mut Streaming<pb::WorkerMessage>,
         job: &JobName,
         worker: WorkerId,
+        refresh_timeout: Duration,
     ) -> Option<Error> {
+        static UNKNOWN: RateLimit = RateLimit::new(Duration::from_secs(10));
+        static LATE: RateLimit = RateLimit::new(Duration::from_secs(10));
+        // Whether every slot of the worker is held by lost fetches is looked at this often.
+        let every = (refresh_timeout / 4).max(Duration::from_millis(50));
+        let mut stuck_check = tokio::time::interval(every);
+        stuck_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.closing() => return None,
                 m = inbound.message() => m,
+                _ = stuck_check.tick() => {
+                    match self.engine.workers().stuck(job, worker, refresh_timeout) {
+                        Some(lost) => return Some(Error::WorkerStuck(format!(
+                            "this worker holds {lost} fetches past their deadline, every one of its slots, and has answered nothing for a further refresh_timeout ({}): its stream is ended so that it can reconnect with a fresh window",
+                            humantime::format_duration(refresh_timeout)
+                        ))),
+                        None => continue,
+                    }
+                }
             };
             let result = match message {
                 Ok(Some(pb::WorkerMessage {
@@ -167,8 +187,22 @@ impl WorkerStream {
                     ))
                 }
                 Ok(None) => return None,
+                // A message that cannot be read (over the size limit, not protobuf): its
+                // request id is unknown, so no fetch can be failed for it; the worker is
+                // told, and its fetches go to another worker.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::OutOfRange | Code::Internal | Code::InvalidArgument
+                    ) =>
+                {
+                    return Some(Error::InvalidArgument(format!(
+                        "a message from this worker cannot be read: {}",
+                        clip(status.message())
+                    )));
+                }
                 Err(status) => {
-                    tracing::info!(%job, %worker, %status, "worker stream broke");
+                    tracing::info!(%job, %worker, status = %clip(&status.to_string()), "worker stream broke");
                     return None;
                 }
             };
@@ -181,10 +215,14 @@ impl WorkerStream {
             match answered {
                 Answered::Delivered => {}
                 Answered::Late => {
-                    tracing::info!(%job, %worker, request_id = %result.request_id, "late answer dropped")
+                    if let Some(suppressed) = LATE.allow() {
+                        tracing::info!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "late answer dropped")
+                    }
                 }
                 Answered::Unknown => {
-                    tracing::warn!(%job, %worker, request_id = %result.request_id, "answer to no fetch in flight on this stream dropped")
+                    if let Some(suppressed) = UNKNOWN.allow() {
+                        tracing::warn!(%job, %worker, request_id = %clip(&result.request_id), more_since_last_line = suppressed, "answer to no fetch in flight on this stream dropped")
+                    }
                 }
             }
         }

@@ -9,7 +9,7 @@
 //! live fetches go to another worker at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -115,6 +115,11 @@ struct Shared {
     // this; see `engine`): nothing here calls back into the engine while holding it.
     jobs: Mutex<HashMap<JobName, JobWorkers>>,
     queue_capacity: usize,
+    /// Most fetches queued across every job: one job's queue is bounded, but 10,000 jobs
+    /// of full queues would not be.
+    global_capacity: usize,
+    /// Fetches queued now across every job (changed only under `jobs`' lock).
+    queued: AtomicUsize,
     stats: WorkerStats,
 }
 
@@ -129,6 +134,19 @@ struct Slot {
     max_in_flight: usize,
     tx: mpsc::Sender<Outbound>,
     in_flight: HashMap<RequestId, Pending>,
+    /// When it last answered anything (or registered).
+    last_answer: Instant,
+}
+
+impl Slot {
+    /// Holds fetches and has answered nothing for longer than any of them may take: it
+    /// gets work only when no other worker can take it.
+    fn suspect(&self, now: Instant) -> bool {
+        self.in_flight
+            .values()
+            .next()
+            .is_some_and(|p| now >= p.deadline && self.last_answer < p.deadline)
+    }
 }
 
 /// A fetch waiting for its answer, in the queue or on a worker.
@@ -149,12 +167,15 @@ impl Pending {
 }
 
 impl Workers {
-    /// An empty registry whose per-job queues hold at most `queue_capacity` fetches.
-    pub(crate) fn new(queue_capacity: usize) -> Workers {
+    /// An empty registry whose per-job queues hold at most `queue_capacity` fetches, and at
+    /// most `global_capacity` across all jobs.
+    pub(crate) fn new(queue_capacity: usize, global_capacity: usize) -> Workers {
         Workers {
             shared: Arc::new(Shared {
                 jobs: Mutex::new(HashMap::new()),
                 queue_capacity,
+                global_capacity,
+                queued: AtomicUsize::new(0),
                 stats: WorkerStats::default(),
             }),
         }
@@ -177,6 +198,7 @@ impl Workers {
         let jobs = self.shared.jobs.lock();
         jobs.get(job)
             .is_some_and(|j| j.queue.len() >= self.shared.queue_capacity)
+            || self.shared.queued.load(Ordering::Relaxed) >= self.shared.global_capacity
     }
 
     /// Adds a worker for `job` that takes at most `max_in_flight` fetches at once; queued
@@ -195,8 +217,9 @@ impl Workers {
             max_in_flight: max_in_flight.max(1),
             tx,
             in_flight: HashMap::new(),
+            last_answer: Instant::now(),
         });
-        entry.drain_queue();
+        entry.drain_queue(&self.shared.queued);
     }
 
     /// Removes a worker whose stream ended; its live fetches go to the other workers of the
@@ -215,6 +238,7 @@ impl Workers {
             if !pending.abandoned() {
                 moved += 1;
                 entry.queue.push_front(pending);
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
             }
         }
         if moved > 0 {
@@ -224,7 +248,7 @@ impl Workers {
                 .fetch_add(moved, Ordering::Relaxed);
             tracing::info!(%job, worker = %id, fetches = moved, "worker went away; its fetches go to another worker");
         }
-        entry.drain_queue();
+        entry.drain_queue(&self.shared.queued);
         if entry.workers.is_empty() && entry.queue.is_empty() {
             jobs.remove(job);
         }
@@ -245,13 +269,29 @@ impl Workers {
         let dispatched = Arc::new(AtomicBool::new(false));
         {
             let mut jobs = self.shared.jobs.lock();
+            if self.shared.queued.load(Ordering::Relaxed) >= self.shared.global_capacity {
+                // Fetches that ran out of time stay queued until a worker drains them (a
+                // job may have none): make room from those before refusing.
+                for entry in jobs.values_mut() {
+                    entry.prune(&self.shared.queued);
+                }
+            }
             let entry = jobs.entry(job.clone()).or_default();
+            if entry.queue.len() >= self.shared.queue_capacity {
+                entry.prune(&self.shared.queued);
+            }
             if entry.queue.len() >= self.shared.queue_capacity {
                 return Err(Error::QueueFull {
                     job: job.to_string(),
                     capacity: self.shared.queue_capacity,
                 });
             }
+            if self.shared.queued.load(Ordering::Relaxed) >= self.shared.global_capacity {
+                return Err(Error::QueuesFull {
+                    capacity: self.shared.global_capacity,
+                });
+            }
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
             entry.queue.push_back(Pending {
                 args,
                 reason,
@@ -260,20 +300,44 @@ impl Workers {
                 dispatched: dispatched.clone(),
                 reply,
             });
-            entry.drain_queue();
+            entry.drain_queue(&self.shared.queued);
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(fetched))) => Ok(fetched),
             Ok(Ok(Err(message))) => Err(Error::FetchFailed(message)),
-            // The reply was dropped: the daemon is shutting down.
-            Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) if dispatched.load(Ordering::Relaxed) => Err(Error::FetchFailed(format!(
-                "no worker of job {job:?} answered within refresh_timeout ({refresh_timeout:?})"
-            ))),
-            Err(_) => Err(Error::FetchFailed(format!(
-                "no worker of job {job:?} was free within refresh_timeout ({refresh_timeout:?})"
-            ))),
+            // The reply is dropped only when the fetch ran out of time in the queue (it
+            // is dropped there as abandoned, a moment before the timer below fires) or on
+            // a stream that went away: a timeout either way, never a shutdown.
+            Ok(Err(_)) | Err(_) => {
+                let timeout = humantime::format_duration(refresh_timeout);
+                Err(Error::FetchFailed(if dispatched.load(Ordering::Relaxed) {
+                    format!("no worker of job {job:?} answered within refresh_timeout ({timeout})")
+                } else {
+                    format!("no worker of job {job:?} was free within refresh_timeout ({timeout})")
+                }))
+            }
         }
+    }
+
+    /// Whether the worker is stuck: every one of its slots is held by a fetch past its
+    /// deadline, and it has answered nothing, not even late, for a further
+    /// `refresh_timeout` since the last of them ran out. Then its stream is to be ended
+    /// (its runtime reconnects with a fresh window). How many fetches it holds, if so.
+    pub(crate) fn stuck(
+        &self,
+        job: &JobName,
+        worker: WorkerId,
+        refresh_timeout: Duration,
+    ) -> Option<usize> {
+        let jobs = self.shared.jobs.lock();
+        let slot = jobs.get(job)?.workers.iter().find(|w| w.id == worker)?;
+        if slot.max_in_flight == 0 || slot.in_flight.len() < slot.max_in_flight {
+            return None;
+        }
+        let now = Instant::now();
+        let last_lost = slot.in_flight.values().map(|p| p.deadline).max()?;
+        let quiet_since = last_lost.max(slot.last_answer);
+        (now >= last_lost && now >= quiet_since + refresh_timeout).then_some(slot.in_flight.len())
     }
 
     /// Counts an answer whose request id is not one the daemon gives out: dropped.
@@ -294,11 +358,17 @@ impl Workers {
         outcome: Outcome,
     ) -> Answered {
         let mut jobs = self.shared.jobs.lock();
+        if let Some(slot) = jobs
+            .get_mut(job)
+            .and_then(|e| e.workers.iter_mut().find(|w| w.id == worker))
+        {
+            slot.last_answer = Instant::now();
+        }
         let pending = (|| {
             let entry = jobs.get_mut(job)?;
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
             let pending = slot.in_flight.remove(&request_id)?;
-            entry.drain_queue();
+            entry.drain_queue(&self.shared.queued);
             Some(pending)
         })();
         drop(jobs);
@@ -316,19 +386,30 @@ impl Workers {
 }
 
 impl JobWorkers {
+    /// Drops the queued fetches nobody waits for any more.
+    fn prune(&mut self, queued: &AtomicUsize) {
+        let before = self.queue.len();
+        self.queue.retain(|p| !p.abandoned());
+        queued.fetch_sub(before - self.queue.len(), Ordering::Relaxed);
+    }
+
     /// Hands queued fetches to the least loaded workers with free capacity, in order.
-    fn drain_queue(&mut self) {
+    /// `queued` counts the fetches queued across all jobs.
+    fn drain_queue(&mut self, queued: &AtomicUsize) {
         while let Some(pending) = self.queue.pop_front() {
+            queued.fetch_sub(1, Ordering::Relaxed);
             if pending.abandoned() {
                 continue;
             }
+            let now = Instant::now();
             let Some(slot) = self
                 .workers
                 .iter_mut()
                 .filter(|w| w.in_flight.len() < w.max_in_flight && !w.tx.is_closed())
-                .min_by_key(|w| w.in_flight.len())
+                .min_by_key(|w| (w.suspect(now), w.in_flight.len()))
             else {
                 self.queue.push_front(pending);
+                queued.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             let request_id = RequestId::new();
@@ -348,6 +429,7 @@ impl JobWorkers {
                 }
                 Err(_) => {
                     self.queue.push_front(pending);
+                    queued.fetch_add(1, Ordering::Relaxed);
                     // Mark the slot unusable until its stream task unregisters it.
                     slot.max_in_flight = 0;
                 }

@@ -107,12 +107,20 @@ async fn durability_always_survives_sigkill() {
 async fn cache_ttl_item_is_never_served() {
     let d = Daemon::start().await;
     let mut c = d.client();
+    // A job's cache_ttl is at least its lifetime; an item's own lifetime may be longer.
     let cfg = JobConfig {
         cache_ttl: Some(dur(2.0)),
-        ..job_config(300.0, 30.0)
+        ..job_config(1.0, 30.0)
     };
     let mut w = TestWorker::register(&d, JOB, cfg).await;
-    set(&mut c, JOB, b"[1]", b"\"short-lived\"".to_vec(), None).await;
+    set(
+        &mut c,
+        JOB,
+        b"[1]",
+        b"\"short-lived\"".to_vec(),
+        Some(dur(300.0)),
+    )
+    .await;
     let r = get(&mut c, JOB, b"[1]").await;
     assert_eq!(
         r.state(),
@@ -150,10 +158,10 @@ async fn sweeper_removes_items_past_cache_ttl() {
     let short = JobConfig {
         fetch_on_miss: Some(false),
         cache_ttl: Some(dur(1.0)),
-        ..job_config(300.0, 30.0)
+        ..job_config(1.0, 30.0)
     };
     let w = TestWorker::register(&d, JOB, short).await;
-    set(&mut c, JOB, b"[1]", b"\"swept\"".to_vec(), None).await;
+    set(&mut c, JOB, b"[1]", b"\"swept\"".to_vec(), Some(dur(300.0))).await;
     let stored_at = get(&mut c, JOB, b"[1]").await.stored_at.unwrap();
 
     // Ten sweeps after the item passed its ttl, with no read of it in between...

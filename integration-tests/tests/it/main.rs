@@ -4,6 +4,11 @@
 
 mod harness;
 
+mod bounds_calls;
+mod bounds_connections;
+mod bounds_store;
+mod bounds_support;
+
 mod client_attribute;
 mod client_interop;
 mod client_jobs;
@@ -23,5 +28,6 @@ mod ops_observability;
 mod ops_support;
 mod reads;
 mod registration;
+mod store_damage;
 mod workers;
 mod writes;

@@ -225,7 +225,7 @@ async fn the_cache_ttl_sweep_tells_removed() {
     let short = JobConfig {
         fetch_on_miss: Some(false),
         cache_ttl: Some(dur(1.0)),
-        ..job_config(300.0, 30.0)
+        ..job_config(1.0, 30.0)
     };
     let _w = TestWorker::register(&d, JOB, short).await;
     let mut s = Subscriber::open(&d).await;
@@ -313,4 +313,30 @@ async fn a_subscriber_that_falls_behind_is_reset_and_dropped_and_writes_go_on() 
     assert!(told < ITEMS, "{told} events were queued");
     assert!(s.next().await.expect("a clean end").is_none());
     set(&mut c, JOB, b"[1]", b"1".to_vec(), None).await;
+}
+
+#[tokio::test]
+async fn eviction_for_max_bytes_tells_removed() {
+    let (d, metrics) = daemon_with_metrics(&["--max-bytes", "100KiB"]).await;
+    let mut c = d.client();
+    let _w = TestWorker::register(&d, JOB, job_config(3600.0, 30.0)).await;
+    let mut s = Subscriber::open(&d).await;
+    s.add(vec![item(JOB, b"[0]")]).await;
+    await_subscribed(&metrics, 1.0).await;
+    set(&mut c, JOB, b"[0]", vec![b'1'; 1024], None).await;
+    use ItemEventKind::*;
+    assert_eq!(s.event().await, (b"[0]".to_vec(), Changed));
+    // Far more than 100 KiB of other items: the least recently used, [0], goes first.
+    for i in 1..=200 {
+        set(
+            &mut c,
+            JOB,
+            format!("[{i}]").as_bytes(),
+            vec![b'1'; 1024],
+            None,
+        )
+        .await;
+    }
+    assert_eq!(s.event().await, (b"[0]".to_vec(), Removed));
+    assert_eq!(get_no_wait(&mut c, JOB, b"[0]").await.data, b"");
 }

@@ -81,6 +81,29 @@ pub(super) mod count {
     }
 }
 
+/// A size: a TOML integer of bytes, or a string as `--max-bytes` takes it (`"4GiB"`).
+pub(super) mod size {
+    use super::*;
+    pub(in crate::config) fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*n)
+    }
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) if n >= 1 => Ok(n as u64),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "{n} is out of range: must be at least 1 byte"
+            ))),
+            Raw::Str(s) => values::size(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The listen addresses, each a string.
 pub(super) mod listen {
     use super::*;

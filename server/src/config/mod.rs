@@ -55,6 +55,21 @@ pub struct Config {
     /// Capacity of each job's queue of fetches waiting for a worker.
     #[serde(with = "file::count")]
     pub queue_capacity: usize,
+    /// The bound on stored items (keys and data): past it the least recently used go.
+    #[serde(with = "file::size")]
+    pub max_bytes: u64,
+    /// Most jobs kept.
+    #[serde(with = "file::count")]
+    pub max_jobs: usize,
+    /// Most fetches waiting for a worker across all jobs.
+    #[serde(with = "file::count")]
+    pub max_queued_fetches: usize,
+    /// Most client connections served at once, across every gRPC listener.
+    #[serde(with = "file::count")]
+    pub max_connections: usize,
+    /// How long a TCP connection may hold no call before it is closed.
+    #[serde(with = "file::positive")]
+    pub idle_timeout: Duration,
     /// Longest job name, in bytes.
     #[serde(with = "file::count")]
     pub max_job_name_bytes: usize,
@@ -91,6 +106,11 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(60),
             retry_base: Duration::from_secs(1),
             queue_capacity: 10_000,
+            max_bytes: 4 << 30,
+            max_jobs: 10_000,
+            max_queued_fetches: 100_000,
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(300),
             max_job_name_bytes: limits.max_job_name_bytes,
             max_args_bytes: limits.max_args_bytes,
             max_data_bytes: limits.max_data_bytes,
@@ -157,6 +177,8 @@ impl Config {
             durability: self.durability,
             retry_base: self.retry_base,
             queue_capacity: self.queue_capacity,
+            max_jobs: self.max_jobs,
+            max_queued_fetches: self.max_queued_fetches,
             sweep_interval: self.sweep_interval,
             limits: self.limits(),
             job_defaults: self.job_defaults,
@@ -206,6 +228,11 @@ mod tests {
             sweep_interval = "5m"
             retry_base = "2s"
             queue_capacity = 5
+            max_bytes = "512MiB"
+            max_jobs = 7
+            max_queued_fetches = 9
+            max_connections = 11
+            idle_timeout = "1m"
             max_job_name_bytes = 64
             max_args_bytes = 100
             max_data_bytes = 1000
@@ -236,6 +263,12 @@ mod tests {
         assert_eq!(c.sweep_interval, Duration::from_secs(300));
         assert_eq!(c.retry_base, Duration::from_secs(2));
         assert_eq!(c.queue_capacity, 5);
+        assert_eq!(c.max_bytes, 512 << 20);
+        assert_eq!(
+            (c.max_jobs, c.max_queued_fetches, c.max_connections),
+            (7, 9, 11)
+        );
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(
             c.limits(),
             Limits {
@@ -289,6 +322,8 @@ mod tests {
             ),
             ("drain_grace = \"ten\"", "drain_grace", "not a duration"),
             ("queue_capacity = 0", "queue_capacity", "at least 1"),
+            ("max_bytes = \"lots\"", "max_bytes", "not a size"),
+            ("max_jobs = 0", "max_jobs", "at least 1"),
             ("socket_mode = \"0999\"", "socket_mode", "not a file mode"),
             (
                 "listen = [\"localhost\"]",

@@ -135,6 +135,18 @@ pub fn log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| format!("{s:?} is not a log filter ({e}); write it as in \"info\" or \"warn,cachebackd=debug\""))
 }
 
+/// A size in bytes: `1048576`, `512MiB`, `4GiB` (bytesize's reading: `KiB`/`MiB`/`GiB` are
+/// powers of 1024, `KB`/`MB`/`GB` of 1000).
+pub fn size(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) if b.0 >= 1 => Ok(b.0),
+        Ok(_) => Err("must be at least 1 byte".into()),
+        Err(_) => Err(format!(
+            "{s:?} is not a size: write it as in \"1048576\", \"512MiB\" or \"4GiB\""
+        )),
+    }
+}
+
 /// A count of at least 1.
 pub fn count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {

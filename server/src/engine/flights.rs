@@ -17,6 +17,7 @@ use super::backoff::Backoff;
 use super::Engine;
 use crate::counters::JobMetrics;
 use crate::error::Error;
+use crate::logs::{clip, RateLimit};
 use crate::model::{FetchReason, ItemKey, JobConfig, JobName, MAX_SPAN};
 use crate::policy;
 use crate::store::Item;
@@ -145,7 +146,10 @@ impl Engine {
         match &result {
             Ok(_) => metrics.fetches_succeeded.inc(),
             Err(e) => {
-                tracing::warn!(%job, ?reason, error = %e, "fetch failed");
+                static FAILED: RateLimit = RateLimit::new(std::time::Duration::from_secs(10));
+                if let Some(suppressed) = FAILED.allow() {
+                    tracing::warn!(%job, ?reason, error = %clip(&e.to_string()), more_since_last_line = suppressed, "fetch failed");
+                }
                 metrics.fetches_failed.inc()
             }
         };

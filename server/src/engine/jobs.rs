@@ -60,6 +60,16 @@ impl Engine {
     }
     /// Makes `config` the job's config (the latest registration wins) and stores it durably.
     pub(crate) async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
+        let max = self.inner.settings.max_jobs;
+        {
+            let jobs = self.inner.jobs.read();
+            if !jobs.contains_key(job) && jobs.len() >= max {
+                return Err(Error::TooManyJobs {
+                    job: job.to_string(),
+                    max,
+                });
+            }
+        }
         self.inner.store.put_job(job, &config)?;
         self.flush().await?;
         let mut jobs = self.inner.jobs.write();

@@ -59,6 +59,10 @@ pub struct EngineSettings {
     pub retry_base: Duration,
     /// Capacity of each job's queue of fetches waiting for a worker.
     pub queue_capacity: usize,
+    /// Most jobs kept (`max_jobs`).
+    pub max_jobs: usize,
+    /// Most fetches waiting for a worker across all jobs.
+    pub max_queued_fetches: usize,
     /// How often items past their cache_ttl are swept.
     pub sweep_interval: Duration,
     /// Size limits.
@@ -73,6 +77,8 @@ impl Default for EngineSettings {
             durability: Durability::Interval,
             retry_base: Duration::from_secs(1),
             queue_capacity: 10_000,
+            max_jobs: 10_000,
+            max_queued_fetches: 100_000,
             sweep_interval: Duration::from_secs(60),
             limits: Limits::default(),
             job_defaults: JobConfig::default(),
@@ -172,7 +178,7 @@ impl Engine {
         }));
         Ok(Engine {
             inner: Arc::new(Inner {
-                workers: Workers::new(settings.queue_capacity),
+                workers: Workers::new(settings.queue_capacity, settings.max_queued_fetches),
                 store,
                 settings,
                 metrics,

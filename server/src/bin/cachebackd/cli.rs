@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cachebackd::config::values::{count, log_filter, positive, span};
+use cachebackd::config::values::{count, log_filter, positive, size, span};
 use cachebackd::config::{
     Config, ConfigError, Durability, ListenAddr, LogFormat, MetricsListen, SocketMode, Threshold,
 };
@@ -108,6 +108,30 @@ pub(crate) struct SettingsArgs {
     #[arg(long, value_name = "N", value_parser = count)]
     pub queue_capacity: Option<usize>,
 
+    /// The bound on stored items (keys and data): past it the least recently used items
+    /// are evicted. A size, as in `1048576`, `512MiB`, `4GiB`. [default: 4GiB]
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_bytes: Option<u64>,
+
+    /// Most jobs the daemon keeps: a Register of a new job past it ends with
+    /// RESOURCE_EXHAUSTED. [default: 10000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_jobs: Option<usize>,
+
+    /// Most fetches waiting for a free worker across all jobs together, before Gets get
+    /// RESOURCE_EXHAUSTED. [default: 100000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_queued_fetches: Option<usize>,
+
+    /// Most client connections served at once, across every gRPC listener; past it new connections
+    /// wait in the kernel's backlog until one closes. [default: 4096]
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub max_connections: Option<usize>,
+
+    /// A TCP connection with no call open for this long is closed. [default: 5m]
+    #[arg(long, value_name = "DUR", value_parser = positive)]
+    pub idle_timeout: Option<Duration>,
+
     /// Longest job name accepted, in bytes. [default: 128]
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_job_name_bytes: Option<usize>,
@@ -179,6 +203,11 @@ fn apply_args(config: &mut Config, a: &SettingsArgs) {
     set(&mut config.sweep_interval, a.sweep_interval);
     set(&mut config.retry_base, a.retry_base);
     set(&mut config.queue_capacity, a.queue_capacity);
+    set(&mut config.max_bytes, a.max_bytes);
+    set(&mut config.max_jobs, a.max_jobs);
+    set(&mut config.max_queued_fetches, a.max_queued_fetches);
+    set(&mut config.max_connections, a.max_connections);
+    set(&mut config.idle_timeout, a.idle_timeout);
     set(&mut config.max_job_name_bytes, a.max_job_name_bytes);
     set(&mut config.max_args_bytes, a.max_args_bytes);
     set(&mut config.max_data_bytes, a.max_data_bytes);

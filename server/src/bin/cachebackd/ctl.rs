@@ -198,7 +198,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
     let mut main = CachebackClient::new(ch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let mut admin = CachebackAdminClient::new(ch.clone());
+    // ListJobs of 10,000 jobs is several MiB: read whatever the daemon sends.
+    let mut admin = CachebackAdminClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
     match &args.command {
         CtlCommand::Get {
             job,
