@@ -83,7 +83,8 @@ async fn reflection_lists_and_describes_the_services() {
             "Invalidate",
             "Delete",
             "RegisterJob",
-            "GetMany"
+            "GetMany",
+            "Subscribe",
         ]
     );
     assert!(file.message_type.iter().any(|m| m.name() == "GetRequest"));

@@ -62,15 +62,15 @@ class CachebackStub:
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.WorkerMessage.SerializeToString,
                 response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.DaemonMessage.FromString,
                 _registered_method=True)
-        self.Subscribe = channel.stream_stream(
-                '/cacheback.v1.Cacheback/Subscribe',
-                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
-                _registered_method=True)
         self.GetMany = channel.unary_unary(
                 '/cacheback.v1.Cacheback/GetMany',
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
                 response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.stream_stream(
+                '/cacheback.v1.Cacheback/Subscribe',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
                 _registered_method=True)
 
 
@@ -113,19 +113,19 @@ class CachebackServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Subscribe(self, request_iterator, context):
-        """A reader's near cache subscribes to the items it holds and is told of every change of
-        them, in order, before the daemon answers the write that made it (PROTOCOL.md, "Near
-        cache"). At most 100,000 items per stream.
+    def GetMany(self, request, context):
+        """Many Gets in one call: each behaves exactly as its own Get would, and they run
+        concurrently. For readers of many items at once (a page of users), where one call
+        per item would cost more in transport than in cache work.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetMany(self, request, context):
-        """Many Gets in one call: each behaves exactly as its own Get would, and they run
-        concurrently. For readers of many items at once (a page of users), where one call
-        per item would cost more in transport than in cache work.
+    def Subscribe(self, request_iterator, context):
+        """A reader's near cache subscribes to the items it holds and is told of every change of
+        them, in order, before the daemon answers the write that made it (PROTOCOL.md, "Near
+        cache"). At most 100,000 items per stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,15 +159,15 @@ def add_CachebackServicer_to_server(servicer, server):
                     request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.WorkerMessage.FromString,
                     response_serializer=cacheback_dot_v1_dot_cacheback__pb2.DaemonMessage.SerializeToString,
             ),
-            'Subscribe': grpc.stream_stream_rpc_method_handler(
-                    servicer.Subscribe,
-                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.FromString,
-                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.SerializeToString,
-            ),
             'GetMany': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMany,
                     request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.FromString,
                     response_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,33 +317,6 @@ class Cacheback:
             _registered_method=True)
 
     @staticmethod
-    def Subscribe(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/cacheback.v1.Cacheback/Subscribe',
-            cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
-            cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetMany(request,
             target,
             options=(),
@@ -360,6 +333,33 @@ class Cacheback:
             '/cacheback.v1.Cacheback/GetMany',
             cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
             cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cacheback.v1.Cacheback/Subscribe',
+            cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
             options,
             channel_credentials,
             insecure,
