@@ -6,6 +6,7 @@
 //! redis-server — and this process is the client of all of them, with the same settings.
 //! Ratios to the baseline, not absolute figures, are what carry from one machine to another.
 
+mod additions;
 mod hits;
 mod load;
 mod marks;
@@ -17,6 +18,7 @@ mod redis_bench;
 mod refresh;
 mod report;
 mod rpc;
+mod secure;
 mod storm;
 mod worker;
 
@@ -111,7 +113,12 @@ enum Scenario {
     Near,
     Storm,
     Refresh,
+    /// The additions: hot-key STALE share with and without early refresh, and refresh
+    /// throughput with max_batch 1 and 32.
+    Additions,
     Memory,
+    /// Get hits with a bearer token and with TLS, as ratios to the same daemon without.
+    Security,
 }
 
 /// The sizes of one run.
@@ -122,6 +129,7 @@ struct Plan {
     refresh_items: u64,
     ping_pong_messages: u64,
     memory_items: u64,
+    hot_key_secs: f64,
 }
 
 impl Plan {
@@ -142,6 +150,7 @@ impl Plan {
                 .items
                 .unwrap_or(if cli.quick { 50_000 } else { 1_000_000 })
                 .max(1),
+            hot_key_secs: if cli.quick { 3.0 } else { 10.0 },
         }
     }
 }
@@ -209,13 +218,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         found
     };
 
-    let serving = [
+    let daemon_scenarios = [
         Scenario::Hits,
         Scenario::Near,
         Scenario::Storm,
         Scenario::Refresh,
+        Scenario::Additions,
     ];
-    if serving.into_iter().any(wants) {
+    if daemon_scenarios.into_iter().any(wants) {
         let data_dir = dir.path().join("data");
         let (daemon, daemon_at) =
             procs::start_daemon(&bin, &data_dir, dir.path().join("cachebackd.log"), &[]).await?;
@@ -357,6 +367,49 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
 
+        if wants(Scenario::Additions) {
+            for early in [false, true] {
+                eprintln!("hot key, early refresh {early} ({} s)", plan.hot_key_secs);
+                let r = additions::hot_key(daemon_at, &daemon_ch[..4], early, plan.hot_key_secs, 0)
+                    .await?;
+                eprintln!(
+                    "  {} Gets, {} STALE ({:.3}%), {} fetches",
+                    r.gets,
+                    r.stale,
+                    100.0 * r.stale_share(),
+                    r.fetches
+                );
+                report.hot_key.push(r);
+            }
+            for max_batch in [1, 32] {
+                eprintln!("batched refresh, max_batch {max_batch}");
+                let mut total: Option<additions::Batched> = None;
+                for round in 0..plan.rounds {
+                    let r = additions::batched(
+                        daemon.pid(),
+                        daemon_at,
+                        &daemon_ch[..4],
+                        max_batch,
+                        round,
+                    )
+                    .await?;
+                    total = Some(match total {
+                        None => r,
+                        Some(t) => additions::Batched {
+                            answered: t.answered + r.answered,
+                            batches: t.batches + r.batches,
+                            secs: t.secs + r.secs,
+                            server_cpu: t.server_cpu.zip(r.server_cpu).map(|(a, b)| a + b),
+                            ..t
+                        },
+                    });
+                }
+                let t = total.expect("at least one round");
+                eprintln!("  {:.0}/s, {} batches", t.per_sec(), t.batches);
+                report.batched.push(t);
+            }
+        }
+
         drop(daemon_ch);
         drop(baseline_ch);
         baseline.stop(Duration::from_secs(5)).await?;
@@ -364,6 +417,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         if !status.success() {
             return Err(format!("the daemon exited with {status} on SIGTERM"));
         }
+    }
+
+    if wants(Scenario::Security) {
+        eprintln!("Get hits with a token and with TLS");
+        let grid: Vec<hits::Setting> = hits::Setting::grid(&[100, 10 * 1024], &[16, 64], &[4]);
+        report.security = secure::run(&bin, dir.path(), &grid, plan.spec, plan.rounds).await?;
     }
 
     if wants(Scenario::Memory) {

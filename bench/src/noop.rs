@@ -180,6 +180,15 @@ impl Cacheback for Noop {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn invalidate_tags(
+        &self,
+        _: Request<pb::InvalidateTagsRequest>,
+    ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        Ok(Response::new(pb::InvalidateTagsResponse {
+            invalidated_before: Some(self.expires_at),
+        }))
+    }
+
     type RegisterJobStream = DaemonStream;
 
     /// Ping-pong: after Registered, `max_in_flight` FetchRequests, then one more for each

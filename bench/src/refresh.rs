@@ -223,7 +223,7 @@ pub async fn against_daemon(
 
 /// Gets every item once, `DRIVERS` at a time; with `bounded`, no more than `BACKLOG` ahead
 /// of the answers. How many Gets did not schedule a refresh.
-async fn trigger(
+pub async fn trigger(
     clients: &[Channel],
     job: &str,
     items: u64,
@@ -342,5 +342,6 @@ fn spec(job: &str, window: u32, gate: Option<watch::Receiver<bool>>) -> worker::
         delay: Duration::ZERO,
         data: Arc::new(vec![b'r'; DATA]),
         gate,
+        max_batch: 0,
     }
 }

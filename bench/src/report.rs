@@ -27,12 +27,18 @@ pub struct Report {
     pub refresh: Vec<(Refresh, Refresh)>,
     /// The near cache's hit beside a plain Get and Redis GET.
     pub near: Option<NearRow>,
+    /// Hot-key runs, without and with early refresh.
+    pub hot_key: Vec<crate::additions::HotKey>,
+    /// Batched refresh drains, by max_batch.
+    pub batched: Vec<crate::additions::Batched>,
     /// Memory and disk.
     pub memory: Option<Memory>,
     /// Redis's memory for the same items.
     pub redis_memory: Option<RedisMemory>,
     /// Why Redis was not measured, if it was not.
     pub redis_skipped: Option<String>,
+    /// Get hits with a token and with TLS.
+    pub security: Vec<crate::secure::Row>,
     /// Anything else left out, and why.
     pub notes: Vec<String>,
 }
@@ -220,6 +226,46 @@ impl Report {
                 String::new(),
             ]);
         }
+        for h in &self.hot_key {
+            rows.push([
+                "hot key: Gets answered STALE".into(),
+                format!(
+                    "1 item, lifetime 1 s, fetch 50 ms, c={}, {:.0} s, {}",
+                    64,
+                    h.secs,
+                    if h.early {
+                        "early_refresh_beta 1"
+                    } else {
+                        "no early refresh"
+                    }
+                ),
+                format!(
+                    "{:.3}% ({} of {} Gets; {} fetches)",
+                    100.0 * h.stale_share(),
+                    h.stale,
+                    h.gets,
+                    h.fetches
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for b in &self.batched {
+            rows.push([
+                "refresh, queued, drained (items/s)".into(),
+                format!("1 stream, window 64, max_batch {}", b.max_batch),
+                format!(
+                    "{}/s ({} FetchBatch){}",
+                    thousands(b.per_sec()),
+                    b.batches,
+                    cpu_note(b.cpu_per_refresh_us(), "refresh")
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
         for note in &self.notes {
             rows.push([
                 "note".into(),
@@ -263,6 +309,9 @@ impl Report {
         for r in rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
         }
+        if !self.security.is_empty() {
+            out += &crate::secure::table(&self.security);
+        }
         out
     }
 
@@ -272,6 +321,7 @@ impl Report {
         json!({
             "run": header,
             "get_hits": self.hits.iter().map(hits::Row::to_json).collect::<Vec<_>>(),
+            "security": self.security.iter().map(crate::secure::Row::to_json).collect::<Vec<_>>(),
             "miss_storm": {
                 "cachebackd": self.storm.iter().map(Storm::to_json).collect::<Vec<_>>(),
                 "baseline": self.storm_baseline.as_ref().map(Storm::to_json),
@@ -285,6 +335,8 @@ impl Report {
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
             })).collect::<Vec<_>>(),
             "near_cache": self.near.as_ref().map(NearRow::to_json),
+            "hot_key": self.hot_key.iter().map(crate::additions::HotKey::to_json).collect::<Vec<_>>(),
+            "batched_refresh": self.batched.iter().map(crate::additions::Batched::to_json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(Memory::to_json),
             "notes": self.notes,
             "redis": {

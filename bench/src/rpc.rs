@@ -64,6 +64,7 @@ pub async fn register(channel: Channel, job: &str, config: pb::JobConfig) -> Res
         delay: Duration::ZERO,
         data: Arc::new(Vec::new()),
         gate: None,
+        max_batch: 0,
     };
     Worker::start(channel, spec, Tally::new()).await?.stop();
     Ok(())
@@ -80,6 +81,7 @@ pub struct GetCaller {
     client: CachebackClient<Channel>,
     requests: Vec<pb::GetRequest>,
     expect_len: usize,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl GetCaller {
@@ -97,7 +99,25 @@ impl GetCaller {
                 })
                 .collect(),
             expect_len,
+            authorization: None,
         }
+    }
+
+    /// Sends `authorization` (a bearer token) with every call.
+    pub fn with_authorization(
+        mut self,
+        value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> GetCaller {
+        self.authorization = Some(value);
+        self
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(a) = &self.authorization {
+            request.metadata_mut().insert("authorization", a.clone());
+        }
+        request
     }
 
     fn check(&self, response: &pb::GetResponse) -> Result<(), String> {
@@ -118,7 +138,7 @@ impl Caller for GetCaller {
         if let [one] = self.requests.as_slice() {
             let response = self
                 .client
-                .get(one.clone())
+                .get(self.request(one.clone()))
                 .await
                 .map_err(|s| format!("Get: {s}"))?
                 .into_inner();
@@ -129,7 +149,7 @@ impl Caller for GetCaller {
         };
         let response = self
             .client
-            .get_many(many)
+            .get_many(self.request(many))
             .await
             .map_err(|s| format!("GetMany: {s}"))?
             .into_inner();

@@ -70,6 +70,7 @@ pub async fn against_daemon(
         delay: fetch_delay,
         data: Arc::new(vec![b's'; 100]),
         gate: None,
+        max_batch: 0,
     };
     let worker = Worker::start(channels[0].clone(), spec, tally.clone()).await?;
     // A key no earlier run can have stored.

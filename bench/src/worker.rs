@@ -21,6 +21,8 @@ pub struct Tally {
     pub fetches: AtomicU64,
     /// FetchResults sent.
     pub answered: AtomicU64,
+    /// FetchBatch messages received.
+    pub batches: AtomicU64,
     /// Woken at every answer.
     pub progress: Notify,
     /// Given one permit per answer, if set (bounds how far a driver runs ahead).
@@ -65,6 +67,9 @@ pub struct Spec {
     pub data: Arc<Vec<u8>>,
     /// If set, nothing is answered until it turns true (the fetches sent meanwhile wait).
     pub gate: Option<watch::Receiver<bool>>,
+    /// `Register.max_batch`: above 1 the daemon may send FetchBatch messages, each answered
+    /// as one origin call (one `delay`) of all its fetches.
+    pub max_batch: u32,
 }
 
 /// A running worker; its stream ends when it is dropped or stopped.
@@ -83,7 +88,7 @@ impl Worker {
                 config: Some(spec.config),
                 max_in_flight: spec.max_in_flight,
                 worker_name: "cachebackd-bench".into(),
-                ..Default::default()
+                max_batch: spec.max_batch,
             })),
         })
         .await
@@ -112,29 +117,43 @@ impl Worker {
                 }
             }
             while let Ok(Some(message)) = inbound.message().await {
-                let Some(daemon_message::Kind::Fetch(fetch)) = message.kind else {
-                    continue;
+                let fetches = match message.kind {
+                    Some(daemon_message::Kind::Fetch(fetch)) => vec![fetch],
+                    Some(daemon_message::Kind::Batch(batch)) => {
+                        tally.batches.fetch_add(1, Ordering::Relaxed);
+                        batch.fetches
+                    }
+                    _ => continue,
                 };
-                tally.fetches.fetch_add(1, Ordering::Relaxed);
-                let answer = pb::WorkerMessage {
-                    kind: Some(worker_message::Kind::Result(pb::FetchResult {
-                        request_id: fetch.request_id,
-                        outcome: Some(fetch_result::Outcome::Value(pb::FetchedValue {
-                            data: spec.data.to_vec(),
-                            lifetime: None,
-                            ..Default::default()
+                tally
+                    .fetches
+                    .fetch_add(fetches.len() as u64, Ordering::Relaxed);
+                let answers: Vec<_> = fetches
+                    .into_iter()
+                    .map(|fetch| pb::WorkerMessage {
+                        kind: Some(worker_message::Kind::Result(pb::FetchResult {
+                            request_id: fetch.request_id,
+                            outcome: Some(fetch_result::Outcome::Value(pb::FetchedValue {
+                                data: spec.data.to_vec(),
+                                lifetime: None,
+                                ..Default::default()
+                            })),
                         })),
-                    })),
-                };
+                    })
+                    .collect();
                 if spec.delay.is_zero() {
-                    if !send_answer(&tx, answer, &tally).await {
-                        return;
+                    for answer in answers {
+                        if !send_answer(&tx, answer, &tally).await {
+                            return;
+                        }
                     }
                 } else {
                     let (tx, tally, delay) = (tx.clone(), tally.clone(), spec.delay);
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        send_answer(&tx, answer, &tally).await;
+                        for answer in answers {
+                            send_answer(&tx, answer, &tally).await;
+                        }
                     });
                 }
             }

@@ -43,12 +43,19 @@ async fn main() {
                     ItemState::Stale => "STALE",
                     ItemState::Miss => "MISS",
                 };
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "username": username,
                     "state": state,
                     "fetched": item.fetched,
                     "data": item.data,
                 });
+                // Shown only when there is something to show, so plain items print as before.
+                if item.absent {
+                    line["absent"] = true.into();
+                }
+                if !item.tags.is_empty() {
+                    line["tags"] = item.tags.into();
+                }
                 println!("{line}");
             }
             Err(e) => {

@@ -8,10 +8,17 @@ use std::{
 };
 
 use cachebackd_proto::v1::cacheback_client::CachebackClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::credentials::{is_local, CallCredentials, TlsConfig, Token, TOKEN_ENV};
 use crate::near::{NearCache, NearCacheStats};
 use crate::{Error, Job, JobHandle, Result};
+
+/// What every gRPC client of a [`Client`] runs on: its HTTP/2 channel, with the bearer
+/// token (if any) added to each call. Build other services' clients on it with
+/// [`Client::transport`].
+pub type Transport = InterceptedService<Channel, CallCredentials>;
 
 /// The daemon's default address, used when neither [`set_default_client`] nor
 /// `CACHEBACKD_URL` says otherwise.
@@ -34,7 +41,8 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = cachebackd_proto::wire::CLIENT_MAX_MESSA
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    raw: CachebackClient<Channel>,
+    raw: CachebackClient<Transport>,
+    transport: Transport,
     timeout: Option<Duration>,
     url: Arc<str>,
     /// FRESH items served in-process, if the builder asked for it.
@@ -110,6 +118,33 @@ impl Client {
         JobHandle::new(self.clone(), job)
     }
 
+    /// Marks every item, of any job, that carries one of `tags` and was stored until now
+    /// stale (see [`Job::tags`]): each is served stale and refreshed on its next read, so
+    /// a tag on a million items causes no stampede. Returns the mark: items stored at or
+    /// before it are stale. 1 to 100 tags, each spelled like a job name.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// // Bob renamed himself: everything showing his name refreshes on its next read.
+    /// client.invalidate_tags(&["user:bob"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<std::time::SystemTime> {
+        let request = cachebackd_proto::v1::InvalidateTagsRequest {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        let response = self
+            .raw()
+            .invalidate_tags(self.request(request))
+            .await
+            .map_err(|status| Error::status_of("InvalidateTags", &tags.join(","), status))?
+            .into_inner();
+        response
+            .invalidated_before
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .ok_or_else(|| Error::Protocol("InvalidateTags answered without a mark".to_owned()))
+    }
+
     /// The generated gRPC client on the same connection, with the same message limits,
     /// for what the typed API does not cover.
     ///
@@ -120,8 +155,21 @@ impl Client {
     /// let found = client.raw().delete(request).await?.into_inner().found;
     /// # Ok(()) }
     /// ```
-    pub fn raw(&self) -> CachebackClient<Channel> {
+    pub fn raw(&self) -> CachebackClient<Transport> {
         self.raw.clone()
+    }
+
+    /// The channel with this client's credentials, for the clients of other services on
+    /// the same connection (`CachebackAdmin`, gRPC health).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cacheback::Client) -> Result<(), tonic::Status> {
+    /// use cachebackd_proto::v1::{cacheback_admin_client::CachebackAdminClient, ListJobsRequest};
+    /// let jobs = CachebackAdminClient::new(client.transport()).list_jobs(ListJobsRequest {}).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     /// The URL this client connects to.
@@ -169,6 +217,10 @@ impl Client {
 /// by the job's `refresh_timeout`), 16 MiB message limits (the daemon's 4 MiB data limit
 /// plus headroom, the same in every client).
 ///
+/// Credentials come from the environment unless set here: the bearer token from
+/// `CACHEBACKD_TOKEN`, and for an `https://` URL the TLS files that `CACHEBACKD_TLS_CA`,
+/// `CACHEBACKD_TLS_CERT` and `CACHEBACKD_TLS_KEY` name (see [`TlsConfig::from_env`]).
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), cacheback::Error> {
 /// use std::time::Duration;
@@ -188,6 +240,9 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     max_message_size: usize,
     near_cache: Option<u64>,
+    token: Option<Token>,
+    tls: Option<TlsConfig>,
+    allow_plaintext_token: bool,
 }
 
 impl ClientBuilder {
@@ -205,7 +260,49 @@ impl ClientBuilder {
             timeout: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             near_cache: None,
+            token: std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Token),
+            tls: None,
+            allow_plaintext_token: false,
         }
+    }
+
+    /// Send `token` as `authorization: Bearer <token>` on every call (instead of
+    /// `CACHEBACKD_TOKEN`).
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("unix:/run/cachebackd.sock").token("s3cret");
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token(token.into()));
+        self
+    }
+
+    /// The TLS settings of an `https://` URL (instead of the `CACHEBACKD_TLS_*` files).
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("https://cache.internal:7070")
+    ///     .tls(cacheback::TlsConfig::new().domain_name("cache.internal"));
+    /// ```
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Send the token over plaintext `http://` to another machine too. Without this, a
+    /// token is sent without TLS only to a Unix socket or a loopback address, and
+    /// connecting to anything else fails with [`Error::Credentials`].
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("http://10.0.0.7:7070")
+    ///     .token("s3cret")
+    ///     .allow_plaintext_token();
+    /// ```
+    pub fn allow_plaintext_token(mut self) -> Self {
+        self.allow_plaintext_token = true;
+        self
     }
 
     /// How long establishing the connection may take (default 5 s).
@@ -285,16 +382,14 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<Client> {
-        let channel = self
-            .endpoint()?
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
+        let endpoint = self.endpoint()?;
+        let credentials = self.credentials()?;
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+            url: self.url.clone(),
+            source,
+        })?;
         let connect_timeout = self.connect_timeout;
-        let client = self.client(channel);
+        let client = self.client(channel, credentials);
         if let Some(near) = client.near() {
             // Serving locally needs the stream; a daemon that does not open it in time
             // still leaves a working client, whose near cache starts when it opens.
@@ -314,7 +409,8 @@ impl ClientBuilder {
     /// ```
     pub fn connect_lazy(self) -> Result<Client> {
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.client(channel))
+        let credentials = self.credentials()?;
+        Ok(self.client(channel, credentials))
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
@@ -326,21 +422,50 @@ impl ClientBuilder {
             if path.trim_start_matches('/').is_empty() {
                 return Err(invalid("a unix: URL needs a socket path"));
             }
-        } else if !self.url.starts_with("http://") {
-            return Err(invalid("expected http://host:port or unix:/path"));
+        } else if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(invalid(
+                "expected http://host:port, https://host:port or unix:/path",
+            ));
         }
-        let endpoint = Endpoint::from_shared(self.url.clone())
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| invalid(&e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_keepalive(Some(self.keepalive_interval))
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true);
+        if self.url.starts_with("https://") {
+            let tls = match &self.tls {
+                Some(t) => t.clone(),
+                None => TlsConfig::from_env()?.unwrap_or_default(),
+            };
+            endpoint = endpoint
+                .tls_config(tls.to_tonic())
+                .map_err(|e| Error::Tls {
+                    reason: format!("{}: {e}", self.url),
+                })?;
+        }
         Ok(endpoint)
     }
 
-    fn client(self, channel: Channel) -> Client {
-        let raw = CachebackClient::new(channel)
+    /// The call credentials; refuses to send a token in plaintext beyond this machine.
+    fn credentials(&self) -> Result<CallCredentials> {
+        let plaintext = !self.url.starts_with("https://");
+        if self.token.is_some() && plaintext && !is_local(&self.url) && !self.allow_plaintext_token
+        {
+            return Err(Error::Credentials {
+                url: self.url.clone(),
+                reason: "a bearer token would travel in plaintext to another machine: use an \
+                         https:// URL, or say allow_plaintext_token() if the network is trusted"
+                    .into(),
+            });
+        }
+        CallCredentials::for_url(self.token.as_ref().map(|t| t.0.as_str()), &self.url)
+    }
+
+    fn client(self, channel: Channel, credentials: CallCredentials) -> Client {
+        let transport = InterceptedService::new(channel, credentials);
+        let raw = CachebackClient::new(transport.clone())
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);
         let near = self
@@ -348,6 +473,7 @@ impl ClientBuilder {
             .map(|capacity| NearCache::start(raw.clone(), capacity));
         Client {
             raw,
+            transport,
             timeout: self.timeout,
             url: self.url.into(),
             near,
@@ -418,7 +544,7 @@ mod tests {
 
     #[test]
     fn urls_other_than_http_and_unix_are_refused() {
-        for url in ["127.0.0.1:7070", "https://example.com", "unix:", "grpc://x"] {
+        for url in ["127.0.0.1:7070", "unix:", "grpc://x"] {
             let err = ClientBuilder::new(url).endpoint().unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
         }
@@ -429,6 +555,18 @@ mod tests {
         ] {
             ClientBuilder::new(url).endpoint().unwrap();
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token_or_the_key() {
+        let builder = ClientBuilder::new("https://cache:7070")
+            .token("s3cret-token")
+            .tls(TlsConfig::new().identity_pem("CERT", "PRIVATE KEY BYTES"));
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("s3cret-token") && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

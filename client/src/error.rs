@@ -33,6 +33,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// The credentials cannot be used as given (a token that would travel in plaintext to
+    /// another machine, or one that cannot be metadata). The message never holds the token.
+    #[error("cannot call cachebackd at {url} with these credentials: {reason}")]
+    Credentials {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The TLS settings cannot be used (a file that cannot be read, a half identity).
+    #[error("cachebackd TLS settings: {reason}")]
+    Tls {
+        /// Why.
+        reason: String,
+    },
+
     /// The connection to the daemon could not be set up.
     #[error("cannot connect to cachebackd at {url}: {source}")]
     Connect {

@@ -1,6 +1,7 @@
 //! `client.job(&job)`: reading and writing one job's items, as cacheback's `Job`
 //! methods do.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1;
@@ -48,8 +49,13 @@ pub enum ItemState {
 pub struct Item<T> {
     /// Fresh, stale or miss.
     pub state: ItemState,
-    /// The data; `None` on a miss.
+    /// The data; `None` on a miss and for an absence.
     pub data: Option<T>,
+    /// The origin said there is no such data ([`Fetched::Absent`](crate::Fetched)): a
+    /// cached "nothing", fresh or stale like any item; `data` is `None`.
+    pub absent: bool,
+    /// The item's tags.
+    pub tags: Vec<String>,
     /// When the data was fetched or set; `None` on a miss.
     pub stored_at: Option<SystemTime>,
     /// When the data stops (or stopped) being fresh; `None` on a miss.
@@ -72,6 +78,25 @@ pub struct Invalidated {
     pub found: bool,
     /// A refresh of it is scheduled or in flight.
     pub refresh_scheduled: bool,
+}
+
+/// How a [`JobHandle::get_item_with`] reads, beyond a plain get.
+///
+/// ```
+/// use std::time::Duration;
+/// let at_most_a_minute_old = cacheback::Read { max_age: Some(Duration::from_secs(60)), ..Default::default() };
+/// let raw_get = cacheback::Read { peek: true, ..Default::default() };
+/// assert!(at_most_a_minute_old.max_age.is_some() && raw_get.peek);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Read {
+    /// The caller accepts data at most this old (since it was fetched or set): an older
+    /// item, fresh or stale, is fetched synchronously, and answered anyway if that fetch
+    /// fails. With the job's `fetch_on_stale_threshold`, the smaller bound wins.
+    pub max_age: Option<Duration>,
+    /// Read what is stored and start nothing: no fetch, no refresh (django-cacheback's
+    /// `raw_get`). A miss is answered as a miss; `max_age` is ignored.
+    pub peek: bool,
 }
 
 /// One job's items on one daemon, made by [`Client::job`]. Cheap: make one per call.
@@ -146,8 +171,69 @@ impl<'j, J: Job> JobHandle<'j, J> {
     /// # Ok(()) }
     /// ```
     pub async fn get_item(&self, args: &J::Args) -> Result<Item<J::Output>> {
-        let request = self.get_request(args)?;
-        let Some(near) = self.client.near() else {
+        self.get_item_with(args, Read::default()).await
+    }
+
+    /// [`get`](Self::get) of data at most `max_age` old: an older item is fetched
+    /// synchronously (and answered anyway if that fetch fails).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use cacheback::Job;
+    /// # struct Balance;
+    /// # impl Job for Balance {
+    /// #     type Args = u64; type Output = i64; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "balance";
+    /// #     async fn fetch(&self, _: u64) -> Result<i64, Self::Error> { Ok(0) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// // The checkout page wants a balance no older than 5 s; the dashboard takes any.
+    /// let balance = client.job(&Balance).get_max_age(&7, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_max_age(
+        &self,
+        args: &J::Args,
+        max_age: Duration,
+    ) -> Result<Option<J::Output>> {
+        let read = Read {
+            max_age: Some(max_age),
+            peek: false,
+        };
+        Ok(self.get_item_with(args, read).await?.data)
+    }
+
+    /// What is stored for `args`, starting nothing (django-cacheback's `raw_get`): no
+    /// fetch on a miss, no refresh of a stale item.
+    ///
+    /// ```no_run
+    /// # use cacheback::{Job, ItemState};
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// # }
+    /// # async fn demo(client: cacheback::Client) -> Result<(), cacheback::Error> {
+    /// let item = client.job(&UserTweets).peek(&"bob".to_string()).await?;
+    /// assert!(!item.fetched && !item.refresh_scheduled);
+    /// # Ok(()) }
+    /// ```
+    pub async fn peek(&self, args: &J::Args) -> Result<Item<J::Output>> {
+        let read = Read {
+            max_age: None,
+            peek: true,
+        };
+        self.get_item_with(args, read).await
+    }
+
+    /// [`get_item`](Self::get_item) as `read` says (`max_age`, `peek`).
+    pub async fn get_item_with(&self, args: &J::Args, read: Read) -> Result<Item<J::Output>> {
+        let mut request = self.get_request(args)?;
+        request.max_age = read.max_age.map(to_proto_duration);
+        request.peek = read.peek;
+        let near = self.client.near().filter(|_| read == Read::default());
+        let Some(near) = near else {
             return self.item_from(self.get_remote(request).await?);
         };
         let key = near::key(self.name(), &request.args);
@@ -174,18 +260,10 @@ impl<'j, J: Job> JobHandle<'j, J> {
     }
 
     fn item_from_near(&self, hit: NearItem) -> Result<Item<J::Output>> {
-        let data = serde_json::from_slice(&hit.data).map_err(|source| Error::DecodeData {
-            job: self.name().to_owned(),
-            source,
-        })?;
-        Ok(Item {
-            state: ItemState::Fresh,
-            data: Some(data),
-            stored_at: hit.stored_at,
-            expires_at: Some(hit.expires_at),
-            refresh_scheduled: false,
-            fetched: false,
-        })
+        let mut response = (*hit.response).clone();
+        response.refresh_scheduled = false;
+        response.fetched = false;
+        self.item_from(response)
     }
 
     /// Before a write of this client: its near-cached copy of the item goes.
@@ -283,6 +361,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
         };
         let data = match state {
             ItemState::Miss => None,
+            ItemState::Fresh | ItemState::Stale if response.absent => None,
             ItemState::Fresh | ItemState::Stale => {
                 Some(serde_json::from_slice(&response.data).map_err(|source| {
                     Error::DecodeData {
@@ -299,11 +378,14 @@ impl<'j, J: Job> JobHandle<'j, J> {
             expires_at: response.expires_at.and_then(from_proto_timestamp),
             refresh_scheduled: response.refresh_scheduled,
             fetched: response.fetched,
+            absent: response.absent,
+            tags: response.tags,
         })
     }
 
     /// Stores `data` for `args` directly (cacheback's `job.set`), fresh for
-    /// [`Job::expiry`] of `args` or else the job's lifetime. Returns when it expires.
+    /// [`Job::expiry`] of `args` or else the job's lifetime, with the [`Job::tags`] of
+    /// `args`. Returns when it expires.
     /// A fetch of the item in flight is not stored when it lands: this write wins.
     ///
     /// ```no_run
@@ -363,7 +445,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
                 source,
             })?,
             lifetime: lifetime.map(to_proto_duration),
-            ..Default::default()
+            tags: self.job.tags(args),
         };
         self.forget_near(&request.args);
         let response = self
@@ -464,7 +546,7 @@ fn near_item(response: &v1::GetResponse) -> Option<NearItem> {
         return None;
     }
     Some(NearItem {
-        data: response.data.as_slice().into(),
+        response: Arc::new(response.clone()),
         stored_at: response.stored_at.and_then(from_proto_timestamp),
         expires_at: response.expires_at.and_then(from_proto_timestamp)?,
     })

@@ -6,6 +6,7 @@ use cachebackd_proto::{v1, wire};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::time::{from_proto_duration, to_proto_duration};
+use crate::{FetchContext, Fetched};
 
 /// A boxed error, what a failed fetch is turned into before its message is sent.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -23,7 +24,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// };
 /// assert_eq!(config.refresh_timeout, Duration::from_secs(60));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JobConfig {
     /// How long fetched data is fresh.
     pub lifetime: Duration,
@@ -32,11 +33,23 @@ pub struct JobConfig {
     /// `true`: a miss waits for a synchronous fetch. `false`: a miss returns at once
     /// (`None` from [`JobHandle::get`](crate::JobHandle::get)) and fills asynchronously.
     pub fetch_on_miss: bool,
-    /// If an item has been stale for longer than this, a read fetches synchronously
-    /// instead of serving it. `None`: stale data is always served.
+    /// If a stale item is older than this (its age since it was fetched or set, as
+    /// django-cacheback counts it), a read fetches synchronously instead of serving it.
+    /// `None`: stale data is always served.
     pub fetch_on_stale_threshold: Option<Duration>,
     /// Hard limit: an item older than this (since it was stored) is never served.
     pub cache_ttl: Duration,
+    /// XFetch early refresh: a read of a fresh item may start one refresh before it
+    /// expires, likelier as expiry nears and the longer its last fetch took, so that a hot
+    /// item never turns stale. 1.0 is the paper's optimum; larger refreshes earlier; must
+    /// be > 0 and finite. `None`: off.
+    pub early_refresh_beta: Option<f64>,
+    /// How long an absence ([`Fetched::Absent`]) stays fresh. `None`: the lifetime.
+    pub absent_lifetime: Option<Duration>,
+    /// How long a failed fetch of a missing item is remembered: reads that would wait for
+    /// a fetch of it fail at once with the same error meanwhile, sparing a dead origin.
+    /// `None`: off.
+    pub error_ttl: Option<Duration>,
 }
 
 impl JobConfig {
@@ -53,6 +66,9 @@ impl JobConfig {
         fetch_on_miss: wire::JOB_FETCH_ON_MISS,
         fetch_on_stale_threshold: None,
         cache_ttl: wire::JOB_CACHE_TTL,
+        early_refresh_beta: None,
+        absent_lifetime: None,
+        error_ttl: None,
     };
 
     pub(crate) fn to_proto(self) -> v1::JobConfig {
@@ -62,7 +78,9 @@ impl JobConfig {
             fetch_on_miss: Some(self.fetch_on_miss),
             fetch_on_stale_threshold: self.fetch_on_stale_threshold.map(to_proto_duration),
             cache_ttl: Some(to_proto_duration(self.cache_ttl)),
-            ..Default::default()
+            early_refresh_beta: self.early_refresh_beta,
+            absent_lifetime: self.absent_lifetime.map(to_proto_duration),
+            error_ttl: self.error_ttl.map(to_proto_duration),
         }
     }
 
@@ -77,6 +95,9 @@ impl JobConfig {
             fetch_on_miss: config.fetch_on_miss.unwrap_or(d.fetch_on_miss),
             fetch_on_stale_threshold: config.fetch_on_stale_threshold.map(from_proto_duration),
             cache_ttl: config.cache_ttl.map_or(d.cache_ttl, from_proto_duration),
+            early_refresh_beta: config.early_refresh_beta,
+            absent_lifetime: config.absent_lifetime.map(from_proto_duration),
+            error_ttl: config.error_ttl.map(from_proto_duration),
         }
     }
 }
@@ -149,11 +170,23 @@ pub trait Job: Send + Sync + 'static {
     const REFRESH_TIMEOUT: Duration = JobConfig::DEFAULT.refresh_timeout;
     /// Whether a miss waits for a synchronous fetch (cacheback's `fetch_on_miss`).
     const FETCH_ON_MISS: bool = JobConfig::DEFAULT.fetch_on_miss;
-    /// How long an item may be stale before a read fetches it synchronously
-    /// (cacheback's `fetch_on_stale_threshold`); `None`: never.
+    /// How old (since it was fetched or set) a stale item may be before a read fetches it
+    /// synchronously (cacheback's `fetch_on_stale_threshold`); `None`: never.
     const FETCH_ON_STALE_THRESHOLD: Option<Duration> = JobConfig::DEFAULT.fetch_on_stale_threshold;
     /// How long an item is kept at all (cacheback's `cache_ttl`).
     const CACHE_TTL: Duration = JobConfig::DEFAULT.cache_ttl;
+    /// XFetch's beta for early refresh of hot items (see [`JobConfig::early_refresh_beta`]);
+    /// `None`: off.
+    const EARLY_REFRESH_BETA: Option<f64> = JobConfig::DEFAULT.early_refresh_beta;
+    /// How long an absence ([`Fetched::Absent`]) stays fresh; `None`: the lifetime.
+    const ABSENT_LIFETIME: Option<Duration> = JobConfig::DEFAULT.absent_lifetime;
+    /// How long a failed fetch of a missing item is remembered (see
+    /// [`JobConfig::error_ttl`]); `None`: off.
+    const ERROR_TTL: Option<Duration> = JobConfig::DEFAULT.error_ttl;
+    /// Most fetches the daemon may hand this job's worker in one message, answered by
+    /// [`fetch_many`](Job::fetch_many) with one origin call (SQL `IN`, a multi-get API).
+    /// 1: one fetch at a time.
+    const MAX_BATCH: u32 = 1;
 
     /// Fetches the data for `args`: the slow part, run by a [`Worker`](crate::Worker)
     /// when the daemon asks for it. An error (or a panic) is reported to the daemon
@@ -202,7 +235,111 @@ pub trait Job: Send + Sync + 'static {
             fetch_on_miss: Self::FETCH_ON_MISS,
             fetch_on_stale_threshold: Self::FETCH_ON_STALE_THRESHOLD,
             cache_ttl: Self::CACHE_TTL,
+            early_refresh_beta: Self::EARLY_REFRESH_BETA,
+            absent_lifetime: Self::ABSENT_LIFETIME,
+            error_ttl: Self::ERROR_TTL,
         }
+    }
+
+    /// The fetch as the worker runs it: by default [`fetch`](Job::fetch)'s data. Override
+    /// it to answer more than data: [`Fetched::Absent`] when the origin has nothing
+    /// (negative caching), [`Fetched::NotModified`] when `context.validator` is still
+    /// current (conditional refresh), or data with a validator and tags. `fetch` stays
+    /// the unconditional fetch it falls back on.
+    ///
+    /// ```
+    /// use cacheback::{FetchContext, Fetched, Job};
+    /// struct Profile;
+    /// impl Job for Profile {
+    ///     type Args = u64; type Output = String; type Error = std::io::Error;
+    ///     const NAME: &'static str = "profile";
+    ///     async fn fetch(&self, id: u64) -> Result<String, std::io::Error> {
+    ///         Ok(format!("user {id}"))
+    ///     }
+    ///     async fn fetch_with(&self, id: u64, context: FetchContext) -> Result<Fetched<String>, std::io::Error> {
+    ///         if id == 0 {
+    ///             return Ok(Fetched::Absent { tags: vec![] }); // no such user
+    ///         }
+    ///         let version = b"v1".to_vec(); // the origin's ETag, in real life
+    ///         if context.validator.as_deref() == Some(&version[..]) {
+    ///             return Ok(Fetched::NotModified);
+    ///         }
+    ///         Ok(Fetched::value(self.fetch(id).await?).with_validator(version))
+    ///     }
+    /// }
+    /// # tokio_test_block(async {
+    /// let again = FetchContext { validator: Some(b"v1".to_vec()), ..Default::default() };
+    /// assert_eq!(Profile.fetch_with(7, again).await.unwrap(), Fetched::NotModified);
+    /// assert_eq!(Profile.fetch_with(0, FetchContext::default()).await.unwrap(), Fetched::Absent { tags: vec![] });
+    /// # });
+    /// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// # }
+    /// ```
+    fn fetch_with(
+        &self,
+        args: Self::Args,
+        context: FetchContext,
+    ) -> impl Future<Output = Result<Fetched<Self::Output>, Self::Error>> + Send {
+        let _ = context;
+        async move { Ok(Fetched::value(self.fetch(args).await?)) }
+    }
+
+    /// Many fetches at once, when the daemon hands the worker a batch (`MAX_BATCH` > 1):
+    /// one result per args, in order. By default each runs as its own
+    /// [`fetch_with`](Job::fetch_with), one after another; override it to make one origin
+    /// call for all of them.
+    ///
+    /// ```
+    /// use cacheback::{Fetched, Job};
+    /// struct Users;
+    /// impl Job for Users {
+    ///     type Args = u64; type Output = String; type Error = std::io::Error;
+    ///     const NAME: &'static str = "users";
+    ///     const MAX_BATCH: u32 = 100;
+    ///     async fn fetch(&self, id: u64) -> Result<String, std::io::Error> {
+    ///         Ok(format!("user {id}"))
+    ///     }
+    ///     // SELECT ... WHERE id IN (...): one query for the whole batch.
+    ///     async fn fetch_many(&self, ids: Vec<u64>) -> Vec<Result<Fetched<String>, std::io::Error>> {
+    ///         ids.into_iter().map(|id| Ok(Fetched::value(format!("user {id}")))).collect()
+    ///     }
+    /// }
+    /// ```
+    fn fetch_many(
+        &self,
+        args: Vec<Self::Args>,
+    ) -> impl Future<Output = Vec<Result<Fetched<Self::Output>, Self::Error>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(args.len());
+            for args in args {
+                results.push(self.fetch_with(args, FetchContext::default()).await);
+            }
+            results
+        }
+    }
+
+    /// The tags of the item of `args` (for [`Client::invalidate_tags`](crate::Client::invalidate_tags)),
+    /// stored with what a fetch or a [`set`](crate::JobHandle::set) stores, unless the
+    /// fetch gave its own: at most 32, each spelled like a job name. Default: none.
+    ///
+    /// ```
+    /// # use cacheback::Job;
+    /// # struct UserTweets;
+    /// # impl Job for UserTweets {
+    /// #     type Args = String; type Output = Vec<String>; type Error = std::convert::Infallible;
+    /// #     const NAME: &'static str = "tweets";
+    /// #     async fn fetch(&self, _: String) -> Result<Vec<String>, Self::Error> { Ok(vec![]) }
+    /// // Everything shown of a user is invalidated together when the user changes.
+    /// fn tags(&self, username: &String) -> Vec<String> {
+    ///     vec![format!("user:{username}")]
+    /// }
+    /// # }
+    /// assert_eq!(UserTweets.tags(&"bob".into()), vec!["user:bob"]);
+    /// ```
+    fn tags(&self, args: &Self::Args) -> Vec<String> {
+        let _ = args;
+        Vec::new()
     }
 
     /// How long the data fetched (or [`set`](crate::JobHandle::set)) for `args` stays

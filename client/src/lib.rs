@@ -39,7 +39,9 @@
 #![warn(missing_docs)]
 
 mod client;
+mod credentials;
 mod error;
+mod fetched;
 mod handle;
 mod job;
 mod near;
@@ -54,10 +56,15 @@ pub use cacheback_macros::cacheback;
 /// it without depending on this client.
 pub use cachebackd_proto::args::{decode_args, encode_args};
 pub use client::{
-    current_client, set_default_client, with_client, Client, ClientBuilder, DEFAULT_URL, URL_ENV,
+    current_client, set_default_client, with_client, Client, ClientBuilder, Transport, DEFAULT_URL,
+    URL_ENV,
+};
+pub use credentials::{
+    CallCredentials, TlsConfig, TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV,
 };
 pub use error::{Error, Result};
-pub use handle::{Invalidated, Item, ItemState, JobHandle};
+pub use fetched::{FetchContext, FetchReason, Fetched};
+pub use handle::{Invalidated, Item, ItemState, JobHandle, Read};
 pub use job::{BoxError, Job, JobConfig};
 pub use near::{NearCacheStats, MAX_NEAR_CACHE_ITEMS};
 pub use worker::{Worker, WorkerHandle};

@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::Channel;
 
+use crate::client::Transport;
 use crate::time::from_proto_timestamp;
 
 /// The most items a near cache may hold: the daemon's limit per stream leaves room for
@@ -53,8 +53,8 @@ pub struct NearCacheStats {
 /// One FRESH item as a Get answered it.
 #[derive(Debug, Clone)]
 pub(crate) struct NearItem {
-    /// The data as the daemon sent it (decoded at each hit: `Output` need not be Clone).
-    pub data: Arc<[u8]>,
+    /// The answer as the daemon sent it (decoded at each hit: `Output` need not be Clone).
+    pub response: Arc<pb::GetResponse>,
     pub stored_at: Option<SystemTime>,
     pub expires_at: SystemTime,
 }
@@ -150,7 +150,7 @@ fn item_ref(key: &[u8]) -> pb::ItemRef {
 impl NearCache {
     /// A near cache of at most `capacity` items, its stream kept by a task on the current
     /// tokio runtime through `raw`.
-    pub(crate) fn start(raw: CachebackClient<Channel>, capacity: u64) -> Arc<NearCache> {
+    pub(crate) fn start(raw: CachebackClient<Transport>, capacity: u64) -> Arc<NearCache> {
         let capacity = capacity.clamp(1, MAX_NEAR_CACHE_ITEMS);
         let closing = CancellationToken::new();
         let near = Arc::new(NearCache {
@@ -325,7 +325,7 @@ impl NearCache {
 
 /// Keeps one Subscribe stream up while the near cache exists: opens it, applies its
 /// events, and after a loss drops everything and opens a new one (backing off up to 2 s).
-async fn keep_stream(near: Weak<NearCache>, mut raw: CachebackClient<Channel>) {
+async fn keep_stream(near: Weak<NearCache>, mut raw: CachebackClient<Transport>) {
     let mut delay = Duration::from_millis(50);
     loop {
         let (tx, rx) = mpsc::unbounded_channel();

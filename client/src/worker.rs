@@ -31,7 +31,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::{
     decode_args,
     time::{from_proto_timestamp, to_proto_duration},
-    BoxError, Client, Error, Job, JobConfig, Result,
+    BoxError, Client, Error, FetchContext, Fetched, Job, JobConfig, Result,
 };
 
 use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, RECONNECT_MAX, RECONNECT_MIN};
@@ -430,7 +430,7 @@ async fn session(context: &Context, index: usize, served: &Served) -> Result<Ses
         config: Some(job.config().to_proto()),
         max_in_flight,
         worker_name: context.worker_name.clone(),
-        ..Default::default()
+        max_batch: job.max_batch(),
     };
     results
         .try_send(WorkerMessage {
@@ -491,6 +491,29 @@ async fn session(context: &Context, index: usize, served: &Served) -> Result<Ses
                         () = context.stop.cancelled() => break None,
                     };
                     fetches.spawn(answer(job.clone(), request, results.clone(), permit));
+                }
+                Ok(Some(DaemonMessage { kind: Some(daemon_message::Kind::Batch(mut batch)) }))
+                    if batch.fetches.len() == 1 =>
+                {
+                    let request = batch.fetches.remove(0);
+                    let permit = tokio::select! {
+                        permit = limit.clone().acquire_owned() => {
+                            permit.expect("the semaphore is never closed")
+                        }
+                        () = context.stop.cancelled() => break None,
+                    };
+                    fetches.spawn(answer(job.clone(), request, results.clone(), permit));
+                }
+                Ok(Some(DaemonMessage { kind: Some(daemon_message::Kind::Batch(batch)) })) => {
+                    // The daemon counts every fetch of a batch against max_in_flight.
+                    let n = (batch.fetches.len() as u32).clamp(1, max_in_flight);
+                    let permits = tokio::select! {
+                        permits = limit.clone().acquire_many_owned(n) => {
+                            permits.expect("the semaphore is never closed")
+                        }
+                        () = context.stop.cancelled() => break None,
+                    };
+                    fetches.spawn(answer_batch(job.clone(), batch.fetches, results.clone(), permits));
                 }
                 Ok(Some(other)) => warn!(job = job.name(), ?other, "unexpected message ignored"),
                 Ok(None) => break Some(SessionEnd::Lost {
@@ -554,47 +577,94 @@ async fn answer(
     );
     async move {
         let started = Instant::now();
-        let left = request
-            .deadline
-            .and_then(from_proto_timestamp)
-            .map(|deadline| {
-                deadline
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default()
-            });
-        let fetch = job.fetch(request.args).in_current_span();
-        let fetch = AbortOnDropHandle::new(tokio::spawn(fetch));
-        let joined = match left {
-            Some(left) => tokio::time::timeout(left, fetch).await,
-            None => Ok(fetch.await),
-        };
-        let outcome = match joined {
-            Ok(Ok(Ok(value))) => {
-                debug!(elapsed = ?started.elapsed(), bytes = value.data.len(), "fetched");
-                fetch_result::Outcome::Value(value)
+        let (context, left) = (FetchContext::from_request(&request), time_left(&request));
+        let fetch = job.fetch(request.args, context).in_current_span();
+        let outcome = match guarded(fetch, left).await {
+            Ok(Ok(outcome)) => {
+                debug!(elapsed = ?started.elapsed(), "fetched");
+                outcome
             }
-            Ok(Ok(Err(message))) => failed(message, started),
-            Ok(Err(join_error)) if join_error.is_panic() => {
-                failed(panic_message(join_error.into_panic()), started)
-            }
-            Ok(Err(_)) => failed("fetch cancelled".to_owned(), started),
-            Err(_) => failed(
-                "fetch still running at its deadline: abandoned".to_owned(),
-                started,
-            ),
+            Ok(Err(message)) | Err(message) => failed(message, started),
         };
-        let result = WorkerMessage {
-            kind: Some(worker_message::Kind::Result(FetchResult {
-                request_id: request.request_id,
-                outcome: Some(outcome),
-            })),
+        send_result(&results, request.request_id, outcome).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs one batch of fetches with one [`Job::fetch_many`] and sends each its result, as
+/// [`answer`] does for one (a panic or the earliest deadline fails them all).
+async fn answer_batch(
+    job: Arc<dyn ErasedJob>,
+    requests: Vec<FetchRequest>,
+    results: mpsc::Sender<WorkerMessage>,
+    _permits: OwnedSemaphorePermit,
+) {
+    let span = info_span!("fetch_many", job = job.name(), fetches = requests.len());
+    async move {
+        let started = Instant::now();
+        let left = requests.iter().filter_map(time_left).min();
+        let args = requests.iter().map(|r| r.args.clone()).collect();
+        let fetch = job.fetch_many(args).in_current_span();
+        let outcomes = match guarded(fetch, left).await {
+            Ok(outcomes) => outcomes,
+            Err(message) => vec![Err(message); requests.len()],
         };
-        if results.send(result).await.is_err() {
-            debug!("stream closed before the result could be sent");
+        debug!(elapsed = ?started.elapsed(), "fetched a batch");
+        for (request, outcome) in requests.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or_else(|message| failed(message, started));
+            send_result(&results, request.request_id, outcome).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// How long until the daemon stops waiting for `request`.
+fn time_left(request: &FetchRequest) -> Option<Duration> {
+    request
+        .deadline
+        .and_then(from_proto_timestamp)
+        .map(|deadline| {
+            deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+        })
+}
+
+/// Runs `fetch` in its own task, so that a panic is caught, abandoning it once `left`
+/// has passed: `Err` with why.
+async fn guarded<T: Send + 'static>(
+    fetch: impl Future<Output = T> + Send + 'static,
+    left: Option<Duration>,
+) -> Result<T, String> {
+    let fetch = AbortOnDropHandle::new(tokio::spawn(fetch));
+    let joined = match left {
+        Some(left) => tokio::time::timeout(left, fetch).await,
+        None => Ok(fetch.await),
+    };
+    match joined {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(join_error)) if join_error.is_panic() => Err(panic_message(join_error.into_panic())),
+        Ok(Err(_)) => Err("fetch cancelled".to_owned()),
+        Err(_) => Err("fetch still running at its deadline: abandoned".to_owned()),
+    }
+}
+
+async fn send_result(
+    results: &mpsc::Sender<WorkerMessage>,
+    request_id: String,
+    outcome: fetch_result::Outcome,
+) {
+    let result = WorkerMessage {
+        kind: Some(worker_message::Kind::Result(FetchResult {
+            request_id,
+            outcome: Some(outcome),
+        })),
+    };
+    if results.send(result).await.is_err() {
+        debug!("stream closed before the result could be sent");
+    }
 }
 
 fn failed(message: String, started: Instant) -> fetch_result::Outcome {
@@ -627,13 +697,17 @@ fn error_report(error: BoxError) -> String {
     report
 }
 
-type FetchFuture = Pin<Box<dyn Future<Output = Result<v1::FetchedValue, String>> + Send>>;
+type Outcome = Result<fetch_result::Outcome, String>;
+type FetchFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+type BatchFuture = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send>>;
 
 /// A `Job` with its types erased, so that one worker serves jobs of different types.
 trait ErasedJob: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn config(&self) -> JobConfig;
-    fn fetch(self: Arc<Self>, args: Vec<u8>) -> FetchFuture;
+    fn max_batch(&self) -> u32;
+    fn fetch(self: Arc<Self>, args: Vec<u8>, context: FetchContext) -> FetchFuture;
+    fn fetch_many(self: Arc<Self>, args: Vec<Vec<u8>>) -> BatchFuture;
 }
 
 impl<J: Job> ErasedJob for J {
@@ -645,23 +719,98 @@ impl<J: Job> ErasedJob for J {
         Job::config(self)
     }
 
-    fn fetch(self: Arc<Self>, args: Vec<u8>) -> FetchFuture {
+    fn max_batch(&self) -> u32 {
+        J::MAX_BATCH.max(1)
+    }
+
+    fn fetch(self: Arc<Self>, args: Vec<u8>, context: FetchContext) -> FetchFuture {
         Box::pin(async move {
-            let args: J::Args =
-                decode_args(&args).map_err(|e| format!("cannot decode the args: {e}"))?;
-            let lifetime = self.expiry(&args);
-            let output = Job::fetch(&*self, args)
+            let args: J::Args = decode(&args)?;
+            let (lifetime, tags) = (self.expiry(&args), self.tags(&args));
+            let fetched = Job::fetch_with(&*self, args, context)
                 .await
                 .map_err(|e| error_report(e.into()))?;
-            let data = serde_json::to_vec(&output)
-                .map_err(|e| format!("cannot encode the fetched data: {e}"))?;
-            Ok(v1::FetchedValue {
-                data,
-                lifetime: lifetime.map(to_proto_duration),
-                ..Default::default()
-            })
+            outcome_of(fetched, lifetime, tags)
         })
     }
+
+    fn fetch_many(self: Arc<Self>, args: Vec<Vec<u8>>) -> BatchFuture {
+        Box::pin(async move {
+            // Args that do not decode fail alone; the rest go to one fetch_many.
+            let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(args.len());
+            let mut batch = Vec::new();
+            let mut extras = Vec::new();
+            for raw in &args {
+                match decode::<J::Args>(raw) {
+                    Ok(args) => {
+                        extras.push((self.expiry(&args), self.tags(&args)));
+                        batch.push(args);
+                        outcomes.push(None);
+                    }
+                    Err(message) => outcomes.push(Some(Err(message))),
+                }
+            }
+            let asked = batch.len();
+            let fetched = Job::fetch_many(&*self, batch).await;
+            let mut fetched = if fetched.len() == asked {
+                fetched
+                    .into_iter()
+                    .zip(extras)
+                    .map(|(f, (lifetime, tags))| {
+                        f.map_err(|e| error_report(e.into()))
+                            .and_then(|f| outcome_of(f, lifetime, tags))
+                    })
+                    .collect::<Vec<_>>()
+            } else {
+                let message = format!(
+                    "fetch_many answered {} results for {asked} args",
+                    fetched.len()
+                );
+                vec![Err(message); asked]
+            }
+            .into_iter();
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Some(failed) => failed,
+                    None => fetched.next().expect("one result per decoded args"),
+                })
+                .collect()
+        })
+    }
+}
+
+fn decode<A: serde::de::DeserializeOwned>(args: &[u8]) -> Result<A, String> {
+    decode_args(args).map_err(|e| format!("cannot decode the args: {e}"))
+}
+
+/// A job's answer on the wire: the data encoded, the item's lifetime and tags added.
+fn outcome_of<T: serde::Serialize>(
+    fetched: Fetched<T>,
+    lifetime: Option<Duration>,
+    job_tags: Vec<String>,
+) -> Outcome {
+    let tags = |tags: Vec<String>| if tags.is_empty() { job_tags } else { tags };
+    Ok(match fetched {
+        Fetched::Value {
+            data,
+            validator,
+            tags: own,
+        } => fetch_result::Outcome::Value(v1::FetchedValue {
+            data: serde_json::to_vec(&data)
+                .map_err(|e| format!("cannot encode the fetched data: {e}"))?,
+            lifetime: lifetime.map(to_proto_duration),
+            validator: validator.unwrap_or_default(),
+            tags: tags(own),
+        }),
+        Fetched::Absent { tags: own } => fetch_result::Outcome::Absent(v1::FetchedAbsent {
+            lifetime: None,
+            tags: tags(own),
+        }),
+        Fetched::NotModified => fetch_result::Outcome::NotModified(v1::NotModified {
+            lifetime: lifetime.map(to_proto_duration),
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -723,24 +872,112 @@ mod tests {
         }
     }
 
+    fn value(outcome: Outcome) -> v1::FetchedValue {
+        match outcome {
+            Ok(fetch_result::Outcome::Value(value)) => value,
+            other => panic!("not a value: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn an_erased_job_decodes_args_fetches_and_encodes_data() {
         let job: Arc<dyn ErasedJob> = Arc::new(Twice);
-        let value = job.clone().fetch(br#"["ab",2]"#.to_vec()).await.unwrap();
-        assert_eq!(value.data, br#""abab""#);
-        assert_eq!(value.lifetime, None);
+        let fetch = |args: &[u8]| job.clone().fetch(args.to_vec(), FetchContext::default());
+        let v = value(fetch(br#"["ab",2]"#).await);
+        assert_eq!(v.data, br#""abab""#);
+        assert_eq!(v.lifetime, None);
 
-        let value = job.clone().fetch(br#"["a",3]"#.to_vec()).await.unwrap();
-        assert_eq!(value.data, br#""aaa""#);
-        assert_eq!(
-            value.lifetime,
-            Some(to_proto_duration(Duration::from_secs(7)))
-        );
+        let v = value(fetch(br#"["a",3]"#).await);
+        assert_eq!(v.data, br#""aaa""#);
+        assert_eq!(v.lifetime, Some(to_proto_duration(Duration::from_secs(7))));
 
-        let error = job.clone().fetch(br#"["a",0]"#.to_vec()).await.unwrap_err();
+        let error = fetch(br#"["a",0]"#).await.unwrap_err();
         assert_eq!(error, r#"cannot repeat "a" zero times"#);
 
-        let error = job.fetch(br#"["a"]"#.to_vec()).await.unwrap_err();
+        let error = fetch(br#"["a"]"#).await.unwrap_err();
         assert!(error.starts_with("cannot decode the args: "), "{error}");
+    }
+
+    /// Looks users up by id; 0 is nobody; knows version "v1" of everyone; tags by user.
+    struct Users;
+
+    impl Job for Users {
+        type Args = u64;
+        type Output = String;
+        type Error = String;
+        const NAME: &'static str = "test.users";
+        const MAX_BATCH: u32 = 8;
+
+        async fn fetch(&self, id: u64) -> Result<String, String> {
+            Ok(format!("user {id}"))
+        }
+
+        async fn fetch_with(
+            &self,
+            id: u64,
+            context: FetchContext,
+        ) -> Result<Fetched<String>, String> {
+            if id == 0 {
+                return Ok(Fetched::Absent { tags: vec![] });
+            }
+            if context.validator.as_deref() == Some(b"v1") {
+                return Ok(Fetched::NotModified);
+            }
+            Ok(Fetched::value(self.fetch(id).await?).with_validator(b"v1".to_vec()))
+        }
+
+        fn tags(&self, id: &u64) -> Vec<String> {
+            vec![format!("user:{id}")]
+        }
+    }
+
+    #[tokio::test]
+    async fn an_erased_job_answers_absent_not_modified_and_data_with_validator_and_tags() {
+        let job: Arc<dyn ErasedJob> = Arc::new(Users);
+        assert_eq!(job.max_batch(), 8);
+        let v = value(
+            job.clone()
+                .fetch(b"[7]".to_vec(), FetchContext::default())
+                .await,
+        );
+        assert_eq!(
+            (v.data.as_slice(), v.validator.as_slice()),
+            (&br#""user 7""#[..], &b"v1"[..])
+        );
+        assert_eq!(v.tags, vec!["user:7"]);
+        let absent = job
+            .clone()
+            .fetch(b"[0]".to_vec(), FetchContext::default())
+            .await;
+        assert_eq!(
+            absent,
+            Ok(fetch_result::Outcome::Absent(v1::FetchedAbsent {
+                lifetime: None,
+                tags: vec!["user:0".into()],
+            }))
+        );
+        let again = FetchContext {
+            validator: Some(b"v1".to_vec()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            job.clone().fetch(b"[7]".to_vec(), again).await,
+            Ok(fetch_result::Outcome::NotModified(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn fetch_many_answers_each_args_in_order_and_bad_args_alone() {
+        let job: Arc<dyn ErasedJob> = Arc::new(Users);
+        let outcomes = job
+            .fetch_many(vec![b"[1]".to_vec(), b"oops".to_vec(), b"[0]".to_vec()])
+            .await;
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(value(outcomes[0].clone()).data, br#""user 1""#);
+        assert!(outcomes[1]
+            .as_ref()
+            .unwrap_err()
+            .starts_with("cannot decode the args"));
+        assert!(matches!(outcomes[2], Ok(fetch_result::Outcome::Absent(_))));
     }
 }

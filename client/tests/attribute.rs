@@ -29,9 +29,14 @@ mod tweets {
     pub(crate) async fn count() -> Result<u64, String> {
         Err("the API is down".to_owned())
     }
+
+    #[cacheback(early_refresh_beta = 1.5, absent_lifetime = 30, error_ttl = 5)]
+    pub async fn hot() -> Result<u8, String> {
+        Ok(1)
+    }
 }
 
-use tweets::{count, fetch_followers, fetch_tweets};
+use tweets::{count, fetch_followers, fetch_tweets, hot};
 
 #[test]
 fn the_job_is_named_after_the_function_path() {
@@ -60,6 +65,15 @@ fn options_become_the_job_config() {
             refresh_timeout: Duration::from_millis(1500),
             fetch_on_stale_threshold: Some(Duration::from_secs(60)),
             cache_ttl: Duration::from_secs(3600),
+            ..JobConfig::DEFAULT
+        }
+    );
+    assert_eq!(
+        hot::JOB.config(),
+        JobConfig {
+            early_refresh_beta: Some(1.5),
+            absent_lifetime: Some(Duration::from_secs(30)),
+            error_ttl: Some(Duration::from_secs(5)),
             ..JobConfig::DEFAULT
         }
     );

@@ -45,7 +45,17 @@ def free_port() -> int:
 class Daemon:
     """One cachebackd process; `restart` keeps its data dir and address."""
 
-    def __init__(self, binary: Path, data_dir: Path, listen: str, log: Path, *args: str) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        data_dir: Path,
+        listen: str,
+        log: Path,
+        *args: str,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+    ) -> None:
+        #: For a daemon serving TLS: what the readiness probe connects with.
+        self.credentials = credentials
         self.binary = binary
         self.data_dir = data_dir
         self.listen = listen
@@ -65,8 +75,11 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
             )
-        channel = grpc.insecure_channel(
-            self.listen, options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
+        options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
+        channel = (
+            grpc.insecure_channel(self.listen, options=options)
+            if self.credentials is None
+            else grpc.secure_channel(self.listen, self.credentials, options=options)
         )
         try:
             grpc.channel_ready_future(channel).result(timeout=WAIT)
@@ -99,7 +112,11 @@ class Daemon:
 def make_daemon(cachebackd_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def make(*args: str, listen: Optional[str] = None) -> Daemon:
+    def make(
+        *args: str,
+        listen: Optional[str] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+    ) -> Daemon:
         n = len(daemons)
         daemon = Daemon(
             cachebackd_bin,
@@ -107,6 +124,7 @@ def make_daemon(cachebackd_bin: Path, tmp_path: Path) -> Iterator[Callable[..., 
             listen or f"127.0.0.1:{free_port()}",
             tmp_path / f"cachebackd{n}.log",
             *args,
+            credentials=credentials,
         )
         daemons.append(daemon.start())
         return daemon

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cachebackd import Client, ItemState, Job, Worker
+from cachebackd import Absent, Client, ItemState, Job, Worker
 from conftest import REPO, Daemon
 from support import WAIT
 
@@ -207,3 +207,39 @@ def test_a_pickle_jobs_items_are_refused_by_a_rust_reader(
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.startswith("bob: "), done.stderr
     assert "decod" in done.stderr.lower(), done.stderr
+
+
+class AbsentTweets(Job):
+    """The Rust example's job, served by a Python worker that knows nobody called "nobody"."""
+
+    name = "examples.UserTweets"
+
+    def fetch(self, username: str) -> list[str]:
+        if username == "nobody":
+            raise Absent()
+        return [f"@{username}: from the Python worker"]
+
+    def tags(self, username: str) -> list[str]:
+        return [f"user:{username}"]
+
+
+def test_an_absence_and_tags_from_a_python_worker_reach_a_rust_reader(
+    daemon: Daemon, client: Client, rust_examples: Path
+) -> None:
+    with Worker(client).serve(AbsentTweets()) as worker:
+        worker.wait_until_registered(timeout=WAIT)
+        reader = rust_examples / "read_tweets"
+        nobody, bob = read_with_rust(reader, daemon, "nobody", "bob")
+        assert nobody == {
+            "username": "nobody",
+            "state": "FRESH",
+            "fetched": True,
+            "data": None,
+            "absent": True,
+            "tags": ["user:nobody"],
+        }
+        assert bob["data"] == ["@bob: from the Python worker"] and bob["tags"] == ["user:bob"]
+        # A tag invalidated from Python is seen by the Rust reader: stale, refreshing.
+        client.invalidate_tags(["user:bob"])
+        (again,) = read_with_rust(reader, daemon, "bob")
+        assert again["state"] == "STALE"

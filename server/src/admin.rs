@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use cachebackd_proto::v1::{self as pb, cacheback_admin_server::CachebackAdmin};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::convert;
 use crate::engine::{Engine, JobEntry};
 use crate::error::Error;
@@ -130,7 +131,9 @@ impl CachebackAdmin for AdminService {
         req: Request<pb::InvalidateJobRequest>,
     ) -> Result<Response<pb::InvalidateJobResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let job = self.job(&req.into_inner().job)?;
+        access.allow(&job)?;
         let mark: SystemTime = self.engine.invalidate_job(&job).await?;
         tracing::info!(%job, "job invalidated: its items refresh on their next Get");
         Ok(Response::new(pb::InvalidateJobResponse {
@@ -143,7 +146,9 @@ impl CachebackAdmin for AdminService {
         req: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let job = self.job(&req.into_inner().job)?;
+        access.allow(&job)?;
         let removed = self.engine.delete_job(&job).await?;
         if let Some(items) = removed {
             tracing::info!(%job, items, "job deleted");

@@ -405,10 +405,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let guard = req
-            .extensions()
+        let ext = req.extensions();
+        let guard = ext
             .get::<TcpConnectInfo>()
             .and_then(|i| Some((i.local_addr?, i.remote_addr?)))
+            .or_else(|| {
+                let tls = ext.get::<crate::tls::TlsPeer>()?;
+                Some((tls.local?, tls.remote?))
+            })
             .and_then(|key| self.shared.open.lock().get(&key).cloned())
             .map(CallGuard::new);
         let response = self.inner.call(req);

@@ -10,8 +10,10 @@ use tonic::Status;
 
 use crate::counters::JobMetrics;
 use crate::engine::GetOutcome;
+use crate::error::Error;
 use crate::model::{
-    FetchReason, ItemState, JobConfig, MAX_ERROR_MESSAGE, MAX_REFRESH_TIMEOUT, MAX_SPAN,
+    check_validator, Beta, FetchReason, ItemState, JobConfig, Limits, Tag, MAX_ERROR_MESSAGE,
+    MAX_REFRESH_TIMEOUT, MAX_SPAN, MAX_TAGS_PER_CALL,
 };
 use crate::subscriptions::{Event, EventKind};
 use crate::workers::{FetchOrder, Fetched, Outcome};
@@ -59,6 +61,18 @@ pub(crate) fn job_config(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobCo
             Some(x) => span("JobConfig.cache_ttl", x, false)?,
             None => d.cache_ttl,
         },
+        early_refresh_beta: match c.early_refresh_beta {
+            Some(beta) => Some(Beta::new(beta)?),
+            None => d.early_refresh_beta,
+        },
+        absent_lifetime: match c.absent_lifetime {
+            Some(x) => Some(span("JobConfig.absent_lifetime", x, true)?),
+            None => d.absent_lifetime,
+        },
+        error_ttl: match c.error_ttl {
+            Some(x) => Some(span("JobConfig.error_ttl", x, false)?),
+            None => d.error_ttl,
+        },
     };
     let human = humantime::format_duration;
     if config.refresh_timeout > MAX_REFRESH_TIMEOUT {
@@ -101,7 +115,10 @@ pub(crate) fn job_config_to_proto(c: &JobConfig) -> pb::JobConfig {
         fetch_on_miss: Some(c.fetch_on_miss),
         fetch_on_stale_threshold: c.fetch_on_stale_threshold.map(d),
         cache_ttl: Some(d(c.cache_ttl)),
-        ..Default::default()
+        // Filled in (the job's lifetime when unset); the off settings stay unset.
+        early_refresh_beta: c.early_refresh_beta.map(Beta::get),
+        absent_lifetime: Some(d(c.absent_lifetime())),
+        error_ttl: c.error_ttl.map(d),
     }
 }
 
@@ -110,6 +127,7 @@ fn fetch_reason(r: FetchReason) -> pb::FetchReason {
         FetchReason::Miss => pb::FetchReason::Miss,
         FetchReason::Stale => pb::FetchReason::Stale,
         FetchReason::Invalidated => pb::FetchReason::Invalidated,
+        FetchReason::Early => pb::FetchReason::Early,
     }
 }
 
@@ -126,48 +144,90 @@ pub(crate) fn get_response(o: GetOutcome) -> pb::GetResponse {
         expires_at: o.times.and_then(|t| ts(t.expires_at)),
         refresh_scheduled: o.refresh_scheduled,
         fetched: o.fetched,
-        ..Default::default()
+        absent: o.absent,
+        tags: o.tags.into_iter().map(|t| t.as_str().to_owned()).collect(),
+    }
+}
+
+/// A fetch order as its `FetchRequest`.
+fn fetch_request_of(order: FetchOrder) -> pb::FetchRequest {
+    pb::FetchRequest {
+        request_id: order.request_id.to_string(),
+        args: order.args.to_vec(),
+        reason: fetch_reason(order.reason) as i32,
+        deadline: Some(order.deadline.into()),
+        validator: order.validator.to_vec(),
     }
 }
 
 /// A fetch order as its `FetchRequest` on the worker's stream.
 pub(crate) fn fetch_request(order: FetchOrder) -> pb::DaemonMessage {
     pb::DaemonMessage {
-        kind: Some(daemon_message::Kind::Fetch(pb::FetchRequest {
-            request_id: order.request_id.to_string(),
-            args: order.args.to_vec(),
-            reason: fetch_reason(order.reason) as i32,
-            deadline: Some(order.deadline.into()),
-            ..Default::default()
+        kind: Some(daemon_message::Kind::Fetch(fetch_request_of(order))),
+    }
+}
+
+/// Several fetch orders as one `FetchBatch` (a worker whose `max_batch` > 1).
+pub(crate) fn fetch_batch(orders: Vec<FetchOrder>) -> pb::DaemonMessage {
+    pb::DaemonMessage {
+        kind: Some(daemon_message::Kind::Batch(pb::FetchBatch {
+            fetches: orders.into_iter().map(fetch_request_of).collect(),
         })),
     }
 }
 
-/// A worker's `FetchResult.outcome` as the registry takes it: data, or a message that
-/// says why there is none (what the daemon cannot take yet included).
-pub(crate) fn fetch_outcome(outcome: Option<fetch_result::Outcome>) -> Outcome {
-    match outcome {
-        Some(fetch_result::Outcome::Value(v)) => match v.lifetime {
-            Some(d) => span("FetchedValue.lifetime", d, true)
-                .map(|lifetime| Fetched {
-                    data: v.data,
-                    lifetime: Some(lifetime),
-                })
-                .map_err(|s| s.message().to_owned()),
-            None => Ok(Fetched {
+/// A worker's `FetchResult.outcome` as the registry takes it: every field checked. A bad
+/// field (a lifetime out of range, a validator over 256 bytes, a bad or 33rd tag) makes
+/// the answer a failed fetch with that message: nothing is stored, and the stream stays
+/// open.
+pub(crate) fn fetch_outcome(outcome: Option<fetch_result::Outcome>, limits: &Limits) -> Outcome {
+    let lifetime = |field: &str, d: Option<prost_types::Duration>| {
+        d.map(|d| span(field, d, true))
+            .transpose()
+            .map_err(|s| Error::InvalidArgument(s.message().to_owned()))
+    };
+    let checked = match outcome {
+        Some(fetch_result::Outcome::Value(v)) => (|| {
+            check_validator(&v.validator)?;
+            Ok(Fetched::Value {
+                lifetime: lifetime("FetchedValue.lifetime", v.lifetime)?,
+                tags: Tag::parse_item_tags(&v.tags, limits)?,
+                validator: v.validator,
                 data: v.data,
-                lifetime: None,
-            }),
-        },
-        Some(fetch_result::Outcome::Error(e)) => Err(clip_message(e.message)),
-        Some(fetch_result::Outcome::Absent(_)) => {
-            Err("this daemon does not store FetchedAbsent answers yet".into())
-        }
-        Some(fetch_result::Outcome::NotModified(_)) => {
-            Err("this daemon does not take NotModified answers yet".into())
-        }
-        None => Err("the worker answered with neither a value nor an error".into()),
+            })
+        })(),
+        Some(fetch_result::Outcome::Absent(a)) => (|| {
+            Ok(Fetched::Absent {
+                lifetime: lifetime("FetchedAbsent.lifetime", a.lifetime)?,
+                tags: Tag::parse_item_tags(&a.tags, limits)?,
+            })
+        })(),
+        Some(fetch_result::Outcome::NotModified(n)) => (|| {
+            Ok(Fetched::NotModified {
+                lifetime: lifetime("NotModified.lifetime", n.lifetime)?,
+            })
+        })(),
+        Some(fetch_result::Outcome::Error(e)) => return Err(clip_message(e.message)),
+        None => return Err("the worker answered with neither a value nor an error".into()),
+    };
+    checked.map_err(|e: Error| e.to_string())
+}
+
+/// `InvalidateTagsRequest.tags`: 1 to 100, each well formed; duplicates count once.
+pub(crate) fn tags_to_invalidate(tags: &[String], limits: &Limits) -> Result<Vec<Tag>, Error> {
+    if tags.is_empty() || tags.len() > MAX_TAGS_PER_CALL {
+        return Err(Error::InvalidArgument(format!(
+            "InvalidateTags takes 1 to {MAX_TAGS_PER_CALL} tags, not {}",
+            tags.len()
+        )));
     }
+    let mut parsed = tags
+        .iter()
+        .map(|t| Tag::parse(t, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
 }
 
 /// A job's counters as `ListJobs` and `Stats` report them.
@@ -208,5 +268,96 @@ pub(crate) fn reset_event(at: SystemTime) -> pb::ItemEvent {
         item: None,
         kind: pb::ItemEventKind::Reset as i32,
         at: Some(at.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn a_bad_field_in_a_worker_answer_is_a_failed_fetch_saying_which() {
+        let value = |validator: Vec<u8>, tags: Vec<String>| {
+            Some(fetch_result::Outcome::Value(pb::FetchedValue {
+                data: b"d".to_vec(),
+                validator,
+                tags,
+                ..Default::default()
+            }))
+        };
+        let err = fetch_outcome(value(vec![0; 257], vec![]), &limits()).unwrap_err();
+        assert_eq!(err, "validator is 257 bytes, over the limit of 256 bytes");
+        assert!(fetch_outcome(value(vec![0; 256], vec![]), &limits()).is_ok());
+        let many: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            fetch_outcome(value(vec![], many), &limits()).unwrap_err(),
+            "33 tags on one item, over the limit of 32"
+        );
+        assert_eq!(
+            fetch_outcome(value(vec![], vec!["a b".into()]), &limits()).unwrap_err(),
+            "tag \"a b\" has the character ' '; allowed are [A-Za-z0-9_.:-]"
+        );
+        assert_eq!(
+            fetch_outcome(
+                value(vec![], vec!["b".into(), "a".into(), "b".into()]),
+                &limits()
+            ),
+            Ok(Fetched::Value {
+                data: b"d".to_vec(),
+                lifetime: None,
+                validator: vec![],
+                tags: vec![Tag::from_stored("a".into()), Tag::from_stored("b".into())],
+            })
+        );
+    }
+
+    #[test]
+    fn invalidate_tags_takes_one_to_a_hundred_good_tags() {
+        assert!(tags_to_invalidate(&[], &limits()).is_err());
+        let hundred: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+        assert_eq!(tags_to_invalidate(&hundred, &limits()).unwrap().len(), 100);
+        let more: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
+        assert!(tags_to_invalidate(&more, &limits()).is_err());
+        assert!(tags_to_invalidate(&["".into()], &limits()).is_err());
+        // Longer job names may be allowed; a tag still fits its record's length byte.
+        let long_names = Limits {
+            max_job_name_bytes: 1000,
+            ..limits()
+        };
+        assert!(tags_to_invalidate(&["t".repeat(255)], &long_names).is_ok());
+        let err = tags_to_invalidate(&["t".repeat(256)], &long_names).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidArgument("tag is 256 bytes, over the limit of 255 bytes".into())
+        );
+    }
+
+    #[test]
+    fn registered_config_fills_absent_lifetime_and_leaves_the_off_settings_unset() {
+        let config = JobConfig {
+            lifetime: Duration::from_secs(42),
+            ..JobConfig::default()
+        };
+        let out = job_config_to_proto(&config);
+        assert_eq!(
+            out.absent_lifetime,
+            Some(prost_types::Duration {
+                seconds: 42,
+                nanos: 0
+            })
+        );
+        assert_eq!(out.early_refresh_beta, None);
+        assert_eq!(out.error_ttl, None);
+        let bad = pb::JobConfig {
+            early_refresh_beta: Some(f64::NAN),
+            ..Default::default()
+        };
+        let status = job_config(bad, &JobConfig::default()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("early_refresh_beta"));
     }
 }

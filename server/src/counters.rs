@@ -74,6 +74,16 @@ struct Families {
     fetches_retried: Family<JobLabels, Counter>,
     fetch_duration: HistogramFamily,
     fetches_in_flight: Family<JobLabels, Gauge>,
+    early_refreshes: Family<JobLabels, Counter>,
+    gets_absent: Family<JobLabels, Counter>,
+    not_modified: Family<JobLabels, Counter>,
+    fetch_batch_size: HistogramFamily,
+    tag_invalidations: Counter,
+}
+
+fn batch_histogram() -> Histogram {
+    // 1 to 1024 fetches per message.
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
 }
 
 impl Default for Metrics {
@@ -105,6 +115,14 @@ pub(crate) struct JobMetrics {
     pub fetch_duration: Histogram,
     /// Fetches running now.
     pub fetches_in_flight: Gauge,
+    /// Refreshes XFetch started on a fresh hit (reason EARLY).
+    pub early_refreshes: Counter,
+    /// Gets answered with a stored absence (`absent = true`).
+    pub gets_absent: Counter,
+    /// Fetches a worker answered NotModified (counted as succeeded too).
+    pub not_modified: Counter,
+    /// Fetches per message sent to a worker of the job (1 without batching).
+    pub fetch_batch_size: Histogram,
 }
 
 impl JobMetrics {
@@ -144,6 +162,11 @@ impl Metrics {
                 fetches_retried: Family::default(),
                 fetch_duration: Family::new_with_constructor(fetch_histogram),
                 fetches_in_flight: Family::default(),
+                early_refreshes: Family::default(),
+                gets_absent: Family::default(),
+                not_modified: Family::default(),
+                fetch_batch_size: Family::new_with_constructor(batch_histogram),
+                tag_invalidations: Counter::default(),
             }),
         }
     }
@@ -187,7 +210,16 @@ impl Metrics {
             fetches_retried: f.fetches_retried.get_or_create_owned(&job()),
             fetch_duration: f.fetch_duration.get_or_create_owned(&job()),
             fetches_in_flight: f.fetches_in_flight.get_or_create_owned(&job()),
+            early_refreshes: f.early_refreshes.get_or_create_owned(&job()),
+            gets_absent: f.gets_absent.get_or_create_owned(&job()),
+            not_modified: f.not_modified.get_or_create_owned(&job()),
+            fetch_batch_size: f.fetch_batch_size.get_or_create_owned(&job()),
         })
+    }
+
+    /// Counts the tags one InvalidateTags marked.
+    pub(crate) fn count_tag_invalidations(&self, tags: usize) {
+        self.inner.tag_invalidations.inc_by(tags as u64);
     }
 
     /// Drops the series of a job that was deleted.
@@ -213,6 +245,10 @@ impl Metrics {
         f.fetches_retried.remove(&labels);
         f.fetch_duration.remove(&labels);
         f.fetches_in_flight.remove(&labels);
+        f.early_refreshes.remove(&labels);
+        f.gets_absent.remove(&labels);
+        f.not_modified.remove(&labels);
+        f.fetch_batch_size.remove(&labels);
     }
 
     /// Registers every event counter in `r` (the exporter's registry).
@@ -253,6 +289,31 @@ impl Metrics {
             "fetches_in_flight",
             "Fetches running now",
             f.fetches_in_flight.clone(),
+        );
+        r.register(
+            "early_refreshes",
+            "Refreshes started ahead of expiry on a fresh hit (early_refresh_beta, reason EARLY)",
+            f.early_refreshes.clone(),
+        );
+        r.register(
+            "gets_absent",
+            "Gets answered with a stored absence (FetchedAbsent: absent = true)",
+            f.gets_absent.clone(),
+        );
+        r.register(
+            "not_modified",
+            "Fetches a worker answered NotModified (the stored data confirmed, not resent)",
+            f.not_modified.clone(),
+        );
+        r.register(
+            "fetch_batch_size",
+            "Fetches per message sent to a worker (FetchBatch when max_batch > 1)",
+            f.fetch_batch_size.clone(),
+        );
+        r.register(
+            "tag_invalidations",
+            "Tags marked by InvalidateTags",
+            f.tag_invalidations.clone(),
         );
     }
 }

@@ -18,11 +18,13 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
+use crate::auth::Auth;
 use crate::config::{Config, ListenAddr};
 use crate::connections::{self, Connections};
 use crate::counters::Metrics;
 use crate::engine::Engine;
 use crate::oversize::OversizeLayer;
+use crate::security::Reloader;
 use crate::service::CachebackService;
 use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
@@ -53,6 +55,9 @@ pub enum DaemonError {
     /// The reflection service could not be built from the descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The principals or the TLS files cannot be used.
+    #[error("{0}")]
+    Security(String),
 }
 
 enum Bound {
@@ -68,6 +73,30 @@ pub async fn run_with_sockets(
     passed: Vec<PassedSocket>,
     shutdown: Shutdown,
 ) -> Result<(), DaemonError> {
+    run_with_reload(config, passed, shutdown, None).await
+}
+
+/// [`run_with_sockets`], reloading the principals and TLS files from `reload` on SIGHUP.
+pub async fn run_with_reload(
+    config: Config,
+    passed: Vec<PassedSocket>,
+    shutdown: Shutdown,
+    reload: Option<crate::security::ReloadSource>,
+) -> Result<(), DaemonError> {
+    let security = crate::security::load(&config, None).map_err(DaemonError::Security)?;
+    crate::security::warn_if_tokens_in_plaintext(&config);
+    let auth = Auth::new(security.principals);
+    let tls = security
+        .tls
+        .map(|c| std::sync::Arc::new(arc_swap::ArcSwap::new(c)));
+    if let Some(source) = reload {
+        Reloader {
+            source,
+            auth: auth.clone(),
+            tls: tls.clone(),
+        }
+        .spawn(&shutdown);
+    }
     let (store, report) =
         SledStore::open_bounded(&config.data_dir, config.flush_interval, config.max_bytes)?;
     if let Some(aside) = &report.moved_aside {
@@ -127,6 +156,7 @@ pub async fn run_with_sockets(
             .layer(OversizeLayer {
                 max_data_bytes: config.max_data_bytes,
             })
+            .layer(auth.layer())
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -134,6 +164,13 @@ pub async fn run_with_sockets(
             .add_service(reflection_v1alpha.clone());
         let signal = shutdown.drain_token().cancelled_owned();
         match listener {
+            Bound::Tcp(l) if tls.is_some() => {
+                let incoming =
+                    crate::tls::incoming(connections.tcp(l), tls.clone().expect("TLS is on"));
+                servers.spawn(async move {
+                    router.serve_with_incoming_shutdown(incoming, signal).await
+                });
+            }
             Bound::Tcp(l) => {
                 let incoming = connections.tcp(l);
                 servers.spawn(async move {
@@ -151,6 +188,7 @@ pub async fn run_with_sockets(
     if let Some(l) = metrics_listener {
         let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         connections::register_metrics(&mut registry, connections.stats());
+        auth.register_metrics(&mut registry);
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
     }
     shutdown.spawn(engine.clone().run_sweeper());
@@ -168,6 +206,8 @@ pub async fn run_with_sockets(
         listen = ?serving_on,
         metrics = ?config.metrics_listen,
         data_dir = %config.data_dir.display(),
+        tls = tls.is_some(),
+        auth_required = auth.required(),
         jobs,
         "cachebackd is serving"
     );

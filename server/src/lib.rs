@@ -3,7 +3,8 @@
 //!
 //! The library is the daemon; its public face is what the `cachebackd` binary needs:
 //! [`config`] (the settings), [`daemon`] (run it), [`shutdown`] (stop it), [`systemd`]
-//! (the sockets systemd passed) and [`error`]. The command line (`cachebackd --help`,
+//! (the sockets systemd passed), [`security`] (the principals and TLS files: load, check,
+//! reload on SIGHUP; `hash-token`, `gen-token`) and [`error`]. The command line (`cachebackd --help`,
 //! `check-config`, `ctl`) is the binary's own.
 //!
 //! Inside, one module per concern: `model` (validated names and configs), `policy` (the
@@ -12,12 +13,14 @@
 //! `worker_stream` (one worker's stream), `subscriptions` and `subscribe_stream` (the near
 //! caches' events and their streams), `convert` (protobuf to model and back), `clock`
 //! (wall time, injectable), `admin` (the admin service), `health` (gRPC health),
-//! `counters` (what the engine counts) and `metrics` (the Prometheus exporter). Bounds:
-//! `budget` (the memory one call may pin), `connections` (how many, idle ones, accept
-//! back-off), `oversize` (requests over the message limit) and `logs` (rate-limited,
-//! clipped log lines).
+//! `counters` (what the engine counts), `metrics` (the Prometheus exporter), `auth`
+//! (principals, roles, the one auth layer) and `tls` (TLS and mTLS on TCP listeners).
+//! Bounds: `budget` (the memory one call may pin), `connections` (how many, idle ones,
+//! accept back-off), `oversize` (requests over the message limit) and `logs`
+//! (rate-limited, clipped log lines).
 
 mod admin;
+mod auth;
 mod budget;
 mod clock;
 pub mod config;
@@ -33,11 +36,13 @@ mod metrics;
 mod model;
 mod oversize;
 mod policy;
+pub mod security;
 mod service;
 pub mod shutdown;
 mod store;
 mod subscribe_stream;
 mod subscriptions;
 pub mod systemd;
+mod tls;
 mod worker_stream;
 mod workers;

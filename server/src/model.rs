@@ -182,10 +182,24 @@ pub struct JobConfig {
     pub refresh_timeout: Duration,
     /// Whether a miss waits for a synchronous fetch.
     pub fetch_on_miss: bool,
-    /// An item stale for longer than this is fetched synchronously; `None` = never.
+    /// A stale item older than this (age since `stored_at`) is fetched synchronously;
+    /// `None` = never.
     pub fetch_on_stale_threshold: Option<Duration>,
     /// An item older than this, since it was stored, is gone.
     pub cache_ttl: Duration,
+    /// XFetch early refresh of fresh hits; `None` = off.
+    pub early_refresh_beta: Option<Beta>,
+    /// Freshness of a `FetchedAbsent` without a lifetime; `None` = the job's lifetime.
+    pub absent_lifetime: Option<Duration>,
+    /// How long a failed fetch of a missing item is remembered; `None` = off.
+    pub error_ttl: Option<Duration>,
+}
+
+impl JobConfig {
+    /// Freshness of a stored absence that carries no lifetime of its own.
+    pub fn absent_lifetime(&self) -> Duration {
+        self.absent_lifetime.unwrap_or(self.lifetime)
+    }
 }
 
 impl Default for JobConfig {
@@ -196,6 +210,9 @@ impl Default for JobConfig {
             fetch_on_miss: wire::JOB_FETCH_ON_MISS,
             fetch_on_stale_threshold: None,
             cache_ttl: wire::JOB_CACHE_TTL,
+            early_refresh_beta: None,
+            absent_lifetime: None,
+            error_ttl: None,
         }
     }
 }
@@ -219,6 +236,8 @@ pub(crate) enum FetchReason {
     Stale,
     /// The item was invalidated.
     Invalidated,
+    /// A fresh item was refreshed ahead of its expiry (XFetch).
+    Early,
 }
 
 /// An item's freshness as a Get reports it.
@@ -230,4 +249,112 @@ pub(crate) enum ItemState {
     Stale,
     /// Not cached (or past `cache_ttl`).
     Miss,
+}
+
+/// XFetch's `beta` (`JobConfig.early_refresh_beta`): greater than zero and finite, checked
+/// once, so that the policy's arithmetic never meets a NaN or an infinity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Beta(f64);
+
+// A `Beta` is never NaN, so equality is total.
+impl Eq for Beta {}
+
+impl Beta {
+    /// Accepts a value > 0 and finite.
+    pub fn new(beta: f64) -> Result<Beta, Error> {
+        if beta.is_finite() && beta > 0.0 {
+            Ok(Beta(beta))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "JobConfig.early_refresh_beta must be greater than 0 and finite, not {beta}"
+            )))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// Most tags one item may carry.
+pub(crate) const MAX_TAGS_PER_ITEM: usize = 32;
+/// Most tags one InvalidateTags may name.
+pub(crate) const MAX_TAGS_PER_CALL: usize = 100;
+/// Longest tag, in bytes (job names are 128 by default; a tag never exceeds this).
+pub(crate) const MAX_TAG_BYTES: usize = 255;
+/// Longest validator, in bytes.
+pub(crate) const MAX_VALIDATOR_BYTES: usize = 256;
+
+/// A tag on items (`InvalidateTags`): spelled like a job name, so the same rules and the
+/// same message apply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Tag(String);
+
+impl Tag {
+    /// Validates a tag as a job name is validated.
+    pub(crate) fn parse(tag: &str, limits: &Limits) -> Result<Tag, Error> {
+        let tag = JobName::parse(tag, limits)
+            .map(|n| Tag(n.0))
+            .map_err(|e| Error::InvalidArgument(e.to_string().replacen("job name", "tag", 1)))?;
+        // An item record keeps a tag's length in one byte, whatever job names are allowed.
+        if tag.0.len() > MAX_TAG_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "tag is {} bytes, over the limit of {MAX_TAG_BYTES} bytes",
+                tag.0.len()
+            )));
+        }
+        Ok(tag)
+    }
+
+    /// Validates an item's tags: at most [`MAX_TAGS_PER_ITEM`], each well formed; duplicates
+    /// are kept once.
+    pub(crate) fn parse_item_tags(tags: &[String], limits: &Limits) -> Result<Vec<Tag>, Error> {
+        if tags.len() > MAX_TAGS_PER_ITEM {
+            return Err(Error::InvalidArgument(format!(
+                "{} tags on one item, over the limit of {MAX_TAGS_PER_ITEM}",
+                tags.len()
+            )));
+        }
+        let mut parsed = tags
+            .iter()
+            .map(|t| Tag::parse(t, limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        parsed.sort();
+        parsed.dedup();
+        Ok(parsed)
+    }
+
+    /// A tag read back from our own store, which only ever holds validated tags.
+    pub(crate) fn from_stored(tag: String) -> Tag {
+        Tag(tag)
+    }
+
+    /// The tag as text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Tag {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validator (`FetchedValue.validator`): opaque, at most [`MAX_VALIDATOR_BYTES`].
+pub(crate) fn check_validator(validator: &[u8]) -> Result<(), Error> {
+    if validator.len() > MAX_VALIDATOR_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "validator is {} bytes, over the limit of {MAX_VALIDATOR_BYTES} bytes",
+            validator.len()
+        )));
+    }
+    Ok(())
 }

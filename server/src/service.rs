@@ -9,11 +9,12 @@ use futures_util::future::join_all;
 use prost::Message;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::budget::{Planned, ResponseBudget};
 use crate::convert::{self, get_response};
-use crate::engine::Engine;
+use crate::engine::{Engine, GetOptions};
 use crate::error::Error;
-use crate::model::{ItemKey, JobName};
+use crate::model::{ItemKey, JobName, Tag};
 use crate::shutdown::Shutdown;
 use crate::{subscribe_stream, worker_stream};
 
@@ -63,18 +64,23 @@ impl CachebackService {
     /// One Get, as the `Get` RPC and each item of `GetMany` do it.
     async fn get_one(
         &self,
+        access: &Access,
         req: &pb::GetRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::GetResponse, Status> {
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         if req.peek {
             return Ok(get_response(self.engine.peek(&job, &req.args)?));
         }
-        let outcome = within(
-            deadline,
-            self.engine.get(&job, &req.args, req.fetch_on_miss),
-        )
-        .await?;
+        let options = GetOptions {
+            fetch_on_miss: req.fetch_on_miss,
+            max_age: req
+                .max_age
+                .map(|d| convert::span("GetRequest.max_age", d, true))
+                .transpose()?,
+        };
+        let outcome = within(deadline, self.engine.get(&job, &req.args, options)).await?;
         Ok(get_response(outcome))
     }
 
@@ -90,7 +96,8 @@ impl Cacheback for CachebackService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
-        let response = self.get_one(&req.into_inner(), deadline).await?;
+        let access = Access::of(&req)?;
+        let response = self.get_one(&access, &req.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
 
@@ -100,6 +107,7 @@ impl Cacheback for CachebackService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let _call = self.shutdown.call();
         let deadline = caller_deadline(&req);
+        let access = Access::of(&req)?;
         let requests = req.into_inner().requests;
         if requests.len() > MAX_GET_MANY {
             return Err(Status::invalid_argument(format!(
@@ -126,19 +134,23 @@ impl Cacheback for CachebackService {
         let known: Vec<_> = requests
             .iter()
             .map(|r| match JobName::parse(&r.job, self.engine.limits()) {
-                Ok(job) => self.engine.store().data_len(&ItemKey::new(&job, &r.args)),
-                Err(_) => None,
+                // An item the caller may not read is not planned by its size: its Get is
+                // refused before anything about it is told.
+                Ok(job) if access.permits(&job) => {
+                    self.engine.store().data_len(&ItemKey::new(&job, &r.args))
+                }
+                _ => None,
             })
             .collect();
         let (plan, response_budget) = ResponseBudget::plan(budget, error_size, &known);
         let too_large_status = || Status::resource_exhausted(too_large_message(&too_large));
         let outcomes = join_all(requests.iter().zip(plan).map(|(r, planned)| {
-            let response_budget = &response_budget;
+            let (response_budget, access) = (&response_budget, &access);
             async move {
                 let Planned::Read(planned) = planned else {
                     return Err(too_large_status());
                 };
-                let response = self.get_one(r, deadline).await?;
+                let response = self.get_one(access, r, deadline).await?;
                 if response_budget.admit(planned, response.data.len()) {
                     Ok(response)
                 } else {
@@ -177,14 +189,20 @@ impl Cacheback for CachebackService {
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         self.engine.limits().check_data(&req.data)?;
         let lifetime = req
             .lifetime
             .map(|d| convert::span("SetRequest.lifetime", d, true))
             .transpose()?;
-        let expires_at = self.engine.set(&job, &req.args, req.data, lifetime).await?;
+        let tags = Tag::parse_item_tags(&req.tags, self.engine.limits())?;
+        let expires_at = self
+            .engine
+            .set(&job, &req.args, req.data, lifetime, tags)
+            .await?;
         Ok(Response::new(pb::SetResponse {
             expires_at: Some(expires_at.into()),
         }))
@@ -195,8 +213,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let outcome = self.engine.invalidate(&job, &req.args).await?;
         Ok(Response::new(pb::InvalidateResponse {
             found: outcome.found,
@@ -209,8 +229,10 @@ impl Cacheback for CachebackService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let _call = self.shutdown.call();
+        let access = Access::of(&req)?;
         let req = req.into_inner();
         let job = self.item(&req.job, &req.args)?;
+        access.allow(&job)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
     }
@@ -221,8 +243,10 @@ impl Cacheback for CachebackService {
         &self,
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        // Every job may be read (a caller's authorization, once there is one, narrows it).
-        let may_read: subscribe_stream::ReadCheck = Box::new(|_| Ok(()));
+        // Each added item is checked as a Get of it would be: a job the caller may not read
+        // ends the stream with PERMISSION_DENIED.
+        let access = Access::of(&req)?;
+        let may_read: subscribe_stream::ReadCheck = Box::new(move |job| access.allow(job));
         let stream = subscribe_stream::open(
             self.engine.clone(),
             self.shutdown.clone(),
@@ -232,14 +256,31 @@ impl Cacheback for CachebackService {
         Ok(Response::new(stream))
     }
 
+    async fn invalidate_tags(
+        &self,
+        req: Request<pb::InvalidateTagsRequest>,
+    ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        let _call = self.shutdown.call();
+        let tags = convert::tags_to_invalidate(&req.into_inner().tags, self.engine.limits())?;
+        let mark = self.engine.invalidate_tags(&tags).await?;
+        Ok(Response::new(pb::InvalidateTagsResponse {
+            invalidated_before: Some(mark.into()),
+        }))
+    }
+
     type RegisterJobStream = worker_stream::DaemonStream;
 
     async fn register_job(
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::RegisterJobStream>, Status> {
-        let stream =
-            worker_stream::open(self.engine.clone(), self.shutdown.clone(), req.into_inner());
+        let access = Access::of(&req)?;
+        let stream = worker_stream::open(
+            self.engine.clone(),
+            self.shutdown.clone(),
+            access,
+            req.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::error::Error;
-use crate::model::{ItemKey, JobConfig, JobName};
+use crate::model::{Beta, ItemKey, JobConfig, JobName, Tag};
 use crate::policy::{self, Times};
 
 mod open;
@@ -24,37 +24,78 @@ mod space;
 
 pub(crate) use open::OpenReport;
 
-/// One cached item as it is stored: its times and its data.
+/// One cached item as it is stored: its times, what came with its data, and the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Item {
     /// When it was fetched or set, and when it stops being fresh.
     pub times: Times,
+    /// How long the fetch that stored it took (XFetch's `delta`); zero for a Set.
+    pub fetch_took: Duration,
+    /// The worker's validator (an ETag, a version), sent back on the next refresh.
+    pub validator: Vec<u8>,
+    /// The item's tags (`InvalidateTags`), validated, sorted, each once.
+    pub tags: Vec<Tag>,
+    /// The origin said there is no such data (`FetchedAbsent`): `data` is empty.
+    pub absent: bool,
     /// The data, opaque to the daemon.
     pub data: Vec<u8>,
 }
 
-/// The on-disk layout of an item: a fixed header, then the data.
-/// `[format: u8 = 1][flags: u8][stored_at: u64 µs since epoch, BE][expires_at: u64 µs, BE][data]`
-const ITEM_FORMAT: u8 = 1;
+impl Item {
+    /// An item of plain data with nothing else: what a Set without tags stores.
+    pub(crate) fn data(times: Times, data: Vec<u8>) -> Item {
+        Item {
+            times,
+            fetch_took: Duration::ZERO,
+            validator: Vec::new(),
+            tags: Vec::new(),
+            absent: false,
+            data,
+        }
+    }
+}
+
+/// The on-disk layout of an item: a fixed header, what came with the data, then the data.
+/// Format 2:
+/// `[format: u8 = 2][flags: u8, bit 0 = absent][stored_at: u64 µs since epoch, BE]`
+/// `[expires_at: u64 µs, BE][fetch_took: u64 µs, BE][validator length: u16 BE][validator]`
+/// `[tag count: u8][per tag: length u8, bytes][data]`.
+/// Format 1 (the first 18 bytes alike, then the data) is still read, so a store written
+/// before format 2 keeps its items; every write is format 2.
+const ITEM_FORMAT: u8 = 2;
+const ITEM_FORMAT_1: u8 = 1;
 const ITEM_HEADER: usize = 18;
-/// The on-disk layout of a job config, versioned the same way.
-const JOB_FORMAT: u8 = 1;
+const FLAG_ABSENT: u8 = 1;
+/// The on-disk layout of a job config, versioned the same way (format 1 is still read).
+const JOB_FORMAT: u8 = 2;
+const JOB_FORMAT_1: u8 = 1;
 
 impl Item {
     /// Encodes the record.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ITEM_HEADER + self.data.len());
+        let tags: usize = self.tags.iter().map(|t| 1 + t.as_str().len()).sum();
+        let mut out =
+            Vec::with_capacity(ITEM_HEADER + 11 + self.validator.len() + tags + self.data.len());
         out.push(ITEM_FORMAT);
-        out.push(0);
+        out.push(if self.absent { FLAG_ABSENT } else { 0 });
         out.extend_from_slice(&micros(self.times.stored_at).to_be_bytes());
         out.extend_from_slice(&micros(self.times.expires_at).to_be_bytes());
+        out.extend_from_slice(&span_micros(self.fetch_took).to_be_bytes());
+        // The edge bounds a validator at 256 bytes and a tag at 128, an item at 32 tags.
+        out.extend_from_slice(&(self.validator.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.validator);
+        out.push(self.tags.len() as u8);
+        for tag in &self.tags {
+            out.push(tag.as_str().len() as u8);
+            out.extend_from_slice(tag.as_str().as_bytes());
+        }
         out.extend_from_slice(&self.data);
         out
     }
 
-    /// Decodes only the header: what the sweeper needs.
+    /// Decodes only the times: what the sweeper needs.
     pub(crate) fn decode_times(bytes: &[u8]) -> Option<Times> {
-        if bytes.len() < ITEM_HEADER || bytes[0] != ITEM_FORMAT {
+        if bytes.len() < ITEM_HEADER || !matches!(bytes[0], ITEM_FORMAT | ITEM_FORMAT_1) {
             return None;
         }
         let stored_at = from_micros(u64::from_be_bytes(bytes[2..10].try_into().ok()?));
@@ -68,11 +109,68 @@ impl Item {
     /// Decodes a whole record; `None` if it is not one of ours.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Item> {
         let times = Item::decode_times(bytes)?;
+        if bytes[0] == ITEM_FORMAT_1 {
+            return Some(Item::data(times, bytes[ITEM_HEADER..].to_vec()));
+        }
+        let mut r = Reader(&bytes[ITEM_HEADER..]);
+        let fetch_took = Duration::from_micros(u64::from_be_bytes(r.take(8)?.try_into().ok()?));
+        let validator_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+        let validator = r.take(validator_len as usize)?.to_vec();
+        let count = r.take(1)?[0];
+        let tags = (0..count)
+            .map(|_| {
+                let len = r.take(1)?[0];
+                let tag = std::str::from_utf8(r.take(len as usize)?).ok()?;
+                Some(Tag::from_stored(tag.to_owned()))
+            })
+            .collect::<Option<Vec<_>>>()?;
         Some(Item {
             times,
-            data: bytes[ITEM_HEADER..].to_vec(),
+            fetch_took,
+            validator,
+            tags,
+            absent: bytes[1] & FLAG_ABSENT != 0,
+            data: r.0.to_vec(),
         })
     }
+}
+
+/// The length of a record's data: what a job's usage counts. Walks the header without
+/// copying anything, since every write asks it of the record it replaced.
+fn data_len(record: &[u8]) -> usize {
+    let header = || -> Option<usize> {
+        if record.first() != Some(&ITEM_FORMAT) {
+            return Some(ITEM_HEADER);
+        }
+        let mut r = Reader(record.get(ITEM_HEADER..)?);
+        r.take(8)?;
+        let validator_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+        r.take(validator_len as usize)?;
+        for _ in 0..r.take(1)?[0] {
+            let len = r.take(1)?[0];
+            r.take(len as usize)?;
+        }
+        Some(record.len() - r.0.len())
+    };
+    record.len().saturating_sub(header().unwrap_or(ITEM_HEADER))
+}
+
+/// Reads a record field by field, `None` once it runs short.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+fn span_micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
 }
 
 fn micros(t: SystemTime) -> u64 {
@@ -85,47 +183,69 @@ fn from_micros(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
 }
 
+/// Job record, format 2: format 1's 35 bytes (`[format][lifetime][refresh_timeout]
+/// [fetch_on_miss: u8][threshold set: u8][threshold][cache_ttl]`, spans as u64 µs BE), then
+/// `[beta set: u8][beta: f64 BE][absent_lifetime set: u8][absent_lifetime][error_ttl set: u8]
+/// [error_ttl]`.
+const JOB_RECORD_1: usize = 35;
+const JOB_RECORD: usize = JOB_RECORD_1 + 27;
+
 fn encode_job(config: &JobConfig) -> Vec<u8> {
-    let span = |d: Duration| (d.as_micros().min(u64::MAX as u128) as u64).to_be_bytes();
-    let mut out = Vec::with_capacity(35);
-    out.push(JOB_FORMAT);
-    out.extend_from_slice(&span(config.lifetime));
-    out.extend_from_slice(&span(config.refresh_timeout));
-    out.push(config.fetch_on_miss as u8);
-    match config.fetch_on_stale_threshold {
-        Some(t) => {
+    let span = |d: Duration| span_micros(d).to_be_bytes();
+    let mut out = Vec::with_capacity(JOB_RECORD);
+    let optional = |out: &mut Vec<u8>, value: Option<[u8; 8]>| match value {
+        Some(v) => {
             out.push(1);
-            out.extend_from_slice(&span(t));
+            out.extend_from_slice(&v);
         }
         None => {
             out.push(0);
             out.extend_from_slice(&[0; 8]);
         }
-    }
+    };
+    out.push(JOB_FORMAT);
+    out.extend_from_slice(&span(config.lifetime));
+    out.extend_from_slice(&span(config.refresh_timeout));
+    out.push(config.fetch_on_miss as u8);
+    optional(&mut out, config.fetch_on_stale_threshold.map(span));
     out.extend_from_slice(&span(config.cache_ttl));
+    optional(
+        &mut out,
+        config.early_refresh_beta.map(|b| b.get().to_be_bytes()),
+    );
+    optional(&mut out, config.absent_lifetime.map(span));
+    optional(&mut out, config.error_ttl.map(span));
     out
 }
 
 fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
-    if bytes.len() != 35 || bytes[0] != JOB_FORMAT {
-        return None;
+    match (bytes.first(), bytes.len()) {
+        (Some(&JOB_FORMAT_1), JOB_RECORD_1) | (Some(&JOB_FORMAT), JOB_RECORD) => {}
+        _ => return None,
     }
-    let span = |at: usize| {
-        Some(Duration::from_micros(u64::from_be_bytes(
-            bytes[at..at + 8].try_into().ok()?,
-        )))
+    let word = |at: usize| Some(u64::from_be_bytes(bytes[at..at + 8].try_into().ok()?));
+    let span = |at: usize| word(at).map(Duration::from_micros);
+    let optional_span = |at: usize| match bytes[at] {
+        0 => Some(None),
+        _ => span(at + 1).map(Some),
     };
-    Some(JobConfig {
+    let mut config = JobConfig {
         lifetime: span(1)?,
         refresh_timeout: span(9)?,
         fetch_on_miss: bytes[17] != 0,
-        fetch_on_stale_threshold: if bytes[18] != 0 {
-            Some(span(19)?)
-        } else {
-            None
-        },
+        fetch_on_stale_threshold: optional_span(18)?,
         cache_ttl: span(27)?,
-    })
+        ..JobConfig::default()
+    };
+    if bytes[0] == JOB_FORMAT {
+        config.early_refresh_beta = match bytes[35] {
+            0 => None,
+            _ => Some(Beta::new(f64::from_bits(word(36)?)).ok()?),
+        };
+        config.absent_lifetime = optional_span(44)?;
+        config.error_ttl = optional_span(53)?;
+    }
+    Some(config)
 }
 
 /// When writes reach the disk.
@@ -259,6 +379,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn writable(&self) -> Result<(), Error> {
         Ok(())
     }
+    /// Stores, in one atomic batch, the instant at or before which every item carrying one
+    /// of `tags` counts as stale (`InvalidateTags`).
+    fn put_tag_marks(&self, tags: &[Tag], at: SystemTime) -> Result<(), Error>;
+    /// Every stored tag mark.
+    fn tag_marks(&self) -> Result<Vec<(Tag, SystemTime)>, Error>;
 }
 
 /// Told the key of each item a store removes by itself.
@@ -270,6 +395,7 @@ pub(crate) struct SledStore {
     items: sled::Tree,
     jobs: sled::Tree,
     invalidated: sled::Tree,
+    tag_marks: sled::Tree,
     meta: sled::Tree,
     corrupt: AtomicU64,
     /// Items and data bytes per job (by job name), kept exact as writes happen: sled's
@@ -309,6 +435,7 @@ impl SledStore {
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
+        let tag_marks = db.open_tree("tag_marks")?;
         let meta = db.open_tree("meta")?;
         let usage = load_usage(&db, &meta, &items)?;
         let recency = recency::Recency::new(max_bytes);
@@ -317,6 +444,7 @@ impl SledStore {
             items,
             jobs,
             invalidated,
+            tag_marks,
             meta,
             corrupt: AtomicU64::new(0),
             usage: RwLock::new(
@@ -361,7 +489,7 @@ impl SledStore {
         for key in victims {
             match self.items.remove(&*key) {
                 Ok(Some(old)) => {
-                    self.account(&key, Some(old.len()), None);
+                    self.account(&key, Some(data_len(&old)), None);
                     let job = key.split(|&b| b == 0).next().unwrap_or_default();
                     if let Some(c) = self.usage.read().get(job) {
                         c.evicted.fetch_add(1, Ordering::Relaxed);
@@ -383,11 +511,11 @@ impl SledStore {
         e
     }
 
-    /// Counts a write of `key` that replaced `old` with `new` (raw record lengths). A
+    /// Counts a write of `key` that replaced `old` with `new` (their data lengths). A
     /// read lock and two atomic adds: every write goes through here.
     fn account(&self, key: &[u8], old: Option<usize>, new: Option<usize>) {
         let job = key.split(|&b| b == 0).next().unwrap_or_default();
-        let data = |len: Option<usize>| len.map_or(0, |l| l.saturating_sub(ITEM_HEADER) as i64);
+        let data = |len: Option<usize>| len.map_or(0, |l| l as i64);
         let items = i64::from(new.is_some()) - i64::from(old.is_some());
         let bytes = data(new) - data(old);
         let apply = |c: &Counts| {
@@ -411,7 +539,7 @@ impl SledStore {
         tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
         self.recency.remove(key);
         match self.items.remove(key) {
-            Ok(old) => self.account(key, old.map(|v| v.len()), None),
+            Ok(old) => self.account(key, old.map(|v| data_len(&v)), None),
             Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
         }
     }
@@ -453,7 +581,7 @@ fn load_usage(
             let job = k.split(|&b| b == 0).next().unwrap_or_default();
             let u = usage.entry(job.to_vec()).or_default();
             u.items += 1;
-            u.bytes += v.len().saturating_sub(ITEM_HEADER) as u64;
+            u.bytes += data_len(&v) as u64;
         }
     }
     clear_saved_usage(meta)?;
@@ -494,7 +622,11 @@ impl Store for SledStore {
             .items
             .insert(key.as_bytes(), record)
             .map_err(|e| self.failed(e))?;
-        self.account(key.as_bytes(), old.map(|v| v.len()), Some(len));
+        self.account(
+            key.as_bytes(),
+            old.map(|v| data_len(&v)),
+            Some(item.data.len()),
+        );
         let victims = self
             .recency
             .insert(key.as_bytes(), (key.as_bytes().len() + len) as u64);
@@ -506,7 +638,7 @@ impl Store for SledStore {
         self.recency.remove(key.as_bytes());
         let old = self.items.remove(key.as_bytes())?;
         let found = old.is_some();
-        self.account(key.as_bytes(), old.map(|v| v.len()), None);
+        self.account(key.as_bytes(), old.map(|v| data_len(&v)), None);
         Ok(found)
     }
 
@@ -562,7 +694,7 @@ impl Store for SledStore {
                 .is_ok()
             {
                 self.recency.remove(&k);
-                self.account(&k, Some(v.len()), None);
+                self.account(&k, Some(data_len(&v)), None);
                 if let Some(listener) = self.removals.get() {
                     listener(&k);
                 }
@@ -614,7 +746,7 @@ impl Store for SledStore {
             let k = k?;
             self.recency.remove(&k);
             if let Some(old) = self.items.remove(&k)? {
-                self.account(&k, Some(old.len()), None);
+                self.account(&k, Some(data_len(&old)), None);
                 removed += 1;
             }
         }
@@ -662,6 +794,7 @@ impl Store for SledStore {
     }
 
     fn data_len(&self, key: &ItemKey) -> Option<u64> {
+        // An upper bound: the record's header (validator and tags included) counts too.
         let overhead = (key.as_bytes().len() + ITEM_HEADER) as u64;
         self.recency
             .size(key.as_bytes())
@@ -678,6 +811,35 @@ impl Store for SledStore {
     fn writable(&self) -> Result<(), Error> {
         self.space.admit()
     }
+
+    fn put_tag_marks(&self, tags: &[Tag], at: SystemTime) -> Result<(), Error> {
+        self.space.admit()?;
+        let mut batch = sled::Batch::default();
+        for tag in tags {
+            batch.insert(tag.as_str().as_bytes(), &micros(at).to_be_bytes());
+        }
+        self.tag_marks
+            .apply_batch(batch)
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    fn tag_marks(&self) -> Result<Vec<(Tag, SystemTime)>, Error> {
+        let mut out = Vec::new();
+        for kv in self.tag_marks.iter() {
+            let (k, v) = kv?;
+            let at = <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes);
+            match (String::from_utf8(k.to_vec()), at) {
+                (Ok(tag), Some(at)) => out.push((Tag::from_stored(tag), from_micros(at))),
+                _ => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(key = ?String::from_utf8_lossy(&k), "dropping a tag mark that does not decode");
+                    self.tag_marks.remove(&k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -689,15 +851,63 @@ mod tests {
     }
 
     #[test]
+    fn item_round_trips_with_validator_tags_fetch_duration_and_absence() {
+        let times = policy::times_for_new(
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            Duration::from_secs(300),
+        );
+        let tags = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| Tag::from_stored(n.to_string()))
+                .collect()
+        };
+        let item = Item {
+            times,
+            fetch_took: Duration::from_micros(1_234_567),
+            validator: vec![0xAB; 256],
+            tags: tags(&["user:1", "team.a"]),
+            absent: false,
+            data: b"hello".to_vec(),
+        };
+        let record = item.encode();
+        assert_eq!(Item::decode(&record), Some(item.clone()));
+        assert_eq!(data_len(&record), 5);
+        let absent = Item {
+            absent: true,
+            data: Vec::new(),
+            validator: Vec::new(),
+            ..item
+        };
+        assert_eq!(Item::decode(&absent.encode()), Some(absent));
+        // Cut anywhere inside what comes before the data, it does not decode.
+        assert_eq!(Item::decode(&record[..ITEM_HEADER + 9]), None);
+    }
+
+    #[test]
+    fn format_1_item_records_still_decode() {
+        let times = policy::times_for_new(
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            Duration::from_secs(300),
+        );
+        let mut record = vec![1u8, 0];
+        record.extend_from_slice(&micros(times.stored_at).to_be_bytes());
+        record.extend_from_slice(&micros(times.expires_at).to_be_bytes());
+        record.extend_from_slice(b"old data");
+        assert_eq!(
+            Item::decode(&record),
+            Some(Item::data(times, b"old data".to_vec()))
+        );
+        assert_eq!(data_len(&record), 8);
+    }
+
+    #[test]
     fn item_round_trips_with_its_times() {
         let times = policy::times_for_new(
             UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             Duration::from_secs(300),
         );
-        let item = Item {
-            times,
-            data: b"hello".to_vec(),
-        };
+        let item = Item::data(times, b"hello".to_vec());
         assert_eq!(Item::decode(&item.encode()), Some(item));
         assert_eq!(Item::decode(b"\x02garbage-garbage-garbage"), None);
         assert_eq!(Item::decode(b"\x01short"), None);
@@ -715,6 +925,33 @@ mod tests {
             decode_job(&encode_job(&JobConfig::default())),
             Some(JobConfig::default())
         );
+        let additions = JobConfig {
+            early_refresh_beta: Some(Beta::new(1.5).unwrap()),
+            absent_lifetime: Some(Duration::from_secs(7)),
+            error_ttl: Some(Duration::from_millis(250)),
+            ..config
+        };
+        assert_eq!(decode_job(&encode_job(&additions)), Some(additions));
+        // A format 1 record (as written before the additions) still decodes.
+        let mut v1 = encode_job(&config)[..JOB_RECORD_1].to_vec();
+        v1[0] = JOB_FORMAT_1;
+        assert_eq!(decode_job(&v1), Some(config));
+    }
+
+    #[test]
+    fn tag_marks_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let tags = [Tag::from_stored("a".into()), Tag::from_stored("b".into())];
+        {
+            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            store.put_tag_marks(&tags, at).unwrap();
+            store.flush().unwrap();
+        }
+        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let mut marks = store.tag_marks().unwrap();
+        marks.sort();
+        assert_eq!(marks, vec![(tags[0].clone(), at), (tags[1].clone(), at)]);
     }
 
     #[test]
@@ -762,10 +999,10 @@ mod tests {
         let (store, _) = SledStore::open(dir, Duration::from_millis(100)).unwrap();
         store.put_job(&job("j"), &JobConfig::default()).unwrap();
         for i in 0..n {
-            let item = Item {
-                times: policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
-                data: vec![7; 100 + i % 300],
-            };
+            let item = Item::data(
+                policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
+                vec![7; 100 + i % 300],
+            );
             store
                 .put(&ItemKey::new(&job("j"), format!("[{i}]").as_bytes()), &item)
                 .unwrap();
@@ -831,9 +1068,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = job("j");
         let other = job("other");
-        let item = |n: usize| Item {
-            times: policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
-            data: vec![7; n],
+        let item = |n: usize| {
+            Item::data(
+                policy::times_for_new(SystemTime::now(), Duration::from_secs(60)),
+                vec![7; n],
+            )
         };
         let expect = |store: &SledStore, items, bytes| {
             assert_eq!(store.usage(&j).unwrap(), Usage { items, bytes });
@@ -893,9 +1132,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
         let (j, other) = (job("j"), job("j2"));
-        let item = |data: &[u8]| Item {
-            times: policy::times_for_new(SystemTime::now(), Duration::from_secs(1)),
-            data: data.to_vec(),
+        let item = |data: &[u8]| {
+            Item::data(
+                policy::times_for_new(SystemTime::now(), Duration::from_secs(1)),
+                data.to_vec(),
+            )
         };
         store.put_job(&j, &JobConfig::default()).unwrap();
         store.put(&ItemKey::new(&j, b"a"), &item(b"12345")).unwrap();
@@ -923,14 +1164,14 @@ mod tests {
             ..JobConfig::default()
         };
         let now = SystemTime::now();
-        let old = Item {
-            times: policy::times_for_new(now - Duration::from_secs(61), Duration::from_secs(1)),
-            data: vec![1],
-        };
-        let young = Item {
-            times: policy::times_for_new(now - Duration::from_secs(59), Duration::from_secs(1)),
-            data: vec![2],
-        };
+        let old = Item::data(
+            policy::times_for_new(now - Duration::from_secs(61), Duration::from_secs(1)),
+            vec![1],
+        );
+        let young = Item::data(
+            policy::times_for_new(now - Duration::from_secs(59), Duration::from_secs(1)),
+            vec![2],
+        );
         store.put(&ItemKey::new(&j, b"old"), &old).unwrap();
         store.put(&ItemKey::new(&j, b"young"), &young).unwrap();
         store

@@ -199,6 +199,15 @@ impl Subscriptions {
         state.emit(&key, kind, at, &self.inner);
     }
 
+    /// Every item someone subscribed to, for a change whose items only the store can name
+    /// (InvalidateTags): read them after this returns, not under the registry's lock.
+    pub(crate) fn subscribed_items(&self) -> Vec<ItemKey> {
+        if self.count() == 0 {
+            return Vec::new();
+        }
+        self.inner.state.lock().by_item.keys().cloned().collect()
+    }
+
     /// Tells the subscribers of every item whose key starts with `prefix` (one job's).
     pub(crate) fn emit_prefix(&self, prefix: &[u8], kind: EventKind, at: SystemTime) {
         if self.count() == 0 {

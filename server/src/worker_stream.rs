@@ -14,6 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
+use crate::auth::Access;
 use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -32,6 +33,7 @@ pub(crate) type DaemonStream =
 pub(crate) fn open(
     engine: Engine,
     shutdown: Shutdown,
+    access: Access,
     mut inbound: Streaming<pb::WorkerMessage>,
 ) -> DaemonStream {
     // Room for every fetch the worker may hold, plus Registered and a closing error.
@@ -42,11 +44,13 @@ pub(crate) fn open(
             engine,
             shutdown,
             tx,
+            access,
         };
         stream.run(&mut inbound, reg_tx).await;
     });
     let fetches = ReceiverStream::new(rx).map(|out| match out {
         Outbound::Fetch(order) => Ok(convert::fetch_request(order)),
+        Outbound::Batch(orders) => Ok(convert::fetch_batch(orders)),
         Outbound::Close(e) => Err(Status::from(e)),
     });
     // Registered (or the registration's error) always comes first.
@@ -59,6 +63,8 @@ struct WorkerStream {
     engine: Engine,
     shutdown: Shutdown,
     tx: mpsc::Sender<Outbound>,
+    /// Who opened the stream: its Register must name a job they may serve.
+    access: Access,
 }
 
 impl WorkerStream {
@@ -85,6 +91,7 @@ impl WorkerStream {
             }
             Ok(None) | Err(_) => return,
         };
+        let max_batch = register.max_batch.clamp(1, MAX_MAX_IN_FLIGHT) as usize;
         let (job, config, worker_id, max_in_flight) = match self.register(register).await {
             Ok(registration) => registration,
             Err(status) => {
@@ -95,8 +102,13 @@ impl WorkerStream {
         // Counted as a worker of the job before it hears Registered, so that whoever sees
         // the registration also sees the worker. Its fetches cannot overtake Registered:
         // the response stream reads them only once `reg_tx` is dropped.
-        self.engine
-            .add_worker(&job, worker_id, max_in_flight, self.tx.clone());
+        if let Err(e) =
+            self.engine
+                .add_worker(&job, worker_id, max_in_flight, max_batch, self.tx.clone())
+        {
+            let _ = reg_tx.send(Err(e.into())).await;
+            return;
+        }
         let registered = pb::DaemonMessage {
             kind: Some(daemon_message::Kind::Registered(pb::Registered {
                 worker_id: worker_id.to_string(),
@@ -127,6 +139,7 @@ impl WorkerStream {
         r: pb::Register,
     ) -> Result<(JobName, JobConfig, WorkerId, usize), Status> {
         let job = JobName::parse(&r.job, self.engine.limits())?;
+        self.access.allow(&job)?;
         let config = convert::job_config(r.config.unwrap_or_default(), self.engine.job_defaults())?;
         let max_in_flight = match r.max_in_flight {
             0 => DEFAULT_MAX_IN_FLIGHT,
@@ -206,7 +219,7 @@ impl WorkerStream {
                     return None;
                 }
             };
-            let outcome = convert::fetch_outcome(result.outcome);
+            let outcome = convert::fetch_outcome(result.outcome, self.engine.limits());
             let workers = self.engine.workers();
             let answered = match RequestId::parse(&result.request_id) {
                 Some(id) => workers.answer(job, worker, id, outcome),

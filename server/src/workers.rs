@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::model::{FetchReason, JobName};
+use crate::model::{FetchReason, JobName, Tag};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A worker's identity on its stream (sent to it in `Registered.worker_id`).
 pub(crate) type WorkerId = Uuid;
@@ -58,6 +59,8 @@ pub(crate) struct FetchOrder {
     pub reason: FetchReason,
     /// When the daemon stops waiting for the answer.
     pub deadline: SystemTime,
+    /// The stored item's validator, for a conditional refresh; empty if none.
+    pub validator: Arc<[u8]>,
 }
 
 /// What the daemon sends down a worker's stream.
@@ -65,17 +68,38 @@ pub(crate) struct FetchOrder {
 pub(crate) enum Outbound {
     /// A fetch to run.
     Fetch(FetchOrder),
+    /// Several fetches in one message (the worker's `max_batch` > 1), each answered alone.
+    Batch(Vec<FetchOrder>),
     /// End the stream with this error.
     Close(Error),
 }
 
-/// A worker's successful answer.
+/// A worker's successful answer, checked at the edge (validator and tags within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fetched {
-    /// The data.
-    pub data: Vec<u8>,
-    /// A per-item lifetime replacing the job's, if the worker gave one.
-    pub lifetime: Option<Duration>,
+pub(crate) enum Fetched {
+    /// The data, with what is stored alongside it.
+    Value {
+        /// The data.
+        data: Vec<u8>,
+        /// A per-item lifetime replacing the job's, if the worker gave one.
+        lifetime: Option<Duration>,
+        /// Sent back with the next refresh of the item.
+        validator: Vec<u8>,
+        /// The item's tags.
+        tags: Vec<Tag>,
+    },
+    /// The origin has no such data: stored as an absence (negative caching).
+    Absent {
+        /// Replaces the job's `absent_lifetime`, if the worker gave one.
+        lifetime: Option<Duration>,
+        /// The item's tags.
+        tags: Vec<Tag>,
+    },
+    /// The stored data is still current: extend it.
+    NotModified {
+        /// Replaces the job's lifetime, if the worker gave one.
+        lifetime: Option<Duration>,
+    },
 }
 
 /// A worker's answer: data, or its error message.
@@ -132,10 +156,14 @@ struct JobWorkers {
 struct Slot {
     id: WorkerId,
     max_in_flight: usize,
+    /// Most fetches per message (1: one FetchRequest each).
+    max_batch: usize,
     tx: mpsc::Sender<Outbound>,
     in_flight: HashMap<RequestId, Pending>,
     /// When it last answered anything (or registered).
     last_answer: Instant,
+    /// Where the size of every message of fetches sent to it is recorded.
+    batch_sizes: Histogram,
 }
 
 impl Slot {
@@ -149,9 +177,21 @@ impl Slot {
     }
 }
 
+/// How a worker takes its fetches.
+#[derive(Debug, Clone)]
+pub(crate) struct Capacity {
+    /// Most unanswered fetches at once.
+    pub max_in_flight: usize,
+    /// Most fetches per message.
+    pub max_batch: usize,
+    /// Records the size of every message of fetches.
+    pub batch_sizes: Histogram,
+}
+
 /// A fetch waiting for its answer, in the queue or on a worker.
 struct Pending {
     args: Arc<[u8]>,
+    validator: Arc<[u8]>,
     reason: FetchReason,
     deadline: Instant,
     deadline_wall: SystemTime,
@@ -201,23 +241,25 @@ impl Workers {
             || self.shared.queued.load(Ordering::Relaxed) >= self.shared.global_capacity
     }
 
-    /// Adds a worker for `job` that takes at most `max_in_flight` fetches at once; queued
-    /// fetches go to it at once. `tx` is its stream.
+    /// Adds a worker for `job` that takes fetches as `capacity` says; queued fetches go to
+    /// it at once. `tx` is its stream.
     pub(crate) fn register(
         &self,
         job: &JobName,
         id: WorkerId,
-        max_in_flight: usize,
+        capacity: Capacity,
         tx: mpsc::Sender<Outbound>,
     ) {
         let mut jobs = self.shared.jobs.lock();
         let entry = jobs.entry(job.clone()).or_default();
         entry.workers.push(Slot {
             id,
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight: capacity.max_in_flight.max(1),
+            max_batch: capacity.max_batch.max(1),
             tx,
             in_flight: HashMap::new(),
             last_answer: Instant::now(),
+            batch_sizes: capacity.batch_sizes,
         });
         entry.drain_queue(&self.shared.queued);
     }
@@ -255,11 +297,13 @@ impl Workers {
     }
 
     /// Runs one fetch of `args` for `job` on a worker: waits (queued) for a free worker,
-    /// then for its answer, until `deadline`.
+    /// then for its answer, until `deadline`. `validator` goes with it (conditional refresh).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fetch(
         &self,
         job: &JobName,
         args: Arc<[u8]>,
+        validator: Arc<[u8]>,
         reason: FetchReason,
         deadline: Instant,
         deadline_wall: SystemTime,
@@ -294,6 +338,7 @@ impl Workers {
             self.shared.queued.fetch_add(1, Ordering::Relaxed);
             entry.queue.push_back(Pending {
                 args,
+                validator,
                 reason,
                 deadline,
                 deadline_wall,
@@ -366,9 +411,20 @@ impl Workers {
         }
         let pending = (|| {
             let entry = jobs.get_mut(job)?;
+            let queued = entry.queue.len();
             let slot = entry.workers.iter_mut().find(|w| w.id == worker)?;
             let pending = slot.in_flight.remove(&request_id)?;
-            entry.drain_queue(&self.shared.queued);
+            // A batching worker answers a batch as a burst: its freed slots are refilled
+            // once a batch's worth is free (or it has nothing left), so that the backlog
+            // keeps going out in batches rather than one by one. New fetches are sent at
+            // once regardless (`fetch` drains).
+            let free = slot.max_in_flight.saturating_sub(slot.in_flight.len());
+            if slot.max_batch <= 1
+                || slot.in_flight.is_empty()
+                || free >= slot.max_batch.min(queued)
+            {
+                entry.drain_queue(&self.shared.queued);
+            }
             Some(pending)
         })();
         drop(jobs);
@@ -393,45 +449,77 @@ impl JobWorkers {
         queued.fetch_sub(before - self.queue.len(), Ordering::Relaxed);
     }
 
-    /// Hands queued fetches to the least loaded workers with free capacity, in order.
-    /// `queued` counts the fetches queued across all jobs.
+    /// Hands queued fetches to the least loaded workers with free capacity, in order. The
+    /// fetches one worker gets in one pass go to it in messages of up to its `max_batch`:
+    /// what is ready is batched, nothing waits for a batch to fill. `queued` counts the
+    /// fetches queued across all jobs.
     fn drain_queue(&mut self, queued: &AtomicUsize) {
+        let mut orders: Vec<Vec<FetchOrder>> = vec![Vec::new(); self.workers.len()];
         while let Some(pending) = self.queue.pop_front() {
             queued.fetch_sub(1, Ordering::Relaxed);
             if pending.abandoned() {
                 continue;
             }
             let now = Instant::now();
-            let Some(slot) = self
+            let Some((index, slot)) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.in_flight.len() < w.max_in_flight && !w.tx.is_closed())
-                .min_by_key(|w| (w.suspect(now), w.in_flight.len()))
+                .enumerate()
+                .filter(|(_, w)| w.in_flight.len() < w.max_in_flight && !w.tx.is_closed())
+                .min_by_key(|(_, w)| (w.suspect(now), w.in_flight.len()))
             else {
                 self.queue.push_front(pending);
                 queued.fetch_add(1, Ordering::Relaxed);
-                return;
+                break;
             };
             let request_id = RequestId::new();
-            let order = FetchOrder {
+            orders[index].push(FetchOrder {
                 request_id,
                 args: pending.args.clone(),
                 reason: pending.reason,
                 deadline: pending.deadline_wall,
-            };
-            // The channel holds at most `max_in_flight` orders, one per slot, so it is only
-            // ever full or closed when the stream is going away: the fetch then waits for
-            // the next worker.
-            match slot.tx.try_send(Outbound::Fetch(order)) {
-                Ok(()) => {
-                    pending.dispatched.store(true, Ordering::Relaxed);
-                    slot.in_flight.insert(request_id, pending);
-                }
-                Err(_) => {
-                    self.queue.push_front(pending);
-                    queued.fetch_add(1, Ordering::Relaxed);
-                    // Mark the slot unusable until its stream task unregisters it.
-                    slot.max_in_flight = 0;
+                validator: pending.validator.clone(),
+            });
+            slot.in_flight.insert(request_id, pending);
+        }
+        for (slot, orders) in self.workers.iter_mut().zip(orders) {
+            let mut orders = orders.into_iter().peekable();
+            while orders.peek().is_some() {
+                let chunk: Vec<FetchOrder> = orders.by_ref().take(slot.max_batch).collect();
+                slot.batch_sizes.observe(chunk.len() as f64);
+                let ids: Vec<RequestId> = chunk.iter().map(|o| o.request_id).collect();
+                // A lone fetch goes as a plain FetchRequest, so the worker answers it as
+                // one (with its validator).
+                let message = if chunk.len() > 1 {
+                    Outbound::Batch(chunk)
+                } else {
+                    Outbound::Fetch(chunk.into_iter().next().expect("a chunk is never empty"))
+                };
+                // The channel holds at most `max_in_flight` messages, at most one per
+                // slot, so it is only ever full or closed when the stream is going away:
+                // the fetches then wait for the next worker.
+                match slot.tx.try_send(message) {
+                    Ok(()) => {
+                        for id in &ids {
+                            if let Some(p) = slot.in_flight.get(id) {
+                                p.dispatched.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        let rest: Vec<RequestId> = ids
+                            .into_iter()
+                            .chain(orders.by_ref().map(|o| o.request_id))
+                            .collect();
+                        for id in rest.iter().rev() {
+                            if let Some(pending) = slot.in_flight.remove(id) {
+                                self.queue.push_front(pending);
+                                queued.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Mark the slot unusable until its stream task unregisters it.
+                        slot.max_in_flight = 0;
+                    }
                 }
             }
         }

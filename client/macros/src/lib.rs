@@ -32,8 +32,9 @@ use syn::{
 /// says otherwise; its `Args` are the tuple of the parameters (owned: `&str` becomes
 /// `String`).
 ///
-/// Options: `lifetime`, `refresh_timeout`, `fetch_on_stale_threshold`, `cache_ttl` (whole
-/// seconds, or a const `Duration` expression), `fetch_on_miss` (bool), `name` (string).
+/// Options: `lifetime`, `refresh_timeout`, `fetch_on_stale_threshold`, `cache_ttl`,
+/// `absent_lifetime`, `error_ttl` (whole seconds, or a const `Duration` expression),
+/// `early_refresh_beta` (a float, > 0), `fetch_on_miss` (bool), `name` (string).
 #[proc_macro_attribute]
 pub fn cacheback(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();
@@ -53,6 +54,9 @@ struct Options {
     fetch_on_miss: Option<LitBool>,
     fetch_on_stale_threshold: Option<TokenStream2>,
     cache_ttl: Option<TokenStream2>,
+    absent_lifetime: Option<TokenStream2>,
+    error_ttl: Option<TokenStream2>,
+    early_refresh_beta: Option<syn::LitFloat>,
 }
 
 impl Options {
@@ -77,14 +81,28 @@ impl Options {
                 let value: LitBool = meta.value()?.parse()?;
                 return set_once(&mut self.fetch_on_miss, value, &meta);
             }
+            "early_refresh_beta" => {
+                let value: syn::LitFloat = meta.value()?.parse()?;
+                let beta: f64 = value.base10_parse()?;
+                if !(beta.is_finite() && beta > 0.0) {
+                    return Err(Error::new(
+                        value.span(),
+                        "early_refresh_beta must be greater than 0 and finite",
+                    ));
+                }
+                return set_once(&mut self.early_refresh_beta, value, &meta);
+            }
             "lifetime" => &mut self.lifetime,
             "refresh_timeout" => &mut self.refresh_timeout,
             "fetch_on_stale_threshold" => &mut self.fetch_on_stale_threshold,
             "cache_ttl" => &mut self.cache_ttl,
+            "absent_lifetime" => &mut self.absent_lifetime,
+            "error_ttl" => &mut self.error_ttl,
             _ => {
                 return Err(meta.error(
                     "unknown option: expected lifetime, refresh_timeout, fetch_on_miss, \
-                     fetch_on_stale_threshold, cache_ttl or name",
+                     fetch_on_stale_threshold, cache_ttl, absent_lifetime, error_ttl, \
+                     early_refresh_beta or name",
                 ))
             }
         };
@@ -212,8 +230,24 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
         .fetch_on_miss
         .as_ref()
         .map(|value| quote!(const FETCH_ON_MISS: bool = #value;));
-    let threshold = options.fetch_on_stale_threshold.as_ref().map(|value| {
-        quote!(const FETCH_ON_STALE_THRESHOLD: ::core::option::Option<::std::time::Duration> =
+    let optional_spans = [
+        (
+            "FETCH_ON_STALE_THRESHOLD",
+            &options.fetch_on_stale_threshold,
+        ),
+        ("ABSENT_LIFETIME", &options.absent_lifetime),
+        ("ERROR_TTL", &options.error_ttl),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        let name = format_ident!("{name}");
+        value.as_ref().map(|value| {
+            quote!(const #name: ::core::option::Option<::std::time::Duration> =
+                ::core::option::Option::Some(#value);)
+        })
+    });
+    let beta = options.early_refresh_beta.as_ref().map(|value| {
+        quote!(const EARLY_REFRESH_BETA: ::core::option::Option<f64> =
             ::core::option::Option::Some(#value);)
     });
 
@@ -350,7 +384,8 @@ fn expand(options: &Options, function: ItemFn) -> syn::Result<TokenStream2> {
             const NAME: &'static str = #name;
             #(#consts)*
             #fetch_on_miss
-            #threshold
+            #(#optional_spans)*
+            #beta
 
             async fn fetch(&self, #args: Self::Args) -> #returned {
                 async fn #fetch(#(#names: #types),*) -> #returned #body

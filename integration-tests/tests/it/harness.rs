@@ -45,7 +45,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
     Code, Status, Streaming,
 };
 
@@ -164,6 +164,7 @@ pub struct DaemonBuilder {
     args: Vec<OsString>,
     data_dir: Option<PathBuf>,
     envs: Vec<(OsString, OsString)>,
+    probe_tls: Option<ClientTlsConfig>,
 }
 
 impl DaemonBuilder {
@@ -200,6 +201,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// The daemon serves TLS on its TCP listener: probe its readiness over
+    /// `https://localhost:PORT` with `tls` (the CA, and a client identity under mTLS).
+    pub fn probe_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.probe_tls = Some(tls);
+        self
+    }
+
     /// Spawn the daemon and wait until it answers gRPC (up to [`READY_CAP`]).
     pub async fn start(self) -> Daemon {
         let tmp = tempfile::Builder::new()
@@ -217,6 +225,7 @@ impl DaemonBuilder {
             tmp,
             args: self.args,
             envs: self.envs,
+            probe_tls: self.probe_tls,
         };
         // Another process may take the port between our probe and the daemon's bind: then
         // try another one.
@@ -246,6 +255,7 @@ pub struct Daemon {
     tmp: tempfile::TempDir,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    probe_tls: Option<ClientTlsConfig>,
 }
 
 impl Daemon {
@@ -375,9 +385,14 @@ impl Daemon {
     /// UNAVAILABLE (NOT_FOUND for the probe's unregistered job is the usual answer).
     async fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
-        let endpoint = Endpoint::from_shared(self.endpoint())
-            .expect("valid endpoint")
-            .connect_timeout(Duration::from_secs(2));
+        let endpoint = match &self.probe_tls {
+            Some(tls) => Endpoint::from_shared(format!("https://localhost:{}", self.port))
+                .expect("valid endpoint")
+                .tls_config(tls.clone())
+                .expect("probe TLS config"),
+            None => Endpoint::from_shared(self.endpoint()).expect("valid endpoint"),
+        }
+        .connect_timeout(Duration::from_secs(2));
         loop {
             if let Some(status) = self
                 .child
@@ -841,6 +856,8 @@ struct Shared {
     log: Mutex<Vec<FetchRequest>>,
     /// Messages other than FetchRequest received after `Registered` (should stay empty).
     unexpected: Mutex<Vec<DaemonMessage>>,
+    /// The size of every FetchBatch received, in order (its fetches join `log`).
+    batches: Mutex<Vec<usize>>,
     count: AtomicUsize,
 }
 
@@ -860,6 +877,7 @@ pub struct WorkerBuilder {
     job: String,
     config: JobConfig,
     max_in_flight: u32,
+    max_batch: u32,
     name: String,
     handler: Option<Handler>,
     delay: Duration,
@@ -875,6 +893,12 @@ impl WorkerBuilder {
     /// `Register.max_in_flight` (default 0, which the daemon reads as 16).
     pub fn max_in_flight(mut self, n: u32) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// `Register.max_batch` (default 0: one FetchRequest per message).
+    pub fn max_batch(mut self, n: u32) -> Self {
+        self.max_batch = n;
         self
     }
 
@@ -919,14 +943,11 @@ impl WorkerBuilder {
     /// socket).
     pub async fn try_connect_with(self, mut client: Client) -> Result<TestWorker, Status> {
         let (tx, rx) = mpsc::channel(256);
-        tx.send(register_msg(
-            &self.job,
-            self.config,
-            self.max_in_flight,
-            &self.name,
-        ))
-        .await
-        .expect("queue Register");
+        let mut register = register_msg(&self.job, self.config, self.max_in_flight, &self.name);
+        if let Some(worker_message::Kind::Register(r)) = &mut register.kind {
+            r.max_batch = self.max_batch;
+        }
+        tx.send(register).await.expect("queue Register");
         let mut stream = within(
             "RegisterJob call",
             client.register_job(ReceiverStream::new(rx)),
@@ -945,6 +966,7 @@ impl WorkerBuilder {
             tx: Mutex::new(Some(tx)),
             log: Mutex::new(Vec::new()),
             unexpected: Mutex::new(Vec::new()),
+            batches: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
         });
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
@@ -993,6 +1015,16 @@ async fn read_daemon_messages(
                 shared.count.fetch_add(1, Ordering::SeqCst);
                 shared.log.lock().unwrap().push(fetch.clone());
                 let _ = fetch_tx.send(fetch);
+            }
+            Ok(Some(DaemonMessage {
+                kind: Some(daemon_message::Kind::Batch(batch)),
+            })) => {
+                shared.batches.lock().unwrap().push(batch.fetches.len());
+                for fetch in batch.fetches {
+                    shared.count.fetch_add(1, Ordering::SeqCst);
+                    shared.log.lock().unwrap().push(fetch.clone());
+                    let _ = fetch_tx.send(fetch);
+                }
             }
             Ok(Some(other)) => shared.unexpected.lock().unwrap().push(other),
             Ok(None) => break Ok(()),
@@ -1043,6 +1075,7 @@ impl TestWorker {
             job: job.into(),
             config: JobConfig::default(),
             max_in_flight: 0,
+            max_batch: 0,
             name: format!("test-worker-{job}"),
             handler: None,
             delay: Duration::ZERO,
@@ -1118,6 +1151,11 @@ impl TestWorker {
     /// Every FetchRequest received so far, in order (both modes).
     pub fn fetches(&self) -> Vec<FetchRequest> {
         self.shared.log.lock().unwrap().clone()
+    }
+
+    /// The size of every FetchBatch received so far, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.shared.batches.lock().unwrap().clone()
     }
 
     /// Messages other than FetchRequest received after `Registered` (should be none).

@@ -10,10 +10,12 @@ const JOB: &str = "ops-config";
 
 /// Runs the binary to its end with `args` (it is expected to exit by itself).
 async fn run(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    // Outside the cap: the first call may build the binary.
+    let bin = daemon_bin();
     within(
         "cachebackd to exit",
         tokio::task::spawn_blocking(move || {
-            Command::new(daemon_bin())
+            Command::new(bin)
                 .args(args)
                 .stdin(Stdio::null())
                 .output()
@@ -151,8 +153,18 @@ async fn check_config_validates_without_serving() {
     // It served nothing: the port is still free.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was never bound");
 
-    // The shipped example config is valid.
-    let example = workspace_root().join("packaging/cachebackd.toml");
+    // The shipped example config is valid, with its TLS files (systemd credentials) made.
+    let pki = crate::security_support::Pki::new("example");
+    pki.server("server");
+    std::fs::copy(pki.ca_file(), pki.dir().join("clients-ca.pem")).expect("copy CA");
+    let text = std::fs::read_to_string(workspace_root().join("packaging/cachebackd.toml"))
+        .expect("read the example")
+        .replace(
+            "/run/credentials/cachebackd.service/",
+            &format!("{}/", pki.dir().display()),
+        );
+    let example = dir.path().join("example.toml");
+    std::fs::write(&example, text).expect("write the example");
     let out = run(vec!["check-config".into(), example.into()]).await;
     assert!(
         out.status.success(),

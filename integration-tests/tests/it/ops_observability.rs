@@ -84,6 +84,7 @@ async fn reflection_lists_and_describes_the_services() {
             "Delete",
             "RegisterJob",
             "GetMany",
+            "InvalidateTags",
             "Subscribe",
         ]
     );

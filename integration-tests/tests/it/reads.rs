@@ -254,7 +254,7 @@ async fn stale_hit_serves_old_data_and_refreshes_once() {
 }
 
 #[tokio::test]
-async fn stale_past_threshold_fetches_synchronously() {
+async fn stale_item_older_than_threshold_since_stored_at_fetches_synchronously() {
     // A long backoff: after the failed refresh below, no asynchronous refresh starts again
     // within this test, so the next fetch can only be the synchronous one.
     let d = Daemon::builder()
@@ -294,8 +294,9 @@ async fn stale_past_threshold_fetches_synchronously() {
     assert_same_instant(r.stored_at.as_ref().unwrap(), &stored_at, "stored_at");
     assert_same_instant(r.expires_at.as_ref().unwrap(), &expires_at, "expires_at");
 
-    // Past the threshold, measured from the original expiry: the Get fetches and waits.
-    sleep_until_wall(wall(&expires_at) + Duration::from_millis(4200)).await;
+    // Older than the threshold, counted from stored_at (though stale for only 3.2 s of
+    // it): the Get fetches and waits.
+    sleep_until_wall(wall(&stored_at) + Duration::from_millis(4200)).await;
     let pending = spawn_get(&c, JOB, b"[7]", None);
     let fetch = w.next_fetch().await;
     assert_eq!(fetch.args, b"[7]");

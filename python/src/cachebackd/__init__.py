@@ -12,12 +12,16 @@ The Python client and worker of the cachebackd daemon, with django-cacheback's A
     Worker().serve(UserTweets).start()   # in the app server: runs fetches for the daemon
     tweets = UserTweets().get("bob")     # anywhere: cached data at once
 
-The daemon is found at CACHEBACKD_TARGET (`host:port` or `unix:/path`), else
-127.0.0.1:7070.
+The daemon is found at CACHEBACKD_TARGET (`host:port`, `https://host:port` for TLS, or
+`unix:/path`), else 127.0.0.1:7070; CACHEBACKD_TOKEN and CACHEBACKD_TLS_CA / _CERT / _KEY
+are its credentials.
 """
+
+from datetime import datetime
 
 from ._codec import encode_args, encode_json
 from ._near import MAX_NEAR_CACHE_ITEMS, NearCacheStats
+from ._security import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TlsConfig
 from .client import (
     DEFAULT_TARGET,
     TARGET_ENV,
@@ -32,14 +36,27 @@ from .client import (
 )
 from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed
 from .job import Call, CachedFunction, FunctionJob, Job, cacheback, validate_name
+from .outcomes import Absent, FetchContext, Fetched, NotModified, fetch_context
 from .worker import Worker
 
 __version__ = "0.1.0"
 
+def invalidate_tags(tags: "list[str] | tuple[str, ...]", client: "Client | None" = None) -> "datetime":
+    """Mark every item, of any job, carrying one of `tags` stale (through `client`, else
+    the process-wide one): each refreshes on its next read, so a tag on a million items
+    causes no stampede. See `Job.tags`."""
+    return (client or default_client()).invalidate_tags(tags)
+
+
 __all__ = [
+    "Absent",
     "DEFAULT_TARGET",
     "MAX_NEAR_CACHE_ITEMS",
     "TARGET_ENV",
+    "TLS_CA_ENV",
+    "TLS_CERT_ENV",
+    "TLS_KEY_ENV",
+    "TlsConfig",
     "TOKEN_ENV",
     "URL_ENV",
     "CachebackError",
@@ -48,18 +65,23 @@ __all__ = [
     "Call",
     "Client",
     "CodecError",
+    "FetchContext",
     "FetchFailed",
+    "Fetched",
     "FunctionJob",
     "Invalidated",
     "Item",
     "ItemState",
     "Job",
     "NearCacheStats",
+    "NotModified",
     "Worker",
     "cacheback",
     "default_client",
     "encode_args",
     "encode_json",
+    "fetch_context",
+    "invalidate_tags",
     "set_default_client",
     "validate_name",
 ]

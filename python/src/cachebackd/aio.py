@@ -15,9 +15,7 @@ be an `async def`, which the worker runs to completion in its fetch thread.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional, Sequence
-
-import os
+from typing import Any, Optional, Sequence, Union
 
 import grpc
 import grpc.aio
@@ -25,16 +23,14 @@ import grpc.aio
 from ._codec import Seconds, encode_args, from_timestamp
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackStub
+from ._security import TlsConfig
 from .client import (
-    TOKEN_ENV,
+    Connection,
     Invalidated,
     Item,
     ItemState,
-    auth_metadata,
-    channel_options,
     get_request,
     item_from_reply,
-    resolve_target,
     set_request,
 )
 from .errors import CachebackError
@@ -44,7 +40,7 @@ _DEFAULT: Any = object()
 
 
 class AsyncClient:
-    """`Client` for asyncio code: the same target, timeout and methods, awaited.
+    """`Client` for asyncio code: the same target, credentials, timeout and methods, awaited.
 
     Make it inside the running event loop (grpc.aio channels belong to one loop).
     """
@@ -56,13 +52,14 @@ class AsyncClient:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
+        tls: Union[TlsConfig, bool, None] = None,
+        allow_plaintext_token: bool = False,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
+        self.target = connection.target
         self.timeout = timeout
-        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
-        self.channel = grpc.aio.insecure_channel(
-            self.target, options=channel_options(self.target, options)
-        )
+        self.metadata = connection.metadata
+        self.channel = connection.aio_channel()
         self.stub = CachebackStub(self.channel)
 
     def __repr__(self) -> str:
@@ -93,10 +90,12 @@ class AsyncClient:
         args: bytes,
         *,
         fetch_on_miss: Optional[bool] = None,
+        max_age: Optional[Seconds] = None,
         timeout: Any = _DEFAULT,
     ) -> Item:
         """See `Client.get`."""
-        reply = await self._call(self.stub.Get, get_request(job, args, fetch_on_miss), timeout)
+        request = get_request(job, args, fetch_on_miss, max_age=max_age)
+        reply = await self._call(self.stub.Get, request, timeout)
         return item_from_reply(reply)
 
     async def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
@@ -111,12 +110,19 @@ class AsyncClient:
         data: bytes,
         *,
         lifetime: Optional[Seconds] = None,
+        tags: Sequence[str] = (),
         timeout: Any = _DEFAULT,
     ) -> datetime:
         """See `Client.set`."""
-        request = set_request(job, args, data, lifetime)
+        request = set_request(job, args, data, lifetime, tags)
         reply = await self._call(self.stub.Set, request, timeout)
         return from_timestamp(reply.expires_at)
+
+    async def invalidate_tags(self, tags: Sequence[str], *, timeout: Any = _DEFAULT) -> datetime:
+        """See `Client.invalidate_tags`."""
+        request = pb.InvalidateTagsRequest(tags=list(tags))
+        reply = await self._call(self.stub.InvalidateTags, request, timeout)
+        return from_timestamp(reply.invalidated_before)
 
     async def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """See `Client.invalidate`."""
@@ -145,8 +151,9 @@ class AsyncJob:
     async def get(self, *args: Any, **kwargs: Any) -> Any:
         """See `Job.get` (an overridden should_stale_item_be_fetched_synchronously is not
         consulted: `refresh` runs fetch, which belongs to the threaded side)."""
+        kwargs, options = self.job._read_options(kwargs, ("max_age",))
         job, wire = self.job._address(args, kwargs)
-        item = await self._read(job, wire)
+        item = await self._read(job, wire, **options)
         call = Call(args, kwargs)
         if item.state is ItemState.MISS:
             return job.process_result(
@@ -160,9 +167,13 @@ class AsyncJob:
         return job.process_result(item.data, call=call, cache_status=status, sync_fetch=sync)
 
     async def get_item(self, *args: Any, **kwargs: Any) -> Item:
-        """See `Job.get_item`."""
+        """See `Job.get_item` (`max_age=`, `peek=True` included)."""
+        kwargs, options = self.job._read_options(kwargs, ("max_age", "peek"))
         job, wire = self.job._address(args, kwargs)
-        return await self._read(job, wire)
+        if options.pop("peek", False):
+            item = await self.client.peek(job.name, encode_args(wire))
+            return item.decoded(job.decode)
+        return await self._read(job, wire, **options)
 
     async def raw_get(self, *args: Any, **kwargs: Any) -> Optional[Item]:
         """See `Job.raw_get`: what is stored, starting nothing."""
@@ -170,16 +181,25 @@ class AsyncJob:
         item = await self.client.peek(job.name, encode_args(wire))
         return item.decoded(job.decode) if item.hit else None
 
-    async def _read(self, job: Job, wire: tuple[Any, ...]) -> Item:
+    async def _read(
+        self, job: Job, wire: tuple[Any, ...], max_age: Optional[Seconds] = None
+    ) -> Item:
         a, k = job.call_args(wire)
         fetch_on_miss = bool(job.should_missing_item_be_fetched_synchronously(*a, **k))
-        item = await self.client.get(job.name, encode_args(wire), fetch_on_miss=fetch_on_miss)
+        item = await self.client.get(
+            job.name, encode_args(wire), fetch_on_miss=fetch_on_miss, max_age=max_age
+        )
         return item.decoded(job.decode)
 
     async def set(self, *args: Any, **kwargs: Any) -> datetime:
         job, wire, data, lifetime = self.job.set_parts(args, kwargs)
+        a, k = job.call_args(wire)
         return await self.client.set(
-            job.name, encode_args(wire), job.encode(data), lifetime=lifetime
+            job.name,
+            encode_args(wire),
+            job.encode(data),
+            lifetime=lifetime,
+            tags=list(job.tags(*a, **k)),
         )
 
     async def invalidate(self, *args: Any, **kwargs: Any) -> bool:

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import grpc
 
@@ -21,6 +21,7 @@ from ._codec import Seconds, from_timestamp, to_duration
 from ._near import NearCache, NearCacheStats, key_of, near_item
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
+from ._security import TlsConfig, check_plaintext_token, choose_tls, split_scheme
 from .errors import CachebackError, of_status
 
 #: The environment variable a `Client()` without a target reads.
@@ -75,6 +76,11 @@ class Item:
     refresh_scheduled: bool
     #: This call waited for a synchronous fetch (its own or one it joined).
     fetched: bool
+    #: The origin said there is no such data (a fetch raised `Absent`): `data` is None,
+    #: the state FRESH or STALE as for any item.
+    absent: bool = False
+    #: The item's tags (see `invalidate_tags`).
+    tags: tuple[str, ...] = ()
 
     @property
     def hit(self) -> bool:
@@ -82,8 +88,8 @@ class Item:
         return self.state is not ItemState.MISS
 
     def decoded(self, decode: Callable[[bytes], Any]) -> "Item":
-        """This item with its data decoded (left None on a MISS)."""
-        return replace(self, data=decode(self.data) if self.hit else None)
+        """This item with its data decoded (left None on a MISS and for an absence)."""
+        return replace(self, data=decode(self.data) if self.hit and not self.absent else None)
 
     @property
     def expiry(self) -> Optional[float]:
@@ -114,10 +120,56 @@ class Invalidated:
 
 def resolve_target(target: Optional[str]) -> str:
     """The target to dial: `target`, else CACHEBACKD_TARGET, else CACHEBACKD_URL, else
-    the default; `http://host:port` is accepted for `host:port`."""
+    the default; `http://host:port` is accepted for `host:port` (and `https://host:port`,
+    which asks for TLS: see `Connection`)."""
     return _normalise_target(
         target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
     )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the daemon: the gRPC target, its channel options, the TLS settings
+    (None: plaintext), and the call metadata carrying the token."""
+
+    target: str
+    options: list[tuple[str, Any]]
+    tls: Optional[TlsConfig]
+    metadata: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def resolve(
+        cls,
+        target: Optional[str],
+        options: Sequence[tuple[str, Any]],
+        token: Optional[str],
+        tls: Union[TlsConfig, bool, None],
+        allow_plaintext_token: bool,
+    ) -> "Connection":
+        """Reads the environment for what is not given (target, CACHEBACKD_TOKEN,
+        CACHEBACKD_TLS_*) and refuses a token that would travel in plaintext to another
+        machine."""
+        grpc_target, https = split_scheme(resolve_target(target))
+        chosen = choose_tls(tls, https)
+        token = token or os.environ.get(TOKEN_ENV) or None
+        check_plaintext_token(grpc_target, token, chosen, allow_plaintext_token)
+        extra = chosen.options() if chosen is not None else []
+        return cls(
+            target=grpc_target,
+            options=channel_options(grpc_target, [*extra, *options]),
+            tls=chosen,
+            metadata=auth_metadata(token),
+        )
+
+    def channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.target, options=self.options)
+        return grpc.secure_channel(self.target, self.tls.credentials(), options=self.options)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options)
 
 
 def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -131,15 +183,22 @@ def channel_options(target: str, options: Sequence[tuple[str, Any]]) -> list[tup
 
 
 def get_request(
-    job: str, args: bytes, fetch_on_miss: Optional[bool], *, peek: bool = False
+    job: str,
+    args: bytes,
+    fetch_on_miss: Optional[bool],
+    *,
+    peek: bool = False,
+    max_age: Optional[Seconds] = None,
 ) -> pb.GetRequest:
     """A GetRequest; `fetch_on_miss` None leaves the job's setting in force; `peek` reads
-    what is stored and starts nothing."""
+    what is stored and starts nothing; `max_age` bounds the age of the data answered."""
     request = pb.GetRequest(job=job, args=args)
     if fetch_on_miss is not None:
         request.fetch_on_miss = fetch_on_miss
     if peek:
         request.peek = True
+    if max_age is not None:
+        request.max_age.CopyFrom(to_duration(max_age))
     return request
 
 
@@ -159,15 +218,23 @@ def item_from_reply(reply: pb.GetResponse) -> Item:
         expires_at=from_timestamp(reply.expires_at) if reply.HasField("expires_at") else None,
         refresh_scheduled=reply.refresh_scheduled,
         fetched=reply.fetched,
+        absent=reply.absent,
+        tags=tuple(reply.tags),
     )
 
 
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def set_request(job: str, args: bytes, data: bytes, lifetime: Optional[Seconds]) -> pb.SetRequest:
+def set_request(
+    job: str,
+    args: bytes,
+    data: bytes,
+    lifetime: Optional[Seconds],
+    tags: Sequence[str] = (),
+) -> pb.SetRequest:
     """A SetRequest; `lifetime` None leaves the job's lifetime in force."""
-    request = pb.SetRequest(job=job, args=args, data=data)
+    request = pb.SetRequest(job=job, args=args, data=data, tags=list(tags))
     if lifetime is not None:
         request.lifetime.CopyFrom(to_duration(lifetime))
     return request
@@ -195,6 +262,13 @@ class Client:
     the daemon has told of no change to them (its Subscribe stream, on a thread of its
     own); a lost stream drops them all. Reads served locally are not seen by the daemon
     (no early refresh): `near_cache_stats()` counts them.
+
+    An `https://host:port` target means TLS, verified with the CA bundle CACHEBACKD_TLS_CA
+    names (else the system's roots) and presenting the client certificate of
+    CACHEBACKD_TLS_CERT / CACHEBACKD_TLS_KEY (mTLS); `tls=TlsConfig(...)` gives them in code,
+    `tls=True` asks for TLS on a `host:port` target. A token is never sent in plaintext to
+    another machine (only to a Unix socket or a loopback address) unless
+    `allow_plaintext_token=True`: that raises ValueError instead.
     Thread-safe; use one per process.
     """
 
@@ -206,13 +280,14 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
         near_cache: Optional[int] = None,
+        tls: Union[TlsConfig, bool, None] = None,
+        allow_plaintext_token: bool = False,
     ) -> None:
-        self.target = resolve_target(target)
+        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
+        self.target = connection.target
         self.timeout = timeout
-        self.metadata = auth_metadata(token or os.environ.get(TOKEN_ENV))
-        self.channel = grpc.insecure_channel(
-            self.target, options=channel_options(self.target, options)
-        )
+        self.metadata = connection.metadata
+        self.channel = connection.channel()
         self.stub = CachebackStub(self.channel)
         self.near: Optional[NearCache] = (
             NearCache(self.stub, self.metadata, near_cache) if near_cache is not None else None
@@ -260,14 +335,17 @@ class Client:
         args: bytes,
         *,
         fetch_on_miss: Optional[bool] = None,
+        max_age: Optional[Seconds] = None,
         timeout: Any = _DEFAULT,
     ) -> Item:
         """Read an item; on a miss or a stale hit the daemon refreshes it as the job says.
 
-        `fetch_on_miss` overrides the job's setting for this call.
+        `fetch_on_miss` overrides the job's setting for this call. `max_age`: the caller
+        accepts data at most this old (since it was fetched or set); an older item, fresh
+        or stale, is fetched synchronously, and answered anyway if that fetch fails.
         """
-        request = get_request(job, args, fetch_on_miss)
-        near = self.near
+        request = get_request(job, args, fetch_on_miss, max_age=max_age)
+        near = self.near if max_age is None else None
         if near is None:
             return item_from_reply(self._call(self.stub.Get, request, timeout))
         key = key_of(job, args)
@@ -337,15 +415,27 @@ class Client:
         data: bytes,
         *,
         lifetime: Optional[Seconds] = None,
+        tags: Sequence[str] = (),
         timeout: Any = _DEFAULT,
     ) -> datetime:
         """Store data for an item; returns when it stops being fresh.
 
-        `lifetime` replaces the job's lifetime for this item only.
+        `lifetime` replaces the job's lifetime for this item only; `tags` are stored with
+        it (see `invalidate_tags`).
         """
         self._forget_near(job, args)
-        reply = self._call(self.stub.Set, set_request(job, args, data, lifetime), timeout)
+        request = set_request(job, args, data, lifetime, tags)
+        reply = self._call(self.stub.Set, request, timeout)
         return from_timestamp(reply.expires_at)
+
+    def invalidate_tags(self, tags: Sequence[str], *, timeout: Any = _DEFAULT) -> datetime:
+        """Mark every item, of any job, that carries one of `tags` and was stored until now
+        stale: each is served stale and refreshed on its next read, so a tag on a million
+        items causes no stampede. 1 to 100 tags. Returns the mark (items stored at or
+        before it are stale)."""
+        request = pb.InvalidateTagsRequest(tags=list(tags))
+        reply = self._call(self.stub.InvalidateTags, request, timeout)
+        return from_timestamp(reply.invalidated_before)
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""

@@ -22,6 +22,7 @@ import asyncio
 import copy
 import functools
 import inspect
+import math
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -147,13 +148,28 @@ class Job:
     #: A miss waits for a synchronous fetch (True) or returns `empty()` at once and fills
     #: asynchronously (False).
     fetch_on_miss: bool = _wire.JOB_FETCH_ON_MISS
-    #: If an item is older than this (since it was stored), `get` fetches synchronously
-    #: instead of serving it (None: never). cacheback's arithmetic, run by the daemon.
+    #: If a stale item is older than this (since it was fetched or set), `get` fetches
+    #: synchronously instead of serving it (None: never). cacheback's arithmetic, run by
+    #: the daemon.
     fetch_on_stale_threshold: Optional[Seconds] = None
     #: Hard limit: an item older than this (since it was stored) is never served.
     cache_ttl: Seconds = timedelta(seconds=_wire.JOB_CACHE_TTL_SECS)
     #: How many fetches of this job a worker runs at once.
     max_in_flight: int = _wire.DEFAULT_MAX_IN_FLIGHT
+    #: XFetch early refresh (> 0; 1.0 is the paper's optimum, larger refreshes earlier):
+    #: a read of a fresh item may start one refresh before it expires, likelier as expiry
+    #: nears and the longer its last fetch took, so that a hot item never turns stale.
+    #: None: off.
+    early_refresh_beta: Optional[float] = None
+    #: How long an absence (a fetch that raised `Absent`) stays fresh (None: `lifetime`).
+    absent_lifetime: Optional[Seconds] = None
+    #: How long a failed fetch of a missing item is remembered: meanwhile a `get` that
+    #: would wait for a fetch of it fails at once with the same error, sparing a dead
+    #: origin (None: off).
+    error_ttl: Optional[Seconds] = None
+    #: Most fetches the daemon hands a worker in one message, answered by one
+    #: `fetch_many` (one origin call: SQL `IN`, a multi-get API). 1: one at a time.
+    max_batch: int = 1
     #: The keyword that `set` takes the data from (cacheback's `set_data_kwarg`).
     set_data_kwarg: str = "data"
     #: How data is stored: "json" (the default: any language reads it) or "pickle" (any
@@ -241,6 +257,29 @@ class Job:
         """Compute the data for the arguments; runs in a worker. Must be overridden."""
         raise NotImplementedError(f"{type(self).__name__}.fetch is not implemented")
 
+    def fetch_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Fetch many items at once, when the daemon hands the worker a batch
+        (`max_batch` > 1): one result per call, in order, each what `fetch` would return
+        (data, or a `Fetched`) or the exception it would raise (`Absent`, or any error,
+        which fails that item alone). By default each runs as its own `fetch`; override it
+        to make one origin call for the whole batch."""
+        results: list[Any] = []
+        for call in calls:
+            try:
+                result = self.fetch(*call.args, **call.kwargs)
+                if inspect.isawaitable(result):
+                    result = asyncio.run(_awaited(result))
+                results.append(result)
+            except Exception as error:  # noqa: BLE001 - reported for that item alone
+                results.append(error)
+        return results
+
+    def tags(self, *args: Any, **kwargs: Any) -> Sequence[str]:
+        """The item's tags (see `cachebackd.invalidate_tags`), stored with what a fetch or
+        `set` stores unless the fetch returns its own in a `Fetched`: at most 32, each
+        spelled like a job name. Default: none."""
+        return ()
+
     def expiry(self, *args: Any, **kwargs: Any) -> Union[float, datetime, timedelta]:
         """When data just fetched (or set) for the arguments stops being fresh.
 
@@ -270,7 +309,8 @@ class Job:
         """Whether `get` on a stale hit, `delta` seconds past its expiry, refreshes
         synchronously (True) or serves the stale data (False), as in cacheback.
 
-        The default is the daemon's own rule for `fetch_on_stale_threshold` (stale for
+        The default is the daemon's own rule for `fetch_on_stale_threshold` (older than
+        it since fetched or set, which for an item past its own lifetime is stale for
         longer than `fetch_on_stale_threshold - lifetime`), applied there with no extra
         call. An override is evaluated by the reader on a STALE answer, and True runs
         `refresh` here.
@@ -348,15 +388,28 @@ class Job:
         Raises FetchFailed if a synchronous fetch fails (an instance of the origin's
         exception type too, when it is importable here), CachebackError with NOT_FOUND if
         no worker ever registered the job.
+
+        `max_age=` (a keyword, unless fetch has a parameter of that name): data at most
+        this old (since it was fetched or set); an older item is fetched synchronously,
+        and answered anyway if that fetch fails. A stored absence (a fetch that raised
+        `Absent`) reads as None.
         """
+        kwargs, options = self._read_options(kwargs, ("max_age",))
         job, wire = self._address(args, kwargs)
-        return job._result(job._read(wire), wire, Call(args, kwargs))
+        return job._result(job._read(wire, **options), wire, Call(args, kwargs))
 
     def get_item(self, *args: Any, **kwargs: Any) -> Item:
         """Like `get`, but the daemon's whole answer: state, data, stored_at, expires_at,
-        refresh_scheduled, fetched (no `process_result`, no stale override)."""
+        refresh_scheduled, fetched, absent, tags (no `process_result`, no stale override).
+
+        Takes `max_age=` as `get` does, and `peek=True` to read what is stored and start
+        nothing (as `raw_get`, but the whole answer, a miss included).
+        """
+        kwargs, options = self._read_options(kwargs, ("max_age", "peek"))
         job, wire = self._address(args, kwargs)
-        return job._read(wire)
+        if options.pop("peek", False):
+            return job.client.peek(job.name, encode_args(wire)).decoded(job.decode)
+        return job._read(wire, **options)
 
     def raw_get(self, *args: Any, **kwargs: Any) -> Optional[Item]:
         """What is stored, without side effects (no fetch, no refresh), as in cacheback:
@@ -399,7 +452,13 @@ class Job:
         Returns when the item stops being fresh.
         """
         job, wire, data, lifetime = self.set_parts(args, kwargs)
-        return job.client.set(job.name, encode_args(wire), job.encode(data), lifetime=lifetime)
+        a, k = job.call_args(wire)
+        tags = list(job.tags(*a, **k))
+        # Only when there are any: a duck-typed client without tags keeps working.
+        extra: dict[str, Any] = {"tags": tags} if tags else {}
+        return job.client.set(
+            job.name, encode_args(wire), job.encode(data), lifetime=lifetime, **extra
+        )
 
     def set_parts(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -482,6 +541,19 @@ class Job:
         )
         if self.fetch_on_stale_threshold is not None:
             config.fetch_on_stale_threshold.CopyFrom(to_duration(self.fetch_on_stale_threshold))
+        if self.early_refresh_beta is not None:
+            beta = float(self.early_refresh_beta)
+            if not (math.isfinite(beta) and beta > 0):
+                raise ValueError(
+                    f"{self.name}: early_refresh_beta must be greater than 0 and finite"
+                )
+            config.early_refresh_beta = beta
+        if self.absent_lifetime is not None:
+            config.absent_lifetime.CopyFrom(to_duration(self.absent_lifetime))
+        if self.error_ttl is not None:
+            if to_timedelta(self.error_ttl) == timedelta(0):
+                raise ValueError(f"{self.name}: error_ttl must be more than zero")
+            config.error_ttl.CopyFrom(to_duration(self.error_ttl))
         return config
 
     def item_lifetime(self, *args: Any, **kwargs: Any) -> Optional[timedelta]:
@@ -505,10 +577,21 @@ class Job:
         signature = self._fetch_signature
         return signature is not None and parameter in signature.parameters
 
-    def _read(self, wire: tuple[Any, ...]) -> Item:
+    def _read_options(
+        self, kwargs: dict[str, Any], names: Sequence[str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Splits a read's own keywords (`max_age`, `peek`) from fetch's arguments: a
+        keyword that fetch has a parameter of the same name for stays fetch's."""
+        kwargs = dict(kwargs)
+        options = {n: kwargs.pop(n) for n in names if n in kwargs and not self._binds(n)}
+        return kwargs, options
+
+    def _read(self, wire: tuple[Any, ...], max_age: Optional[Seconds] = None) -> Item:
         a, k = self.call_args(wire)
         fetch_on_miss = bool(self.should_missing_item_be_fetched_synchronously(*a, **k))
-        item = self.client.get(self.name, encode_args(wire), fetch_on_miss=fetch_on_miss)
+        item = self.client.get(
+            self.name, encode_args(wire), fetch_on_miss=fetch_on_miss, max_age=max_age
+        )
         return item.decoded(self.decode)
 
     def _result(self, item: Item, wire: tuple[Any, ...], call: Call) -> Any:
@@ -592,6 +675,10 @@ class FunctionJob(Job):
         cache_ttl: Optional[Seconds] = None,
         max_in_flight: Optional[int] = None,
         codec: Optional[str] = None,
+        early_refresh_beta: Optional[float] = None,
+        absent_lifetime: Optional[Seconds] = None,
+        error_ttl: Optional[Seconds] = None,
+        max_batch: Optional[int] = None,
     ) -> None:
         super().__init__(client)
         settings: dict[str, Any] = {
@@ -603,6 +690,10 @@ class FunctionJob(Job):
             "cache_ttl": cache_ttl,
             "max_in_flight": max_in_flight,
             "codec": codec,
+            "early_refresh_beta": early_refresh_beta,
+            "absent_lifetime": absent_lifetime,
+            "error_ttl": error_ttl,
+            "max_batch": max_batch,
         }
         for key, value in settings.items():
             if value is not None:
@@ -726,7 +817,8 @@ def cacheback(
 
     The signature is cacheback's: `job_class_kwargs` go to the job class (FunctionJob
     takes `set_data_kwarg`, and here also `name`, `client`, `codec`, `refresh_timeout`,
-    `fetch_on_stale_threshold`, `cache_ttl`, `max_in_flight`); `cache_alias` and
+    `fetch_on_stale_threshold`, `cache_ttl`, `max_in_flight`, `early_refresh_beta`,
+    `absent_lifetime`, `error_ttl`, `max_batch`); `cache_alias` and
     `task_options` are accepted and ignored, with a warning. `@cacheback` without
     parentheses works too. The job is named after the function's module and qualified
     name unless `name` is given. Serve it with `Worker().serve(fetch_tweets)`.

@@ -31,7 +31,15 @@ from . import _wire
 from ._codec import decode_args, to_duration
 from ._proto import cacheback_pb2 as pb
 from .client import Client, default_client
-from .job import CachedFunction, FunctionJob, Job
+from .job import CachedFunction, Call, FunctionJob, Job
+from .outcomes import (
+    Absent,
+    FetchContext,
+    Fetched,
+    NotModified,
+    reset_fetch_context,
+    set_fetch_context,
+)
 
 log = logging.getLogger("cachebackd.worker")
 
@@ -275,6 +283,7 @@ class _JobStream:
             config=self.job.config(),
             max_in_flight=self.max_in_flight,
             worker_name=worker.name,
+            max_batch=max(int(self.job.max_batch), 1),
         )
         outbox: queue.Queue[Any] = queue.Queue()
         outbox.put(pb.WorkerMessage(register=register))
@@ -294,6 +303,8 @@ class _JobStream:
                     self._on_registered(message.registered)
                 elif kind == "fetch":
                     self._dispatch(message.fetch, outbox)
+                elif kind == "batch":
+                    self._dispatch_batch(list(message.batch.fetches), outbox)
         except grpc.RpcError as error:
             if worker._stopping.is_set():
                 log.debug("job %s: stream closed: %s", self.job.name, error)
@@ -331,6 +342,93 @@ class _JobStream:
         except RuntimeError:  # the executor was shut down by stop()
             self._done()
 
+    def _dispatch_batch(
+        self, requests: list[pb.FetchRequest], outbox: "queue.Queue[Any]"
+    ) -> None:
+        """A FetchBatch: one `fetch_many` in one pool thread; each fetch counts in flight."""
+        with self.worker._cond:
+            if self.worker._stopping.is_set():
+                return
+            self.in_flight += len(requests)
+        try:
+            self.executor.submit(self._fetch_batch, requests, outbox)
+        except RuntimeError:
+            for _ in requests:
+                self._done()
+
+    def _fetch_batch(self, requests: list[pb.FetchRequest], outbox: "queue.Queue[Any]") -> None:
+        try:
+            for result in self._answer_batch(requests):
+                outbox.put(pb.WorkerMessage(result=result))
+        finally:
+            for _ in requests:
+                self._done()
+
+    def _answer_batch(self, requests: list[pb.FetchRequest]) -> list[pb.FetchResult]:
+        """Run one `fetch_many` for the batch; each item's outcome becomes its own result
+        (an exception for one item fails that item; one from `fetch_many` fails all)."""
+        calls: list[Optional[Call]] = []
+        for request in requests:
+            try:
+                args, kwargs = self.job.call_args(decode_args(request.args))
+                calls.append(Call(args, kwargs))
+            except Exception:  # noqa: BLE001 - undecodable args fail that fetch alone
+                calls.append(None)
+        good = [c for c in calls if c is not None]
+        try:
+            outcomes = list(self.job.fetch_many(good))
+            if len(outcomes) != len(good):
+                raise ValueError(
+                    f"fetch_many answered {len(outcomes)} results for {len(good)} calls"
+                )
+        except BaseException as error:  # noqa: BLE001 - a fetch must not kill the thread
+            log.exception("job %s: fetch_many of %d failed", self.job.name, len(good))
+            outcomes = [error] * len(good)
+        results = iter(outcomes)
+        answers = []
+        for request, call in zip(requests, calls):
+            if call is None:
+                answers.append(self._failed(request, ValueError("cannot decode the args")))
+                continue
+            answers.append(self._result_of(request, call, next(results)))
+        return answers
+
+    def _failed(self, request: pb.FetchRequest, error: BaseException) -> pb.FetchResult:
+        return pb.FetchResult(
+            request_id=request.request_id, error=pb.FetchError(message=describe(error))
+        )
+
+    def _result_of(self, request: pb.FetchRequest, call: Call, outcome: Any) -> pb.FetchResult:
+        """What a fetch came to, as its FetchResult: data (plain or `Fetched`), an absence
+        (`Absent` raised), NotModified, or a failure (any other exception)."""
+        args, kwargs = call
+        try:
+            if isinstance(outcome, Absent):
+                tags = outcome.tags or tuple(self.job.tags(*args, **kwargs))
+                return pb.FetchResult(
+                    request_id=request.request_id, absent=pb.FetchedAbsent(tags=list(tags))
+                )
+            lifetime = self.job.item_lifetime(*args, **kwargs)
+            if isinstance(outcome, NotModified):
+                not_modified = pb.NotModified()
+                if lifetime is not None:
+                    not_modified.lifetime.CopyFrom(to_duration(lifetime))
+                return pb.FetchResult(request_id=request.request_id, not_modified=not_modified)
+            if isinstance(outcome, BaseException):
+                return self._failed(request, outcome)
+            fetched = outcome if isinstance(outcome, Fetched) else Fetched(outcome)
+            tags = tuple(fetched.tags) or tuple(self.job.tags(*args, **kwargs))
+            value = pb.FetchedValue(
+                data=self.job.encode(fetched.data),
+                validator=fetched.validator or b"",
+                tags=list(tags),
+            )
+            if lifetime is not None:
+                value.lifetime.CopyFrom(to_duration(lifetime))
+            return pb.FetchResult(request_id=request.request_id, value=value)
+        except BaseException as error:  # noqa: BLE001 - encoding failed: that fetch fails
+            return self._failed(request, error)
+
     def _fetch(self, request: pb.FetchRequest, outbox: "queue.Queue[Any]") -> None:
         try:
             outbox.put(pb.WorkerMessage(result=self._answer(request)))
@@ -343,24 +441,29 @@ class _JobStream:
             self.worker._cond.notify_all()
 
     def _answer(self, request: pb.FetchRequest) -> pb.FetchResult:
-        """Run the fetch; any exception becomes a FetchError, never a dead worker."""
+        """Run the fetch; any exception becomes a FetchError, never a dead worker. The
+        fetch can read `fetch_context()` (reason, stored validator), raise `Absent` or
+        `NotModified`, or return a `Fetched`."""
         started = time.monotonic()
         reason = pb.FetchReason.Name(request.reason)
+        context = FetchContext(
+            reason=reason.removeprefix("FETCH_REASON_"), validator=request.validator or None
+        )
+        token = set_fetch_context(context)
         try:
             args, kwargs = self.job.call_args(decode_args(request.args))
-            result = self.job.fetch(*args, **kwargs)
-            if inspect.isawaitable(result):  # an `async def fetch`: run it in this thread
-                result = asyncio.run(_awaited(result))
-            data = self.job.encode(result)
-            value = pb.FetchedValue(data=data)
-            lifetime = self.job.item_lifetime(*args, **kwargs)
-            if lifetime is not None:
-                value.lifetime.CopyFrom(to_duration(lifetime))
+            outcome: Any
+            try:
+                outcome = self.job.fetch(*args, **kwargs)
+                if inspect.isawaitable(outcome):  # an `async def fetch`: run it in this thread
+                    outcome = asyncio.run(_awaited(outcome))
+            except (Absent, NotModified) as said:
+                outcome = said
         except BaseException as error:  # noqa: BLE001 - a fetch must not kill the worker thread
             log.exception("job %s: fetch %s failed (%s)", self.job.name, request.args, reason)
-            return pb.FetchResult(
-                request_id=request.request_id, error=pb.FetchError(message=describe(error))
-            )
+            return self._failed(request, error)
+        finally:
+            reset_fetch_context(token)
         log.debug(
             "job %s: fetched %s (%s) in %.3fs",
             self.job.name,
@@ -368,4 +471,4 @@ class _JobStream:
             reason,
             time.monotonic() - started,
         )
-        return pb.FetchResult(request_id=request.request_id, value=value)
+        return self._result_of(request, Call(args, kwargs), outcome)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::values::{self, MetricsListen, SocketMode, Threshold};
-use crate::model::JobConfig;
+use crate::model::{Beta, JobConfig};
 use crate::store::Durability;
 
 /// A value written as a string and read with a parser of `values`.
@@ -230,6 +230,14 @@ pub(super) struct JobDefaults {
     fetch_on_stale_threshold: Option<Duration>,
     #[serde(with = "positive")]
     cache_ttl: Duration,
+    // The additions' settings are the job's own (its worker sets them): no daemon-wide
+    // default is read from the file, and off stays off.
+    #[serde(skip)]
+    early_refresh_beta: Option<Beta>,
+    #[serde(skip)]
+    absent_lifetime: Option<Duration>,
+    #[serde(skip)]
+    error_ttl: Option<Duration>,
 }
 
 /// Turns a `toml` error into one line that says where and which key: toml's message has

@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::principals::AuthConfig;
 use crate::engine::EngineSettings;
 pub use crate::model::{JobConfig, Limits};
 pub use crate::store::Durability;
+pub use crate::tls::TlsFiles;
 pub use values::{ListenAddr, LogFormat, MetricsListen, SocketMode, Threshold};
 
 /// The daemon's effective settings, every default filled in.
@@ -91,6 +93,11 @@ pub struct Config {
     /// follow the plain keys).
     #[serde(with = "file::JobDefaults")]
     pub job_defaults: JobConfig,
+    /// Who may call, and what they may do (`[auth]`).
+    pub auth: AuthConfig,
+    /// TLS on the TCP listeners (`[tls]`; the `--tls-*` flags in the binary).
+    #[serde(skip_serializing_if = "TlsFiles::is_unset")]
+    pub tls: TlsFiles,
 }
 
 impl Default for Config {
@@ -118,6 +125,8 @@ impl Default for Config {
             log_format: LogFormat::Plain,
             log_level: "info".into(),
             metrics_listen: None,
+            auth: AuthConfig::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -288,6 +297,7 @@ mod tests {
                 fetch_on_miss: false,
                 fetch_on_stale_threshold: Some(Duration::from_secs(3600)),
                 cache_ttl: Duration::from_secs(7 * 86400),
+                ..JobConfig::default()
             }
         );
         // What check-config prints reads back to the same settings.

@@ -1,7 +1,8 @@
 //! Backoff after failed fetches: an item whose fetch failed is not fetched again in the
 //! background until its delay (`policy::backoff_delay`, doubling from `retry_base` up to
 //! the job's refresh_timeout, with jitter) runs out. Kept per item in its shard of the
-//! single-flight table.
+//! single-flight table, as is the failure of a missing item remembered for the job's
+//! `error_ttl` (synchronous Gets of it answer that failure at once meanwhile).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 
 use super::flights::Table;
 use super::Engine;
+use crate::error::Error;
 use crate::model::ItemKey;
 use crate::policy;
 
@@ -18,7 +20,30 @@ pub(super) struct Backoff {
     pub(super) until: Instant,
 }
 
+/// A failed fetch of a missing item, answered again until `until` (`error_ttl`).
+pub(super) struct Remembered {
+    pub(super) error: Error,
+    pub(super) until: Instant,
+}
+
 impl Table {
+    /// The failure remembered for `key`, if its `error_ttl` is still running.
+    pub(super) fn remembered(&self, key: &ItemKey) -> Option<Error> {
+        self.errors
+            .get(key)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| r.error.clone())
+    }
+
+    /// Remembers `error` as the answer for `key` for `ttl`.
+    pub(super) fn remember_error(&mut self, key: &ItemKey, error: &Error, ttl: Duration) {
+        let remembered = Remembered {
+            error: error.clone(),
+            until: Instant::now() + ttl,
+        };
+        self.errors.insert(key.clone(), remembered);
+    }
+
     /// Whether `key` is backed off now.
     pub(super) fn backed_off(&self, key: &ItemKey) -> bool {
         self.backoff
@@ -49,6 +74,7 @@ impl Engine {
         for table in self.inner.tables.iter() {
             let mut table = table.lock();
             table.backoff.retain(|_, b| b.until + KEEP > now);
+            table.errors.retain(|_, r| r.until > now);
         }
     }
 }

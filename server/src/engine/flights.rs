@@ -13,7 +13,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Remembered};
 use super::Engine;
 use crate::counters::JobMetrics;
 use crate::error::Error;
@@ -23,6 +23,7 @@ use crate::policy;
 use crate::store::Item;
 use crate::subscriptions::EventKind;
 use crate::workers::Fetched;
+use std::time::Duration;
 
 /// How many shards the single-flight table has.
 pub(super) const SHARDS: usize = 16;
@@ -32,6 +33,19 @@ pub(super) const SHARDS: usize = 16;
 pub(super) struct Table {
     pub(super) flights: HashMap<ItemKey, Flight>,
     pub(super) backoff: HashMap<ItemKey, Backoff>,
+    /// Failed fetches of missing items, remembered for the job's `error_ttl`.
+    pub(super) errors: HashMap<ItemKey, Remembered>,
+}
+
+/// A worker's answer, checked and timed, before it meets the store.
+enum Landed {
+    /// An item to store (data or an absence).
+    Item(Item),
+    /// Extend the stored item (`NotModified`).
+    NotModified {
+        lifetime: Duration,
+        fetch_took: Duration,
+    },
 }
 
 /// What a flight ends with, shared by all its waiters.
@@ -45,6 +59,8 @@ pub(super) struct Flight {
     pub(super) superseded: bool,
     /// An Invalidate came in since it started: one more refresh follows it.
     pub(super) reinvalidate: bool,
+    /// Why it was started (a failed MISS is what `error_ttl` remembers).
+    pub(super) reason: FetchReason,
 }
 
 impl Table {
@@ -54,6 +70,7 @@ impl Table {
             flight.superseded = true;
         }
         self.backoff.remove(key);
+        self.errors.remove(key);
     }
 }
 
@@ -90,6 +107,7 @@ impl Engine {
                 done: rx.clone(),
                 superseded: false,
                 reinvalidate: false,
+                reason,
             },
         );
         let guard = FlightGuard {
@@ -126,23 +144,35 @@ impl Engine {
         let timeout = config.refresh_timeout;
         let started = Instant::now();
         metrics.fetches_in_flight.inc();
+        // A refresh sends the stored validator, so that the worker may answer NotModified.
+        let validator: Arc<[u8]> = match reason {
+            FetchReason::Miss => Arc::from(Vec::new()),
+            _ => match self.inner.store.get(key) {
+                Ok(Some(item)) => Arc::from(item.validator),
+                _ => Arc::from(Vec::new()),
+            },
+        };
         let outcome = self
             .inner
             .workers
             .fetch(
                 job,
                 Arc::from(key.args()),
+                validator,
                 reason,
                 Instant::now() + timeout,
                 self.now() + timeout,
                 timeout,
             )
             .await;
-        let result = outcome.and_then(|f| self.check_fetched(f, config));
+        let took = started.elapsed();
+        let landed = outcome.and_then(|f| self.check_fetched(f, config, took));
         metrics.fetches_in_flight.dec();
-        metrics
-            .fetch_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.fetch_duration.observe(took.as_secs_f64());
+        if matches!(landed, Ok(Landed::NotModified { .. })) {
+            metrics.not_modified.inc();
+        }
+        let (result, stored) = self.finish_flight(key, job, config, metrics, id, landed);
         match &result {
             Ok(_) => metrics.fetches_succeeded.inc(),
             Err(e) => {
@@ -153,7 +183,6 @@ impl Engine {
                 metrics.fetches_failed.inc()
             }
         };
-        let stored = self.finish_flight(key, job, config, metrics, id, &result);
         if stored {
             if let Err(e) = self.flush_if_always().await {
                 tracing::error!(error = %e, "flush after a fetch failed");
@@ -161,28 +190,94 @@ impl Engine {
         }
         Arc::new(result)
     }
+
     /// Checks a worker's answer against the limits and gives it its times.
-    fn check_fetched(&self, fetched: Fetched, config: &JobConfig) -> Result<Item, Error> {
-        let limit = self.inner.settings.limits.max_data_bytes;
-        if fetched.data.len() > limit {
-            return Err(Error::FetchFailed(format!(
-                "the worker answered {} bytes of data, over the limit of {limit} bytes",
-                fetched.data.len()
-            )));
-        }
-        let lifetime = fetched.lifetime.unwrap_or(config.lifetime);
-        if lifetime > MAX_SPAN {
-            return Err(Error::FetchFailed(format!(
-                "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
-            )));
-        }
-        Ok(Item {
-            times: policy::times_for_new(self.now(), lifetime),
-            data: fetched.data,
+    fn check_fetched(
+        &self,
+        fetched: Fetched,
+        config: &JobConfig,
+        took: Duration,
+    ) -> Result<Landed, Error> {
+        let check_lifetime = |lifetime: Duration| {
+            if lifetime > MAX_SPAN {
+                return Err(Error::FetchFailed(format!(
+                    "the worker's lifetime {lifetime:?} is over the limit of {MAX_SPAN:?}"
+                )));
+            }
+            Ok(lifetime)
+        };
+        let now = self.now();
+        Ok(match fetched {
+            Fetched::Value {
+                data,
+                lifetime,
+                validator,
+                tags,
+            } => {
+                let limit = self.inner.settings.limits.max_data_bytes;
+                if data.len() > limit {
+                    return Err(Error::FetchFailed(format!(
+                        "the worker answered {} bytes of data, over the limit of {limit} bytes",
+                        data.len()
+                    )));
+                }
+                let lifetime = check_lifetime(lifetime.unwrap_or(config.lifetime))?;
+                Landed::Item(Item {
+                    times: policy::times_for_new(now, lifetime),
+                    fetch_took: took,
+                    validator,
+                    tags,
+                    absent: false,
+                    data,
+                })
+            }
+            Fetched::Absent { lifetime, tags } => {
+                let lifetime = check_lifetime(lifetime.unwrap_or(config.absent_lifetime()))?;
+                Landed::Item(Item {
+                    fetch_took: took,
+                    tags,
+                    absent: true,
+                    ..Item::data(policy::times_for_new(now, lifetime), Vec::new())
+                })
+            }
+            Fetched::NotModified { lifetime } => Landed::NotModified {
+                lifetime: check_lifetime(lifetime.unwrap_or(config.lifetime))?,
+                fetch_took: took,
+            },
         })
     }
-    /// Removes the flight, stores its result unless a write superseded it, keeps the
-    /// backoff, and starts the refresh an Invalidate asked for. Whether it stored.
+
+    /// Resolves a NotModified against what is stored now (under the item's shard lock):
+    /// the stored item with its times renewed, or a failed fetch if nothing is stored.
+    fn confirm(
+        &self,
+        key: &ItemKey,
+        config: &JobConfig,
+        lifetime: Duration,
+        fetch_took: Duration,
+    ) -> Result<Item, Error> {
+        let now = self.now();
+        let stored = self
+            .inner
+            .store
+            .get(key)?
+            .filter(|i| !policy::is_past_ttl(i.times.stored_at, config, now));
+        match policy::not_modified(stored.as_ref().map(|i| i.times), now, lifetime) {
+            Some(times) => Ok(Item {
+                times,
+                fetch_took,
+                ..stored.expect("times come from a stored item")
+            }),
+            None => Err(Error::FetchFailed(
+                "the worker answered not_modified but no stored data".into(),
+            )),
+        }
+    }
+
+    /// Stores the flight's result unless a write superseded it, keeps the backoff (and,
+    /// for a missing item, the error for `error_ttl`), takes the flight out, and starts
+    /// the refresh an Invalidate asked for. The result the waiters get, and whether it
+    /// stored.
     fn finish_flight(
         &self,
         key: &ItemKey,
@@ -190,17 +285,26 @@ impl Engine {
         config: &JobConfig,
         metrics: &Arc<JobMetrics>,
         id: u64,
-        result: &Result<Item, Error>,
-    ) -> bool {
+        landed: Result<Landed, Error>,
+    ) -> (Result<Item, Error>, bool) {
         let mut table = self.shard(key).lock();
+        let result = landed.and_then(|landed| match landed {
+            Landed::Item(item) => Ok(item),
+            Landed::NotModified {
+                lifetime,
+                fetch_took,
+            } => self.confirm(key, config, lifetime, fetch_took),
+        });
         let Some(flight) = table.flights.get(key).filter(|f| f.id == id) else {
-            return false;
+            return (result, false);
         };
-        let (superseded, reinvalidate) = (flight.superseded, flight.reinvalidate);
+        let (superseded, reinvalidate, reason) =
+            (flight.superseded, flight.reinvalidate, flight.reason);
         let mut stored = false;
-        match result {
+        match &result {
             Ok(item) => {
                 table.backoff.remove(key);
+                table.errors.remove(key);
                 if !superseded && self.still_known(job).is_ok() {
                     let mut item = item.clone();
                     if reinvalidate {
@@ -222,8 +326,13 @@ impl Engine {
             }
             // A full queue says nothing of the origin: no backoff for it.
             Err(Error::QueueFull { .. }) => {}
-            Err(_) => {
-                table.record_failure(key, self.inner.settings.retry_base, config.refresh_timeout)
+            Err(e) => {
+                table.record_failure(key, self.inner.settings.retry_base, config.refresh_timeout);
+                if let (Some(ttl), FetchReason::Miss, false) =
+                    (config.error_ttl, reason, superseded)
+                {
+                    table.remember_error(key, e, ttl);
+                }
             }
         }
         // Out of the table only now: a panic above leaves it to the guard, which answers
@@ -240,7 +349,7 @@ impl Engine {
                 FetchReason::Invalidated,
             );
         }
-        stored
+        (result, stored)
     }
 }
 

@@ -11,7 +11,6 @@ use crate::counters::JobMetrics;
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
 use crate::policy;
-use crate::store::Item;
 use crate::subscriptions::EventKind;
 
 /// A known job: its config, its invalidation instant and its counters, resolved once so
@@ -24,16 +23,6 @@ pub(crate) struct JobEntry {
     pub invalidated_before: Option<SystemTime>,
     /// The job's counters.
     pub metrics: Arc<JobMetrics>,
-}
-
-impl JobEntry {
-    /// An item as a Get sees it: the job's invalidation applied.
-    pub(super) fn seen(&self, item: Option<Item>) -> Option<Item> {
-        item.map(|mut i| {
-            i.times = policy::after_job_invalidation(i.times, self.invalidated_before);
-            i
-        })
-    }
 }
 
 impl Engine {
@@ -135,6 +124,9 @@ impl Engine {
                 }
                 table
                     .backoff
+                    .retain(|key, _| !key.as_bytes().starts_with(&prefix));
+                table
+                    .errors
                     .retain(|key, _| !key.as_bytes().starts_with(&prefix));
             }
             if self.inner.jobs.write().remove(job).is_none() {

@@ -7,9 +7,9 @@
 //! win over fetches in flight: a Set or Delete marks the item's flight superseded, and its
 //! result then answers its waiters but is not stored.
 //!
-//! Split along its seams: `jobs` (the registry of jobs), `flights` (the single-flight
-//! table and its drivers), `backoff` (after failed fetches) and `sweeper`; this file holds
-//! the handle and the item calls.
+//! Split along its seams: `jobs` (the registry of jobs), `tags` (tag marks, InvalidateTags),
+//! `flights` (the single-flight table and its drivers), `backoff` (after failed fetches,
+//! and `error_ttl`) and `sweeper`; this file holds the handle and the item calls.
 //!
 //! # Lock order
 //!
@@ -21,10 +21,13 @@
 //! DeleteJob holds every shard while it removes the job, which is what lets item writes
 //! re-check their job under their shard (`still_known`).
 
+#[cfg(test)]
+mod additions_tests;
 mod backoff;
 mod flights;
 mod jobs;
 mod sweeper;
+mod tags;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -43,12 +46,12 @@ pub(crate) use jobs::JobEntry;
 use crate::clock::Clock;
 use crate::counters::{Found, Metrics};
 use crate::error::Error;
-use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits};
-use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Times};
+use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, Tag};
+use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Seen, Times};
 use crate::shutdown::Shutdown;
 use crate::store::{Durability, Item, Store};
 use crate::subscriptions::{EventKind, Subscriptions};
-use crate::workers::{Outbound, WorkerId, Workers};
+use crate::workers::{Capacity, Outbound, WorkerId, Workers};
 
 /// Settings of the engine that are not per job.
 #[derive(Debug, Clone)]
@@ -99,6 +102,19 @@ pub(crate) struct GetOutcome {
     pub refresh_scheduled: bool,
     /// This call waited for a synchronous fetch.
     pub fetched: bool,
+    /// The stored item is an absence (`FetchedAbsent`): the origin has no such data.
+    pub absent: bool,
+    /// The item's tags.
+    pub tags: Vec<Tag>,
+}
+
+/// What a Get asks besides the item's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct GetOptions {
+    /// `GetRequest.fetch_on_miss`.
+    pub fetch_on_miss: Option<bool>,
+    /// `GetRequest.max_age`.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// What an Invalidate answers.
@@ -126,6 +142,9 @@ struct Inner {
     /// Owns the flight drivers; a driver ends when the daemon closes.
     shutdown: Shutdown,
     jobs: RwLock<HashMap<JobName, JobEntry>>,
+    /// Items carrying a tag and stored at or before its mark count as stale
+    /// (InvalidateTags); read on every Get of an item that has tags (see `tags`).
+    tag_marks: RwLock<HashMap<Tag, SystemTime>>,
     // The single-flight table, sharded by item so that answers for different items do not
     // queue behind each other's store write. Blocking mutexes, held only for map updates
     // and short store calls, never across `.await` (parking_lot's: no poisoning, so one
@@ -159,6 +178,7 @@ impl Engine {
         clock: Clock,
     ) -> Result<Engine, Error> {
         let marks: HashMap<JobName, SystemTime> = store.invalidated_before()?.into_iter().collect();
+        let tag_marks = store.tag_marks()?.into_iter().collect();
         let jobs = store
             .jobs()?
             .into_iter()
@@ -185,6 +205,7 @@ impl Engine {
                 clock,
                 shutdown,
                 jobs: RwLock::new(jobs),
+                tag_marks: RwLock::new(tag_marks),
                 tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_flight: AtomicU64::new(0),
                 subscriptions,
@@ -233,9 +254,17 @@ impl Engine {
         job: &JobName,
         id: WorkerId,
         max_in_flight: usize,
+        max_batch: usize,
         tx: tokio::sync::mpsc::Sender<Outbound>,
-    ) {
-        self.inner.workers.register(job, id, max_in_flight, tx);
+    ) -> Result<(), Error> {
+        let batch_sizes = self.job_entry(job)?.metrics.fetch_batch_size.clone();
+        let capacity = Capacity {
+            max_in_flight,
+            max_batch,
+            batch_sizes,
+        };
+        self.inner.workers.register(job, id, capacity, tx);
+        Ok(())
     }
 
     /// Reads an item, refreshing it as the job's policy says.
@@ -243,45 +272,68 @@ impl Engine {
         &self,
         job: &JobName,
         args: &[u8],
-        fetch_on_miss: Option<bool>,
+        options: GetOptions,
     ) -> Result<GetOutcome, Error> {
         let key = ItemKey::new(job, args);
-        // The hot path: a fresh hit is answered under the jobs' read lock, taking no
-        // table lock and copying nothing of the job's entry.
-        let entry = {
+        let request = GetContext {
+            fetch_on_miss_override: options.fetch_on_miss,
+            max_age: options.max_age,
+            ..GetContext::default()
+        };
+        // The hot path: a fresh hit that starts nothing is answered under the jobs' read
+        // lock, taking no table lock and copying nothing of the job's entry.
+        let (entry, u) = {
             let jobs = self.inner.jobs.read();
             let entry = jobs
                 .get(job)
                 .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
-            let item = entry.seen(self.inner.store.get(&key)?);
-            let times = item.as_ref().map(|i| i.times);
-            if policy::freshness(times, &entry.config, self.now()) == Freshness::Fresh {
+            let item = self.seen(entry, self.inner.store.get(&key)?);
+            // XFetch's draw, in (0, 1]; the same one decides again under the lock.
+            let u = match entry.config.early_refresh_beta {
+                Some(_) => 1.0 - rand::random::<f64>(),
+                None => 1.0,
+            };
+            let plan = policy::plan_get(
+                item.as_ref().map(seen),
+                &entry.config,
+                request,
+                self.now(),
+                u,
+            );
+            if plan == GetPlan::ServeFresh(Refresh::None) {
                 entry.metrics.gets_fresh.inc();
+                if item.as_ref().is_some_and(|i| i.absent) {
+                    entry.metrics.gets_absent.inc();
+                }
                 return Ok(served(ItemState::Fresh, item, false));
             }
-            entry.clone()
+            (entry.clone(), u)
         };
         let config = entry.config;
+        let m = &entry.metrics;
 
-        let (plan, item, wait) = {
+        let (plan, item, wait, remembered) = {
             let mut table = self.shard(&key).lock();
             // Look again under the lock: a write may have landed since.
-            let item = entry.seen(self.inner.store.get(&key)?);
-            let now = self.now();
-            let freshness = policy::freshness(item.as_ref().map(|i| i.times), &config, now);
+            let item = self.seen(&entry, self.inner.store.get(&key)?);
+            let remembered = table.remembered(&key);
             let ctx = GetContext {
-                fetch_on_miss_override: fetch_on_miss,
                 in_flight: table.flights.contains_key(&key),
                 // A full wait queue holds asynchronous fetches back like backoff does:
                 // the item is served as it is rather than refused.
                 backed_off: table.backed_off(&key) || self.inner.workers.queue_full(job),
+                error_remembered: remembered.is_some(),
+                ..request
             };
-            let plan = policy::plan_get(freshness, &config, ctx);
-            let m = &entry.metrics;
+            let plan = policy::plan_get(item.as_ref().map(seen), &config, ctx, self.now(), u);
             let wait = match plan {
-                GetPlan::ServeStale(Refresh::Start(reason))
+                GetPlan::ServeFresh(Refresh::Start(reason))
+                | GetPlan::ServeStale(Refresh::Start(reason))
                 | GetPlan::AnswerMiss(Refresh::Start(reason)) => {
                     m.refreshes_scheduled.inc();
+                    if reason == FetchReason::Early {
+                        m.early_refreshes.inc();
+                    }
                     self.start_flight(&mut table, &key, job, &config, m, reason);
                     None
                 }
@@ -294,45 +346,49 @@ impl Engine {
                 }),
                 _ => None,
             };
-            (plan, item, wait)
+            (plan, item, wait, remembered)
         };
-        entry.metrics.count_get(match plan {
-            GetPlan::ServeFresh => Found::Fresh,
+        m.count_get(match plan {
+            GetPlan::ServeFresh(_)
+            | GetPlan::FetchSync {
+                fallback: Some(ItemState::Fresh),
+                ..
+            } => Found::Fresh,
             GetPlan::ServeStale(_)
             | GetPlan::FetchSync {
-                stale_fallback: true,
-                ..
+                fallback: Some(_), ..
             } => Found::Stale,
-            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } => Found::Miss,
+            GetPlan::AnswerMiss(_) | GetPlan::FetchSync { .. } | GetPlan::FailRemembered => {
+                Found::Miss
+            }
         });
 
-        match plan {
-            GetPlan::ServeFresh => Ok(served(ItemState::Fresh, item, false)),
-            GetPlan::ServeStale(refresh) => Ok(served(ItemState::Stale, item, refresh.scheduled())),
-            GetPlan::AnswerMiss(refresh) => Ok(GetOutcome {
-                state: ItemState::Miss,
-                data: Vec::new(),
-                times: None,
-                refresh_scheduled: refresh.scheduled(),
-                fetched: false,
-            }),
-            GetPlan::FetchSync { stale_fallback, .. } => {
+        let outcome = match plan {
+            GetPlan::ServeFresh(refresh) => served(ItemState::Fresh, item, refresh.scheduled()),
+            GetPlan::ServeStale(refresh) => served(ItemState::Stale, item, refresh.scheduled()),
+            GetPlan::AnswerMiss(refresh) => served(ItemState::Miss, None, refresh.scheduled()),
+            GetPlan::FailRemembered => {
+                return Err(remembered
+                    .unwrap_or_else(|| Error::FetchFailed("the item's last fetch failed".into())))
+            }
+            GetPlan::FetchSync { fallback, .. } => {
                 let mut done = wait.expect("a synchronous plan waits on a flight");
                 let result = wait_flight(&mut done).await?;
-                match (&*result, stale_fallback, item) {
-                    (Ok(fetched), _, _) => Ok(GetOutcome {
-                        state: ItemState::Fresh,
-                        data: fetched.data.clone(),
-                        times: Some(fetched.times),
-                        refresh_scheduled: false,
+                match (&*result, fallback, item) {
+                    (Ok(fetched), _, _) => GetOutcome {
                         fetched: true,
-                    }),
-                    // Stale beats an error.
-                    (Err(_), true, Some(stale)) => Ok(served(ItemState::Stale, Some(stale), false)),
-                    (Err(e), _, _) => Err(e.clone()),
+                        ..served(ItemState::Fresh, Some(fetched.clone()), false)
+                    },
+                    // Old data beats an error.
+                    (Err(_), Some(state), Some(old)) => served(state, Some(old), false),
+                    (Err(e), _, _) => return Err(e.clone()),
                 }
             }
+        };
+        if outcome.absent {
+            m.gets_absent.inc();
         }
+        Ok(outcome)
     }
 
     /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
@@ -343,22 +399,23 @@ impl Engine {
         let entry = jobs
             .get(job)
             .ok_or_else(|| Error::UnknownJob(job.to_string()))?;
-        let item = entry.seen(self.inner.store.get(&key)?);
+        let item = self.seen(entry, self.inner.store.get(&key)?);
         let times = item.as_ref().map(|i| i.times);
         Ok(match policy::freshness(times, &entry.config, self.now()) {
             Freshness::Fresh => served(ItemState::Fresh, item, false),
-            Freshness::Stale { .. } => served(ItemState::Stale, item, false),
+            Freshness::Stale => served(ItemState::Stale, item, false),
             Freshness::Absent => served(ItemState::Miss, None, false),
         })
     }
 
-    /// Stores `data` for an item directly; returns its expiry.
+    /// Stores `data` for an item directly, with its `tags`; returns its expiry.
     pub(crate) async fn set(
         &self,
         job: &JobName,
         args: &[u8],
         data: Vec<u8>,
         lifetime: Option<Duration>,
+        tags: Vec<Tag>,
     ) -> Result<SystemTime, Error> {
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
@@ -366,7 +423,11 @@ impl Engine {
         {
             let mut table = self.shard(&key).lock();
             self.still_known(job)?;
-            self.inner.store.put(&key, &Item { times, data })?;
+            let item = Item {
+                tags,
+                ..Item::data(times, data)
+            };
+            self.inner.store.put(&key, &item)?;
             self.inner
                 .subscriptions
                 .emit(&key, EventKind::Changed, times.stored_at);
@@ -480,9 +541,9 @@ impl Engine {
 }
 
 fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetOutcome {
-    let (data, times) = match item {
-        Some(i) => (i.data, Some(i.times)),
-        None => (Vec::new(), None),
+    let (data, times, absent, tags) = match item {
+        Some(i) => (i.data, Some(i.times), i.absent, i.tags),
+        None => (Vec::new(), None, false, Vec::new()),
     };
     GetOutcome {
         state,
@@ -490,5 +551,15 @@ fn served(state: ItemState, item: Option<Item>, refresh_scheduled: bool) -> GetO
         times,
         refresh_scheduled,
         fetched: false,
+        absent,
+        tags,
+    }
+}
+
+/// What the policy needs of a stored item.
+fn seen(item: &Item) -> Seen {
+    Seen {
+        times: item.times,
+        fetch_took: item.fetch_took,
     }
 }

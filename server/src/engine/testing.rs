@@ -15,7 +15,7 @@ use super::{Engine, EngineSettings};
 use crate::clock::Clock;
 use crate::counters::Metrics;
 use crate::error::Error;
-use crate::model::{ItemKey, JobConfig, JobName, Limits};
+use crate::model::{ItemKey, JobConfig, JobName, Limits, Tag};
 use crate::policy;
 use crate::shutdown::Shutdown;
 use crate::store::{Item, Store, Usage};
@@ -28,6 +28,7 @@ pub(crate) struct MemStore {
     items: Mutex<BTreeMap<Vec<u8>, Item>>,
     jobs: Mutex<HashMap<JobName, JobConfig>>,
     marks: Mutex<HashMap<JobName, SystemTime>>,
+    tag_marks: Mutex<HashMap<Tag, SystemTime>>,
     pub(crate) panic_on_put: AtomicBool,
     pub(crate) puts: AtomicUsize,
 }
@@ -50,6 +51,23 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn put_tag_marks(&self, tags: &[Tag], at: SystemTime) -> Result<(), Error> {
+        let mut marks = self.tag_marks.lock();
+        for tag in tags {
+            marks.insert(tag.clone(), at);
+        }
+        Ok(())
+    }
+
+    fn tag_marks(&self) -> Result<Vec<(Tag, SystemTime)>, Error> {
+        Ok(self
+            .tag_marks
+            .lock()
+            .iter()
+            .map(|(t, at)| (t.clone(), *at))
+            .collect())
+    }
+
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error> {
         Ok(self.items.lock().get(key.as_bytes()).cloned())
     }
@@ -191,7 +209,9 @@ impl Rig {
     pub(crate) fn worker(&self, job: &JobName, max_in_flight: usize) -> FakeWorker {
         let (tx, rx) = mpsc::channel(max_in_flight + 2);
         let id = Uuid::new_v4();
-        self.engine.add_worker(job, id, max_in_flight, tx);
+        self.engine
+            .add_worker(job, id, max_in_flight, 1, tx)
+            .expect("the job is registered");
         FakeWorker {
             engine: self.engine.clone(),
             job: job.clone(),
@@ -228,6 +248,7 @@ impl FakeWorker {
         while let Ok(out) = self.rx.try_recv() {
             match out {
                 Outbound::Fetch(order) => orders.push(order),
+                Outbound::Batch(batch) => orders.extend(batch),
                 Outbound::Close(e) => panic!("unexpected close: {e}"),
             }
         }
@@ -236,10 +257,17 @@ impl FakeWorker {
 
     /// Answers `order` with `data`.
     pub(crate) fn answer(&self, order: &FetchOrder, data: &[u8]) -> Answered {
-        let fetched = Fetched {
+        let fetched = Fetched::Value {
             data: data.to_vec(),
             lifetime: None,
+            validator: Vec::new(),
+            tags: Vec::new(),
         };
+        self.reply(order, Ok(fetched))
+    }
+
+    /// Answers `order` with any outcome of a fetch (an absence, NotModified, tags...).
+    pub(crate) fn answer_with(&self, order: &FetchOrder, fetched: Fetched) -> Answered {
         self.reply(order, Ok(fetched))
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::advance;
 
 use super::testing::{settle, until, Rig};
-use super::{Engine, EngineSettings};
+use super::{Engine, EngineSettings, GetOptions};
 use crate::counters::JobMetrics;
 use crate::error::Error;
 use crate::model::{FetchReason, ItemState, JobConfig, JobName};
@@ -25,7 +25,15 @@ fn spawn_get(
     fetch_on_miss: Option<bool>,
 ) -> tokio::task::JoinHandle<Result<super::GetOutcome, Error>> {
     let (engine, job) = (engine.clone(), job.clone());
-    tokio::spawn(async move { engine.get(&job, args, fetch_on_miss).await })
+    tokio::spawn(async move { engine.get(&job, args, on_miss(fetch_on_miss)).await })
+}
+
+/// A Get with only `fetch_on_miss` set.
+fn on_miss(fetch_on_miss: Option<bool>) -> GetOptions {
+    GetOptions {
+        fetch_on_miss,
+        ..GetOptions::default()
+    }
 }
 
 fn metrics(rig: &Rig, job: &JobName) -> Arc<JobMetrics> {
@@ -45,7 +53,7 @@ async fn finished(m: &JobMetrics, n: u64) {
 async fn stale_item(rig: &Rig, job: &JobName, args: &[u8], data: &[u8]) {
     let lifetime = Some(Duration::from_secs(10));
     rig.engine
-        .set(job, args, data.to_vec(), lifetime)
+        .set(job, args, data.to_vec(), lifetime, Vec::new())
         .await
         .unwrap();
     advance(Duration::from_secs(11)).await;
@@ -81,7 +89,11 @@ async fn stale_hits_serve_old_data_and_refresh_once() {
     let mut worker = rig.worker(&job, 16);
     stale_item(&rig, &job, b"a", b"old").await;
     for _ in 0..3 {
-        let got = rig.engine.get(&job, b"a", None).await.unwrap();
+        let got = rig
+            .engine
+            .get(&job, b"a", GetOptions::default())
+            .await
+            .unwrap();
         assert_eq!(got.state, ItemState::Stale);
         assert_eq!(got.data, b"old");
         assert!(got.refresh_scheduled);
@@ -92,7 +104,11 @@ async fn stale_hits_serve_old_data_and_refresh_once() {
     assert_eq!(order.reason, FetchReason::Stale);
     worker.answer(&order, b"new");
     finished(&metrics(&rig, &job), 1).await;
-    let got = rig.engine.get(&job, b"a", None).await.unwrap();
+    let got = rig
+        .engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!((got.state, got.data), (ItemState::Fresh, b"new".to_vec()));
 }
 
@@ -104,14 +120,14 @@ async fn a_set_during_a_flight_wins_over_its_result() {
     stale_item(&rig, &job, b"a", b"old").await;
     assert!(
         rig.engine
-            .get(&job, b"a", None)
+            .get(&job, b"a", GetOptions::default())
             .await
             .unwrap()
             .refresh_scheduled
     );
     let order = worker.order().await;
     rig.engine
-        .set(&job, b"a", b"set".to_vec(), None)
+        .set(&job, b"a", b"set".to_vec(), None, Vec::new())
         .await
         .unwrap();
     worker.answer(&order, b"fetched");
@@ -125,7 +141,10 @@ async fn a_delete_during_a_flight_is_not_undone_by_its_result() {
     let job = rig.job("j", JobConfig::default()).await;
     let mut worker = rig.worker(&job, 16);
     stale_item(&rig, &job, b"a", b"old").await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let order = worker.order().await;
     assert!(rig.engine.delete(&job, b"a").await.unwrap());
     worker.answer(&order, b"fetched");
@@ -139,7 +158,10 @@ async fn an_invalidate_during_a_flight_stores_its_result_stale_and_refreshes_onc
     let job = rig.job("j", JobConfig::default()).await;
     let mut worker = rig.worker(&job, 16);
     stale_item(&rig, &job, b"a", b"old").await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let first = worker.order().await;
     let invalidated = rig.engine.invalidate(&job, b"a").await.unwrap();
     assert!(invalidated.found && invalidated.refresh_scheduled);
@@ -161,7 +183,11 @@ async fn an_invalidate_during_a_flight_stores_its_result_stale_and_refreshes_onc
     finished(&metrics(&rig, &job), 2).await;
     settle().await;
     assert!(worker.pending().is_empty(), "exactly one follow-up");
-    let got = rig.engine.get(&job, b"a", None).await.unwrap();
+    let got = rig
+        .engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!((got.state, got.data), (ItemState::Fresh, b"v2".to_vec()));
 }
 
@@ -172,13 +198,20 @@ async fn a_failed_refresh_backs_the_item_off_until_its_delay_runs_out() {
     let mut worker = rig.worker(&job, 16);
     let m = metrics(&rig, &job);
     stale_item(&rig, &job, b"a", b"old").await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let order = worker.order().await;
     worker.fail(&order, "origin down");
     finished(&m, 1).await;
     // The first delay is retry_base (1 s) times a jitter of 0.5 to 1.
     advance(Duration::from_millis(499)).await;
-    let got = rig.engine.get(&job, b"a", None).await.unwrap();
+    let got = rig
+        .engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         (got.state, got.refresh_scheduled),
         (ItemState::Stale, false)
@@ -188,7 +221,7 @@ async fn a_failed_refresh_backs_the_item_off_until_its_delay_runs_out() {
     advance(Duration::from_millis(501)).await;
     assert!(
         rig.engine
-            .get(&job, b"a", None)
+            .get(&job, b"a", GetOptions::default())
             .await
             .unwrap()
             .refresh_scheduled
@@ -204,12 +237,18 @@ async fn the_backoff_delay_doubles_with_each_failure() {
     let mut worker = rig.worker(&job, 16);
     let m = metrics(&rig, &job);
     stale_item(&rig, &job, b"a", b"old").await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let order = worker.order().await;
     worker.fail(&order, "down");
     finished(&m, 1).await;
     advance(Duration::from_secs(1)).await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let order = worker.order().await;
     worker.fail(&order, "down again");
     finished(&m, 2).await;
@@ -217,7 +256,7 @@ async fn the_backoff_delay_doubles_with_each_failure() {
     advance(Duration::from_millis(999)).await;
     assert!(
         !rig.engine
-            .get(&job, b"a", None)
+            .get(&job, b"a", GetOptions::default())
             .await
             .unwrap()
             .refresh_scheduled
@@ -225,7 +264,7 @@ async fn the_backoff_delay_doubles_with_each_failure() {
     advance(Duration::from_millis(1001)).await;
     assert!(
         rig.engine
-            .get(&job, b"a", None)
+            .get(&job, b"a", GetOptions::default())
             .await
             .unwrap()
             .refresh_scheduled
@@ -239,12 +278,15 @@ async fn a_write_ends_the_backoff() {
     let mut worker = rig.worker(&job, 16);
     let m = metrics(&rig, &job);
     stale_item(&rig, &job, b"a", b"old").await;
-    rig.engine.get(&job, b"a", None).await.unwrap();
+    rig.engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     let order = worker.order().await;
     worker.fail(&order, "down");
     finished(&m, 1).await;
     rig.engine
-        .set(&job, b"a", b"set".to_vec(), None)
+        .set(&job, b"a", b"set".to_vec(), None, Vec::new())
         .await
         .unwrap();
     let invalidated = rig.engine.invalidate(&job, b"a").await.unwrap();
@@ -259,14 +301,14 @@ async fn a_fetch_waits_in_the_queue_for_a_free_worker() {
     let mut worker = rig.worker(&job, 1);
     assert!(
         rig.engine
-            .get(&job, b"a", Some(false))
+            .get(&job, b"a", on_miss(Some(false)))
             .await
             .unwrap()
             .refresh_scheduled
     );
     assert!(
         rig.engine
-            .get(&job, b"b", Some(false))
+            .get(&job, b"b", on_miss(Some(false)))
             .await
             .unwrap()
             .refresh_scheduled
@@ -294,7 +336,7 @@ async fn a_full_wait_queue_serves_stale_without_scheduling_and_refuses_a_sync_mi
     // No worker: the first fetch fills the queue.
     assert!(
         rig.engine
-            .get(&job, b"a", Some(false))
+            .get(&job, b"a", on_miss(Some(false)))
             .await
             .unwrap()
             .refresh_scheduled
@@ -303,12 +345,20 @@ async fn a_full_wait_queue_serves_stale_without_scheduling_and_refuses_a_sync_mi
         rig.engine.workers().queue_full(&job)
     })
     .await;
-    let got = rig.engine.get(&job, b"old", None).await.unwrap();
+    let got = rig
+        .engine
+        .get(&job, b"old", GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         (got.state, got.refresh_scheduled),
         (ItemState::Stale, false)
     );
-    let refused = rig.engine.get(&job, b"b", None).await.unwrap_err();
+    let refused = rig
+        .engine
+        .get(&job, b"b", GetOptions::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(refused, Error::QueueFull { capacity: 1, .. }),
         "{refused:?}"
@@ -362,7 +412,10 @@ async fn an_answer_to_no_fetch_in_flight_is_dropped_and_counted() {
     let rig = Rig::new(EngineSettings::default());
     let job = rig.job("j", JobConfig::default()).await;
     let mut worker = rig.worker(&job, 1);
-    rig.engine.get(&job, b"a", Some(false)).await.unwrap();
+    rig.engine
+        .get(&job, b"a", on_miss(Some(false)))
+        .await
+        .unwrap();
     let mut order = worker.order().await;
     let real = order.request_id;
     order.request_id = RequestId::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
@@ -410,7 +463,10 @@ async fn a_fetch_that_outlives_delete_job_stores_nothing_for_the_job_registered_
     let job = rig.job("j", JobConfig::default()).await;
     let old_metrics = metrics(&rig, &job);
     let mut first = rig.worker(&job, 1);
-    rig.engine.get(&job, b"a", Some(false)).await.unwrap();
+    rig.engine
+        .get(&job, b"a", on_miss(Some(false)))
+        .await
+        .unwrap();
     first.order().await;
     // Its worker goes away: the fetch waits in the queue for the next one.
     first.leave();
@@ -436,11 +492,14 @@ async fn delete_job_is_refused_while_a_worker_is_connected() {
     );
     worker.leave();
     rig.engine
-        .set(&job, b"a", b"x".to_vec(), None)
+        .set(&job, b"a", b"x".to_vec(), None, Vec::new())
         .await
         .unwrap();
     assert_eq!(rig.engine.delete_job(&job).await.unwrap(), Some(1));
-    let gone = rig.engine.set(&job, b"a", b"x".to_vec(), None).await;
+    let gone = rig
+        .engine
+        .set(&job, b"a", b"x".to_vec(), None, Vec::new())
+        .await;
     assert!(matches!(gone, Err(Error::UnknownJob(_))), "{gone:?}");
 }
 
@@ -469,7 +528,7 @@ async fn invalidate_job_makes_every_stored_item_stale_on_its_next_get() {
     let mut worker = rig.worker(&job, 16);
     for args in [&b"a"[..], b"b"] {
         rig.engine
-            .set(&job, args, b"x".to_vec(), None)
+            .set(&job, args, b"x".to_vec(), None, Vec::new())
             .await
             .unwrap();
     }
@@ -480,7 +539,11 @@ async fn invalidate_job_makes_every_stored_item_stale_on_its_next_get() {
         worker.pending().is_empty(),
         "no stampede: nothing starts at once"
     );
-    let got = rig.engine.get(&job, b"a", None).await.unwrap();
+    let got = rig
+        .engine
+        .get(&job, b"a", GetOptions::default())
+        .await
+        .unwrap();
     assert_eq!((got.state, got.refresh_scheduled), (ItemState::Stale, true));
     assert_eq!(worker.order().await.args.as_ref(), b"a");
 }
@@ -494,12 +557,12 @@ async fn the_sweeper_removes_items_past_cache_ttl_and_keeps_the_rest() {
     };
     let job = rig.job("j", config).await;
     rig.engine
-        .set(&job, b"old", b"x".to_vec(), None)
+        .set(&job, b"old", b"x".to_vec(), None, Vec::new())
         .await
         .unwrap();
     advance(Duration::from_secs(50)).await;
     rig.engine
-        .set(&job, b"young", b"x".to_vec(), None)
+        .set(&job, b"young", b"x".to_vec(), None, Vec::new())
         .await
         .unwrap();
     advance(Duration::from_secs(51)).await;

@@ -168,6 +168,18 @@ class InvalidateResponse(_message.Message):
     refresh_scheduled: bool
     def __init__(self, found: _Optional[bool] = ..., refresh_scheduled: _Optional[bool] = ...) -> None: ...
 
+class InvalidateTagsRequest(_message.Message):
+    __slots__ = ("tags",)
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InvalidateTagsResponse(_message.Message):
+    __slots__ = ("invalidated_before",)
+    INVALIDATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    invalidated_before: _timestamp_pb2.Timestamp
+    def __init__(self, invalidated_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class DeleteRequest(_message.Message):
     __slots__ = ("job", "args")
     JOB_FIELD_NUMBER: _ClassVar[int]

@@ -67,6 +67,11 @@ class CachebackStub:
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
                 response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
                 _registered_method=True)
+        self.InvalidateTags = channel.unary_unary(
+                '/cacheback.v1.Cacheback/InvalidateTags',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/cacheback.v1.Cacheback/Subscribe',
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
@@ -122,6 +127,15 @@ class CachebackServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvalidateTags(self, request, context):
+        """Every item of any job that carries one of the tags and was stored at or before
+        invalidated_before is stale from that instant: served STALE, refreshed on its next Get.
+        Nothing is fetched at the call, so a tag on a million items causes no stampede.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request_iterator, context):
         """A reader's near cache subscribes to the items it holds and is told of every change of
         them, in order, before the daemon answers the write that made it (PROTOCOL.md, "Near
@@ -163,6 +177,11 @@ def add_CachebackServicer_to_server(servicer, server):
                     servicer.GetMany,
                     request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.FromString,
                     response_serializer=cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.SerializeToString,
+            ),
+            'InvalidateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateTags,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.SerializeToString,
             ),
             'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -333,6 +352,33 @@ class Cacheback:
             '/cacheback.v1.Cacheback/GetMany',
             cacheback_dot_v1_dot_cacheback__pb2.GetManyRequest.SerializeToString,
             cacheback_dot_v1_dot_cacheback__pb2.GetManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cacheback.v1.Cacheback/InvalidateTags',
+            cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

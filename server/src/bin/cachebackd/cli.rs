@@ -56,6 +56,10 @@ pub(crate) enum Command {
     },
     /// Talk to a running daemon: jobs, stats, get, set, invalidate, delete.
     Ctl(crate::ctl::CtlArgs),
+    /// Read a bearer token on stdin and print its sha256 in hex (for `token_sha256`).
+    HashToken,
+    /// Print a new random bearer token (32 bytes, base64url) and, on stderr, its sha256.
+    GenToken,
 }
 
 /// The settings on the command line; each one given overrides the file.
@@ -178,6 +182,18 @@ pub(crate) struct SettingsArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, or `off`. [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<MetricsListen>,
+
+    /// Serve TLS on every TCP listener with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA bundle (PEM): mTLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The settings from the defaults, the file named by `--config` (if any), then the flags.
@@ -223,6 +239,9 @@ fn apply_args(config: &mut Config, a: &SettingsArgs) {
     set(&mut config.log_format, a.log_format);
     set(&mut config.log_level, a.log_level.clone());
     set(&mut config.metrics_listen, a.metrics_listen.map(|m| m.0));
+    set(&mut config.tls.cert, a.tls_cert.clone().map(Some));
+    set(&mut config.tls.key, a.tls_key.clone().map(Some));
+    set(&mut config.tls.client_ca, a.tls_client_ca.clone().map(Some));
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {

@@ -1,5 +1,5 @@
 //! `cachebackd ctl`: a command-line client for operators, over the main service (`get`,
-//! `set`, `invalidate`, `delete`), the admin service (`jobs`, `stats`, `invalidate-job`,
+//! `set`, `invalidate`, `delete`, `invalidate-tags`), the admin service (`jobs`, `stats`, `invalidate-job`,
 //! `delete-job`) and gRPC health (`health`). Text for people, `--json` for scripts: one JSON
 //! document on stdout per command.
 //!
@@ -18,12 +18,12 @@ use cachebackd_proto::v1::{
 };
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint};
 
 /// How to reach the daemon, and what to ask it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CtlArgs {
-    /// The daemon's address: host:port, http://host:port, or unix:/path/to.sock.
+    /// The daemon's address: host:port, http://host:port, https://host:port (TLS), or
+    /// unix:/path/to.sock.
     #[arg(
         long,
         short = 'a',
@@ -32,6 +32,15 @@ pub(crate) struct CtlArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub addr: String,
+
+    /// Read the bearer token from this file instead of CACHEBACKD_TOKEN (a token on the
+    /// command line would show in `ps`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// Send the token even over plaintext to a non-loopback address.
+    #[arg(long, global = true)]
+    pub allow_plaintext_token: bool,
 
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
@@ -62,6 +71,12 @@ pub(crate) enum CtlCommand {
         /// Answer MISS at once on a miss instead of waiting for a fetch.
         #[arg(long)]
         no_fetch: bool,
+        /// Read what is stored and start nothing (no fetch, no refresh).
+        #[arg(long)]
+        peek: bool,
+        /// Accept data at most this old: an older item is fetched before the answer.
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        max_age: Option<Duration>,
     },
     /// Store data for an item directly.
     Set {
@@ -74,6 +89,9 @@ pub(crate) enum CtlCommand {
         /// Fresh for this long instead of the job's lifetime.
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         lifetime: Option<Duration>,
+        /// A tag stored with the item (repeat for more).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
     },
     /// Mark an item stale now and schedule a refresh.
     Invalidate {
@@ -93,6 +111,13 @@ pub(crate) enum CtlCommand {
     Jobs,
     /// Daemon-wide figures: uptime, store size, totals.
     Stats,
+    /// Mark every item, of any job, that carries one of the tags stale; each refreshes on
+    /// its next Get.
+    InvalidateTags {
+        /// The tags (1 to 100).
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
     /// Mark every item of a job stale; each refreshes on its next Get.
     InvalidateJob {
         /// The job.
@@ -161,31 +186,30 @@ struct Output {
     json: Value,
 }
 
-async fn channel(addr: &str) -> Result<Channel, String> {
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        return Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"));
-    }
-    let url = if addr.contains("://") {
+/// The connection, with the credentials the client crate reads (`CACHEBACKD_TOKEN`, and
+/// for an `https://` address `CACHEBACKD_TLS_CA` / `_CERT` / `_KEY`), so ctl talks to a
+/// secured daemon exactly as an app server does.
+async fn channel(args: &CtlArgs, limit: usize) -> Result<cacheback::Transport, String> {
+    let addr = &args.addr;
+    let url = if addr.starts_with("unix:") || addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("{addr:?} is not an address: {e}"))?
+    let mut builder = cacheback::ClientBuilder::new(&url).max_message_size(limit);
+    if let Some(file) = &args.token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("--token-file {}: {e}", file.display()))?;
+        builder = builder.token(token.trim_end_matches(['\r', '\n']));
+    }
+    if args.allow_plaintext_token {
+        builder = builder.allow_plaintext_token();
+    }
+    builder
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))
+        .map(|c| c.transport())
+        .map_err(|e| e.to_string())
 }
 
 fn status_error(s: tonic::Status) -> String {
@@ -193,8 +217,8 @@ fn status_error(s: tonic::Status) -> String {
 }
 
 async fn run(args: &CtlArgs) -> Result<Output, String> {
-    let ch = channel(&args.addr).await?;
     let limit = cachebackd_proto::wire::CLIENT_MAX_MESSAGE_BYTES;
+    let ch = channel(args, limit).await?;
     let mut main = CachebackClient::new(ch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -205,6 +229,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             job,
             args: a,
             no_fetch,
+            peek,
+            max_age,
         } => {
             let r = main
                 .get(timed(
@@ -213,7 +239,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         job: job.clone(),
                         args: item_args(a, args.raw_args)?,
                         fetch_on_miss: no_fetch.then_some(false),
-                        ..Default::default()
+                        max_age: max_age.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                        peek: *peek,
                     },
                 ))
                 .await
@@ -228,6 +255,8 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                 "expires_at": r.expires_at.map(|t| rfc3339(t.try_into().ok())),
                 "refresh_scheduled": r.refresh_scheduled,
                 "fetched": r.fetched,
+                "absent": r.absent,
+                "tags": r.tags,
             });
             let data = match String::from_utf8(r.data.clone()) {
                 Ok(s) => {
@@ -250,7 +279,12 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             if let Some(t) = &json["expires_at"].as_str() {
                 text += &format!("expires_at: {t}\n");
             }
-            if state != "MISS" {
+            if !r.tags.is_empty() {
+                text += &format!("tags: {}\n", r.tags.join(" "));
+            }
+            if r.absent {
+                text += "absent: the origin has no such data\n";
+            } else if state != "MISS" {
                 text += &format!("data: {data}\n");
             }
             Ok(Output { text, json })
@@ -260,6 +294,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             args: a,
             data,
             lifetime,
+            tags,
         } => {
             let r = main
                 .set(timed(
@@ -269,7 +304,7 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                         args: item_args(a, args.raw_args)?,
                         data: data.clone().into_bytes(),
                         lifetime: lifetime.and_then(|d| prost_types::Duration::try_from(d).ok()),
-                        ..Default::default()
+                        tags: tags.clone(),
                     },
                 ))
                 .await
@@ -389,6 +424,24 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
             }
             Ok(Output { text, json })
         }
+        CtlCommand::InvalidateTags { tags } => {
+            let r = main
+                .invalidate_tags(timed(
+                    args.timeout,
+                    pb::InvalidateTagsRequest { tags: tags.clone() },
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mark = rfc3339(r.invalidated_before.and_then(|t| t.try_into().ok()));
+            Ok(Output {
+                text: format!(
+                    "tags {}: items stored until {mark} are stale now\n",
+                    tags.join(" ")
+                ),
+                json: json!({ "invalidated_before": mark }),
+            })
+        }
         CtlCommand::InvalidateJob { job } => {
             let r = admin
                 .invalidate_job(timed(
@@ -461,6 +514,9 @@ fn job_json(j: &pb::JobInfo) -> Value {
             "fetch_on_miss": c.fetch_on_miss,
             "fetch_on_stale_threshold": c.fetch_on_stale_threshold.map(span),
             "cache_ttl": c.cache_ttl.map(span),
+            "early_refresh_beta": c.early_refresh_beta,
+            "absent_lifetime": c.absent_lifetime.map(span),
+            "error_ttl": c.error_ttl.map(span),
         },
         "workers": j.workers,
         "items": j.items,

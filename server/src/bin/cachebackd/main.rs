@@ -1,6 +1,6 @@
 //! The `cachebackd` binary: read the settings (defaults, `--config FILE`, flags), log to
-//! stderr, serve until SIGTERM/SIGINT. Also `cachebackd check-config FILE` and
-//! `cachebackd ctl …`.
+//! stderr, serve until SIGTERM/SIGINT, reload the principals and TLS files on SIGHUP. Also
+//! `cachebackd check-config FILE`, `cachebackd ctl …`, `hash-token` and `gen-token`.
 
 mod cli;
 mod ctl;
@@ -24,12 +24,17 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Ctl(args)) => ctl::main(args),
+        Some(Command::HashToken) => cachebackd::security::hash_token_main(),
+        Some(Command::GenToken) => cachebackd::security::gen_token_main(),
         None => serve(&cli.settings),
     }
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match Config::from_file(file) {
+    match Config::from_file(file)
+        .map_err(|e| e.to_string())
+        .and_then(|config| cachebackd::security::load(&config, Some(file)).map(|_| config))
+    {
         Ok(config) => {
             eprintln!("{}: ok", file.display());
             print!("{}", config.to_toml());
@@ -43,13 +48,21 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn serve(args: &SettingsArgs) -> ExitCode {
-    let config = match cli::load(args) {
+    let config = match cli::load(args)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            cachebackd::security::load(&config, args.config.as_deref()).map(|_| config)
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cachebackd: {e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // SIGHUP reads the settings as at start: the file again, then the same flags.
+    let reload_args = args.clone();
+    let reload: cachebackd::security::ReloadSource =
+        Box::new(move || cli::load(&reload_args).map(|c| (c, reload_args.config.clone())));
     // SAFETY: no other thread exists yet (the runtime starts below).
     let passed = match unsafe { cachebackd::systemd::take_passed_sockets() } {
         Ok(p) => p,
@@ -89,7 +102,7 @@ fn serve(args: &SettingsArgs) -> ExitCode {
             }
             on_signal.begin_drain();
         });
-        match cachebackd::daemon::run_with_sockets(config, passed, shutdown).await {
+        match cachebackd::daemon::run_with_reload(config, passed, shutdown, Some(reload)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "cachebackd cannot run");
