@@ -11,6 +11,7 @@ mod hits;
 mod load;
 mod marks;
 mod memory;
+mod near;
 mod noop;
 mod procs;
 mod redis_bench;
@@ -108,6 +109,8 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Hits,
+    /// The near cache's hit beside a plain Get and Redis GET.
+    Near,
     Storm,
     Refresh,
     /// The additions: hot-key STALE share with and without early refresh, and refresh
@@ -217,6 +220,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let daemon_scenarios = [
         Scenario::Hits,
+        Scenario::Near,
         Scenario::Storm,
         Scenario::Refresh,
         Scenario::Additions,
@@ -274,6 +278,27 @@ async fn run(cli: Cli) -> Result<(), String> {
                 plan.rounds,
             )
             .await?;
+            if let Some(target) = redis {
+                target.stop().await;
+            }
+        }
+
+        if wants(Scenario::Near) {
+            eprintln!("near-cache hits");
+            let redis = match &redis_bin {
+                Some(bin) => Some(redis_bench::RedisTarget::start(bin, dir.path(), 1).await?),
+                None => None,
+            };
+            let url = format!("http://{daemon_at}");
+            report.near = Some(
+                near::run(
+                    &url,
+                    daemon_ch[0].clone(),
+                    redis.as_ref(),
+                    plan.spec.measure,
+                )
+                .await?,
+            );
             if let Some(target) = redis {
                 target.stop().await;
             }

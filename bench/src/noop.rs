@@ -163,6 +163,23 @@ impl Cacheback for Noop {
         Ok(Response::new(pb::DeleteResponse::default()))
     }
 
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::ItemEvent, Status>> + Send>>;
+
+    /// Nothing ever changes here: the stream stays open, sending nothing, until the
+    /// client ends it.
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            drop(tx);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn invalidate_tags(
         &self,
         _: Request<pb::InvalidateTagsRequest>,

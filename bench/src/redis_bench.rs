@@ -64,6 +64,11 @@ impl RedisTarget {
         Ok(RedisTarget { proc, conns: out })
     }
 
+    /// One of the connections.
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conns[0].clone()
+    }
+
     /// SETs the items the GETs read, under the same args as the daemon's.
     pub async fn prepare(&self, settings: &[Setting]) -> Result<(), String> {
         let mut conn = self.conns[0].clone();

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::hits;
 use crate::load::{Histogram, Throughput};
 use crate::memory::{Memory, ITEM_BYTES};
+use crate::near::{self, NearRow};
 use crate::redis_bench::RedisMemory;
 use crate::refresh::{Mode, Refresh};
 use crate::storm::Storm;
@@ -24,6 +25,8 @@ pub struct Report {
     pub storm_baseline: Option<Storm>,
     /// Refresh runs against the daemon, each with its ping-pong baseline.
     pub refresh: Vec<(Refresh, Refresh)>,
+    /// The near cache's hit beside a plain Get and Redis GET.
+    pub near: Option<NearRow>,
     /// Hot-key runs, without and with early refresh.
     pub hot_key: Vec<crate::additions::HotKey>,
     /// Batched refresh drains, by max_batch.
@@ -75,6 +78,30 @@ impl Report {
                     None => format!("**{:.2}×**", row.ratio()),
                 },
                 redis,
+            ]);
+        }
+        if let Some(near) = &self.near {
+            rows.push([
+                "near-cache hit (reads/s, one task)".into(),
+                format!("{} B, one hot item, read after read", near::PAYLOAD),
+                format!(
+                    "**{}/s** in-process ({} hits, {} miss)",
+                    thousands(near.near),
+                    near.counted.0,
+                    near.counted.1
+                ),
+                format!("plain Get: {}/s", thousands(near.get)),
+                match near.redis {
+                    Some(r) => format!(
+                        "**{:.0}×** Redis GET, {:.0}× plain Get",
+                        near.near / r,
+                        near.near / near.get
+                    ),
+                    None => format!("{:.0}× plain Get", near.near / near.get),
+                },
+                near.redis.map_or_else(redis_na, |r| {
+                    format!("GET one at a time: {}/s", thousands(r))
+                }),
             ]);
         }
         for daemon in &self.storm {
@@ -307,6 +334,7 @@ impl Report {
                 "ping_pong": b.to_json(),
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
             })).collect::<Vec<_>>(),
+            "near_cache": self.near.as_ref().map(NearRow::to_json),
             "hot_key": self.hot_key.iter().map(crate::additions::HotKey::to_json).collect::<Vec<_>>(),
             "batched_refresh": self.batched.iter().map(crate::additions::Batched::to_json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(Memory::to_json),

@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::credentials::{is_local, CallCredentials, TlsConfig, Token, TOKEN_ENV};
+use crate::near::{NearCache, NearCacheStats};
 use crate::{Error, Job, JobHandle, Result};
 
 /// What every gRPC client of a [`Client`] runs on: its HTTP/2 channel, with the bearer
@@ -44,6 +45,8 @@ pub struct Client {
     transport: Transport,
     timeout: Option<Duration>,
     url: Arc<str>,
+    /// FRESH items served in-process, if the builder asked for it.
+    near: Option<Arc<NearCache>>,
 }
 
 impl fmt::Debug for Client {
@@ -181,6 +184,23 @@ impl Client {
         &self.url
     }
 
+    /// The near cache's counters, if this client has one ([`ClientBuilder::near_cache`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = cacheback::Client::connect_lazy("http://127.0.0.1:7070").unwrap();
+    /// assert!(client.near_cache_stats().is_none());
+    /// # }
+    /// ```
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|n| n.stats())
+    }
+
+    /// The near cache, if there is one.
+    pub(crate) fn near(&self) -> Option<&NearCache> {
+        self.near.as_deref()
+    }
+
     /// Wraps a unary request, with the client's timeout as its gRPC deadline.
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -219,6 +239,7 @@ pub struct ClientBuilder {
     keepalive_timeout: Duration,
     timeout: Option<Duration>,
     max_message_size: usize,
+    near_cache: Option<u64>,
     token: Option<Token>,
     tls: Option<TlsConfig>,
     allow_plaintext_token: bool,
@@ -238,6 +259,7 @@ impl ClientBuilder {
             keepalive_timeout: Duration::from_secs(10),
             timeout: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            near_cache: None,
             token: std::env::var(TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.is_empty())
@@ -335,6 +357,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Keeps up to `capacity` items (at most [`MAX_NEAR_CACHE_ITEMS`]) that the daemon
+    /// answered FRESH in this process, and serves them without a call while they are
+    /// fresh and the daemon has told of no change to them (its `Subscribe` stream). A
+    /// lost stream drops them all; reads served locally are not seen by the daemon (no
+    /// early refresh): [`Client::near_cache_stats`] counts them. Default: off. Needs a
+    /// tokio runtime when the client is built (the stream has a task of its own).
+    ///
+    /// [`MAX_NEAR_CACHE_ITEMS`]: crate::MAX_NEAR_CACHE_ITEMS
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070").near_cache(10_000);
+    /// ```
+    pub fn near_cache(mut self, capacity: u64) -> Self {
+        self.near_cache = Some(capacity);
+        self
+    }
+
     /// Connects now; fails if the daemon cannot be reached.
     ///
     /// ```no_run
@@ -349,7 +388,16 @@ impl ClientBuilder {
             url: self.url.clone(),
             source,
         })?;
-        Ok(self.client(channel, credentials))
+        let connect_timeout = self.connect_timeout;
+        let client = self.client(channel, credentials);
+        if let Some(near) = client.near() {
+            // Serving locally needs the stream; a daemon that does not open it in time
+            // still leaves a working client, whose near cache starts when it opens.
+            if !near.ready(connect_timeout).await {
+                tracing::warn!("near cache: no Subscribe stream yet; reads go to the daemon");
+            }
+        }
+        Ok(client)
     }
 
     /// Connects on first use. Must be called inside a tokio runtime.
@@ -420,11 +468,15 @@ impl ClientBuilder {
         let raw = CachebackClient::new(transport.clone())
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);
+        let near = self
+            .near_cache
+            .map(|capacity| NearCache::start(raw.clone(), capacity));
         Client {
             raw,
             transport,
             timeout: self.timeout,
             url: self.url.into(),
+            near,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `client.job(&job)`: reading and writing one job's items, as cacheback's `Job`
 //! methods do.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cachebackd_proto::v1;
 
+use crate::near::{self, NearItem};
 use crate::{
     encode_args,
     time::{from_proto_timestamp, to_proto_duration},
@@ -230,14 +232,45 @@ impl<'j, J: Job> JobHandle<'j, J> {
         let mut request = self.get_request(args)?;
         request.max_age = read.max_age.map(to_proto_duration);
         request.peek = read.peek;
-        let response = self
+        let near = self.client.near().filter(|_| read == Read::default());
+        let Some(near) = near else {
+            return self.item_from(self.get_remote(request).await?);
+        };
+        let key = near::key(self.name(), &request.args);
+        if let Some(hit) = near.lookup(&key) {
+            return self.item_from_near(hit);
+        }
+        let ticket = near.begin(key);
+        let response = self.get_remote(request).await;
+        if let Some(ticket) = ticket {
+            let fresh = response.as_ref().ok().and_then(near_item);
+            near.finish(ticket, fresh);
+        }
+        self.item_from(response?)
+    }
+
+    async fn get_remote(&self, request: v1::GetRequest) -> Result<v1::GetResponse> {
+        Ok(self
             .client
             .raw()
             .get(self.client.request(request))
             .await
             .map_err(|status| Error::status_of("Get", self.name(), status))?
-            .into_inner();
+            .into_inner())
+    }
+
+    fn item_from_near(&self, hit: NearItem) -> Result<Item<J::Output>> {
+        let mut response = (*hit.response).clone();
+        response.refresh_scheduled = false;
+        response.fetched = false;
         self.item_from(response)
+    }
+
+    /// Before a write of this client: its near-cached copy of the item goes.
+    fn forget_near(&self, args: &[u8]) {
+        if let Some(near) = self.client.near() {
+            near.forget(&near::key(self.name(), args));
+        }
     }
 
     /// Many [`get`](Self::get)s in one call (the daemon's `GetMany`): one result per
@@ -414,6 +447,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             lifetime: lifetime.map(to_proto_duration),
             tags: self.job.tags(args),
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -449,6 +483,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             job: self.name().to_owned(),
             args: self.encode(args)?,
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -482,6 +517,7 @@ impl<'j, J: Job> JobHandle<'j, J> {
             job: self.name().to_owned(),
             args: self.encode(args)?,
         };
+        self.forget_near(&request.args);
         let response = self
             .client
             .raw()
@@ -502,4 +538,16 @@ impl<'j, J: Job> JobHandle<'j, J> {
             source,
         })
     }
+}
+
+/// What the near cache may keep of a Get's answer: FRESH data with an expiry.
+fn near_item(response: &v1::GetResponse) -> Option<NearItem> {
+    if response.state() != v1::ItemState::Fresh {
+        return None;
+    }
+    Some(NearItem {
+        response: Arc::new(response.clone()),
+        stored_at: response.stored_at.and_then(from_proto_timestamp),
+        expires_at: response.expires_at.and_then(from_proto_timestamp)?,
+    })
 }

@@ -44,6 +44,7 @@ mod error;
 mod fetched;
 mod handle;
 mod job;
+mod near;
 mod time;
 mod worker;
 
@@ -65,6 +66,7 @@ pub use error::{Error, Result};
 pub use fetched::{FetchContext, FetchReason, Fetched};
 pub use handle::{Invalidated, Item, ItemState, JobHandle, Read};
 pub use job::{BoxError, Job, JobConfig};
+pub use near::{NearCacheStats, MAX_NEAR_CACHE_ITEMS};
 pub use worker::{Worker, WorkerHandle};
 
 /// Whether `name` is a valid job name: 1 to 128 bytes of `[A-Za-z0-9_.:-]`. A `const

@@ -15,6 +15,7 @@ use crate::model::{
     check_validator, Beta, FetchReason, ItemState, JobConfig, Limits, Tag, MAX_ERROR_MESSAGE,
     MAX_REFRESH_TIMEOUT, MAX_SPAN, MAX_TAGS_PER_CALL,
 };
+use crate::subscriptions::{Event, EventKind};
 use crate::workers::{FetchOrder, Fetched, Outcome};
 
 /// A protobuf Duration as a std one: non-negative, at most a century, and (unless
@@ -235,6 +236,32 @@ pub(crate) fn job_counters(m: &JobMetrics) -> pb::JobCounters {
         fetches_failed: m.fetches_failed.get(),
         fetches_retried: m.fetches_retried.get(),
         fetches_in_flight: m.fetches_in_flight.get().max(0) as u64,
+    }
+}
+
+/// A near cache's event as sent down its Subscribe stream.
+pub(crate) fn item_event(e: Event) -> pb::ItemEvent {
+    let kind = match e.kind {
+        EventKind::Changed => pb::ItemEventKind::Changed,
+        EventKind::Invalidated => pb::ItemEventKind::Invalidated,
+        EventKind::Removed => pb::ItemEventKind::Removed,
+    };
+    pb::ItemEvent {
+        item: Some(pb::ItemRef {
+            job: String::from_utf8_lossy(e.key.job_bytes()).into_owned(),
+            args: e.key.args().to_vec(),
+        }),
+        kind: kind as i32,
+        at: Some(e.at.into()),
+    }
+}
+
+/// The RESET that ends a Subscribe stream which fell behind.
+pub(crate) fn reset_event(at: SystemTime) -> pb::ItemEvent {
+    pb::ItemEvent {
+        item: None,
+        kind: pb::ItemEventKind::Reset as i32,
+        at: Some(at.into()),
     }
 }
 

@@ -53,6 +53,12 @@ pub enum Error {
     /// A bug or a panic inside the daemon; the request may be retried.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A Subscribe stream asked for more items than one stream may hold.
+    #[error("a Subscribe stream holds at most {limit} items")]
+    TooManySubscriptions {
+        /// The limit.
+        limit: usize,
+    },
     /// The daemon is shutting down.
     #[error("cachebackd is shutting down")]
     ShuttingDown,

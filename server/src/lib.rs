@@ -10,7 +10,8 @@
 //! Inside, one module per concern: `model` (validated names and configs), `policy` (the
 //! staleness rules, pure), `store` (sled), `workers` (dispatch to registered workers),
 //! `engine` (single-flight, refresh scheduling), `service` (the tonic service),
-//! `worker_stream` (one worker's stream), `convert` (protobuf to model and back), `clock`
+//! `worker_stream` (one worker's stream), `subscriptions` and `subscribe_stream` (the near
+//! caches' events and their streams), `convert` (protobuf to model and back), `clock`
 //! (wall time, injectable), `admin` (the admin service), `health` (gRPC health),
 //! `counters` (what the engine counts), `metrics` (the Prometheus exporter), `auth`
 //! (principals, roles, the one auth layer) and `tls` (TLS and mTLS on TCP listeners).
@@ -39,6 +40,8 @@ pub mod security;
 mod service;
 pub mod shutdown;
 mod store;
+mod subscribe_stream;
+mod subscriptions;
 pub mod systemd;
 mod tls;
 mod worker_stream;

@@ -150,6 +150,20 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             self.metrics.uptime().as_secs_f64(),
         )?;
+        let subscriptions = self.engine.subscriptions();
+        gauge(
+            &mut encoder,
+            "subscribed_items",
+            "Items the near caches' Subscribe streams hold, counted once per stream",
+            None,
+            subscriptions.count() as f64,
+        )?;
+        counter(
+            &mut encoder,
+            "subscribers_reset",
+            "Subscribe streams reset for falling behind",
+            subscriptions.resets(),
+        )?;
         let started = self
             .metrics
             .started_at()

@@ -150,12 +150,26 @@ impl ItemKey {
         &self.0
     }
 
+    /// The job part of the key.
+    pub(crate) fn job_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+
     /// The args part of the key.
     pub(crate) fn args(&self) -> &[u8] {
         match self.0.iter().position(|&b| b == 0) {
             Some(i) => &self.0[i + 1..],
             None => &[],
         }
+    }
+}
+
+/// Lets a map keyed by `ItemKey` be searched with a key as the store holds it (the
+/// bytes hash alike).
+impl std::borrow::Borrow<[u8]> for ItemKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -16,7 +16,7 @@ use crate::engine::{Engine, GetOptions};
 use crate::error::Error;
 use crate::model::{ItemKey, JobName, Tag};
 use crate::shutdown::Shutdown;
-use crate::worker_stream;
+use crate::{subscribe_stream, worker_stream};
 
 use cachebackd_proto::wire::MAX_GET_MANY;
 
@@ -33,7 +33,8 @@ impl From<Error> for Status {
             Error::QueueFull { .. }
             | Error::QueuesFull { .. }
             | Error::TooManyJobs { .. }
-            | Error::StoreFull(_) => Status::resource_exhausted(message),
+            | Error::StoreFull(_)
+            | Error::TooManySubscriptions { .. } => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
             // An I/O error of the store: writes may succeed again without a restart.
             Error::Store(_) => Status::unavailable(message),
@@ -234,6 +235,25 @@ impl Cacheback for CachebackService {
         access.allow(&job)?;
         let found = self.engine.delete(&job, &req.args).await?;
         Ok(Response::new(pb::DeleteResponse { found }))
+    }
+
+    type SubscribeStream = subscribe_stream::EventStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Each added item is checked as a Get of it would be: a job the caller may not read
+        // ends the stream with PERMISSION_DENIED.
+        let access = Access::of(&req)?;
+        let may_read: subscribe_stream::ReadCheck = Box::new(move |job| access.allow(job));
+        let stream = subscribe_stream::open(
+            self.engine.clone(),
+            self.shutdown.clone(),
+            req.into_inner(),
+            may_read,
+        );
+        Ok(Response::new(stream))
     }
 
     async fn invalidate_tags(

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
@@ -357,6 +358,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn close(&self) -> Result<(), Error>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
+    /// Tells `listener` of every item the store removes by itself (the sweep, eviction),
+    /// as it removes it, so that the near caches holding it hear of it. Set once, by the
+    /// engine; a store that removes nothing by itself need not keep it.
+    fn watch_removals(&self, listener: RemovalListener) {
+        let _ = listener;
+    }
     /// Bytes of data stored for `key`, read from memory (the data is not touched), if it
     /// is stored and the store keeps sizes; a read does not count as a use.
     fn data_len(&self, _key: &ItemKey) -> Option<u64> {
@@ -379,6 +386,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn tag_marks(&self) -> Result<Vec<(Tag, SystemTime)>, Error>;
 }
 
+/// Told the key of each item a store removes by itself.
+pub(crate) type RemovalListener = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// The sled store under `DATA_DIR/store`.
 pub(crate) struct SledStore {
     db: sled::Db,
@@ -394,6 +404,8 @@ pub(crate) struct SledStore {
     usage: RwLock<HashMap<Vec<u8>, Counts>>,
     /// `close` has saved the counts: a write after it makes the saved counts stale.
     closed: AtomicBool,
+    /// Told of the items the sweep and eviction remove.
+    removals: OnceLock<RemovalListener>,
     /// The recency order, for `max_bytes`.
     recency: recency::Recency,
     /// Refuses writes while the disk is full.
@@ -442,6 +454,7 @@ impl SledStore {
                     .collect(),
             ),
             closed: AtomicBool::new(false),
+            removals: OnceLock::new(),
             recency,
             space: space::SpaceGuard::new(data_dir.to_path_buf()),
         };
@@ -480,6 +493,9 @@ impl SledStore {
                     let job = key.split(|&b| b == 0).next().unwrap_or_default();
                     if let Some(c) = self.usage.read().get(job) {
                         c.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(listener) = self.removals.get() {
+                        listener(&key);
                     }
                 }
                 Ok(None) => {}
@@ -679,6 +695,9 @@ impl Store for SledStore {
             {
                 self.recency.remove(&k);
                 self.account(&k, Some(data_len(&v)), None);
+                if let Some(listener) = self.removals.get() {
+                    listener(&k);
+                }
                 removed += 1;
             }
         }
@@ -762,6 +781,12 @@ impl Store for SledStore {
         drop(usage);
         self.db.flush()?;
         Ok(())
+    }
+
+    fn watch_removals(&self, listener: RemovalListener) {
+        if self.removals.set(listener).is_err() {
+            tracing::error!("the store's removal listener was set twice: the first one stays");
+        }
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {

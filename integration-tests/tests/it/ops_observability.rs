@@ -84,7 +84,8 @@ async fn reflection_lists_and_describes_the_services() {
             "Delete",
             "RegisterJob",
             "GetMany",
-            "InvalidateTags"
+            "InvalidateTags",
+            "Subscribe",
         ]
     );
     assert!(file.message_type.iter().any(|m| m.name() == "GetRequest"));

@@ -889,3 +889,63 @@ async fn hash_token_and_gen_token_follow_the_contract() {
         "tokens are random"
     );
 }
+
+#[tokio::test]
+async fn subscribe_is_checked_per_added_item() {
+    use cachebackd_proto::v1::{ItemEventKind, ItemRef, SubscribeRequest};
+    let s = secured(&[]).await;
+    let d = &s.d;
+    let _w = register(&mut authed(d, WORKER).await, "tweets.a")
+        .await
+        .unwrap();
+    let subscribe = |token: &'static str, job: &'static str| async move {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(SubscribeRequest {
+            add: vec![ItemRef {
+                job: job.into(),
+                args: b"[1]".to_vec(),
+            }],
+            remove: vec![],
+        })
+        .await
+        .unwrap();
+        let events = authed(d, token)
+            .await
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok::<_, Status>((tx, events))
+    };
+    // Allowed: the stream tells of a write (the subscription has been applied by then or
+    // the write comes later; either way it is told, so write until it is).
+    let (_tx, mut events) = subscribe(SCOPED, "tweets.a").await.unwrap();
+    let mut writer = authed(d, WRITER).await;
+    let event = within("an event for the write", async {
+        loop {
+            writer
+                .set(set_req("tweets.a", "[1]", "\"t\""))
+                .await
+                .unwrap();
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(100), events.message());
+            if let Ok(e) = next.await {
+                break e.expect("no error").expect("an event");
+            }
+        }
+    })
+    .await;
+    assert_eq!(event.kind(), ItemEventKind::Changed);
+    // Denied: the stream ends with PERMISSION_DENIED, naming the job and the principal.
+    let (_tx, mut events) = subscribe(SCOPED, "users").await.unwrap();
+    assert_denied(
+        within("the refusal", events.message()).await,
+        Code::PermissionDenied,
+        &["\"users\"", "tweets-team"],
+    );
+    // Subscribe is a reader's RPC.
+    let refused = match subscribe(WORKER, "tweets.a").await {
+        Ok((_tx, mut events)) => within("the refusal", events.message()).await.map(|_| ()),
+        Err(status) => Err(status),
+    };
+    assert_denied(refused, Code::PermissionDenied, &[]);
+}

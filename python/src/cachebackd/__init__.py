@@ -20,6 +20,7 @@ are its credentials.
 from datetime import datetime
 
 from ._codec import encode_args, encode_json
+from ._near import MAX_NEAR_CACHE_ITEMS, NearCacheStats
 from ._security import TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TlsConfig
 from .client import (
     DEFAULT_TARGET,
@@ -50,6 +51,7 @@ def invalidate_tags(tags: "list[str] | tuple[str, ...]", client: "Client | None"
 __all__ = [
     "Absent",
     "DEFAULT_TARGET",
+    "MAX_NEAR_CACHE_ITEMS",
     "TARGET_ENV",
     "TLS_CA_ENV",
     "TLS_CERT_ENV",
@@ -71,6 +73,7 @@ __all__ = [
     "Item",
     "ItemState",
     "Job",
+    "NearCacheStats",
     "NotModified",
     "Worker",
     "cacheback",

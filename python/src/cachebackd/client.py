@@ -18,6 +18,7 @@ import grpc
 
 from . import _wire
 from ._codec import Seconds, from_timestamp, to_duration
+from ._near import NearCache, NearCacheStats, key_of, near_item
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
 from ._security import TlsConfig, check_plaintext_token, choose_tls, split_scheme
@@ -256,6 +257,11 @@ class Client:
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
     by the job's `refresh_timeout` on the daemon's side. `token` (default: the environment
     variable CACHEBACKD_TOKEN) is sent with every call as `authorization: Bearer <token>`.
+    `near_cache` (default None: off) keeps up to that many items the daemon answered FRESH
+    in this process and serves them from `get` without a call while they are fresh and
+    the daemon has told of no change to them (its Subscribe stream, on a thread of its
+    own); a lost stream drops them all. Reads served locally are not seen by the daemon
+    (no early refresh): `near_cache_stats()` counts them.
 
     An `https://host:port` target means TLS, verified with the CA bundle CACHEBACKD_TLS_CA
     names (else the system's roots) and presenting the client certificate of
@@ -273,6 +279,7 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         token: Optional[str] = None,
+        near_cache: Optional[int] = None,
         tls: Union[TlsConfig, bool, None] = None,
         allow_plaintext_token: bool = False,
     ) -> None:
@@ -282,6 +289,9 @@ class Client:
         self.metadata = connection.metadata
         self.channel = connection.channel()
         self.stub = CachebackStub(self.channel)
+        self.near: Optional[NearCache] = (
+            NearCache(self.stub, self.metadata, near_cache) if near_cache is not None else None
+        )
 
     def __repr__(self) -> str:
         return f"Client({self.target!r}, timeout={self.timeout!r})"
@@ -294,11 +304,20 @@ class Client:
 
     def close(self) -> None:
         """Close the channel; calls in flight fail with CANCELLED."""
+        if self.near is not None:
+            self.near.close()
         self.channel.close()
 
     def wait_until_ready(self, timeout: Optional[float] = None) -> None:
-        """Block until the channel is connected (raises grpc.FutureTimeoutError)."""
+        """Block until the channel is connected and, with a near cache, its stream is up
+        (raises grpc.FutureTimeoutError)."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        if self.near is not None and not self.near.wait_until_up(timeout):
+            raise grpc.FutureTimeoutError()
+
+    def near_cache_stats(self) -> Optional[NearCacheStats]:
+        """The near cache's counters (hits, misses, items, resets); None without one."""
+        return self.near.stats() if self.near is not None else None
 
     def _call(self, method: Any, request: Any, timeout: Any) -> Any:
         try:
@@ -326,7 +345,27 @@ class Client:
         or stale, is fetched synchronously, and answered anyway if that fetch fails.
         """
         request = get_request(job, args, fetch_on_miss, max_age=max_age)
-        return item_from_reply(self._call(self.stub.Get, request, timeout))
+        near = self.near if max_age is None else None
+        if near is None:
+            return item_from_reply(self._call(self.stub.Get, request, timeout))
+        key = key_of(job, args)
+        hit = near.lookup(key)
+        if hit is not None:
+            return replace(item_from_reply(hit.reply), refresh_scheduled=False, fetched=False)
+        ticket = near.begin(key)
+        try:
+            reply = self._call(self.stub.Get, request, timeout)
+        except BaseException:
+            if ticket is not None:
+                near.finish(ticket, None)
+            raise
+        if ticket is not None:
+            near.finish(ticket, near_item(reply))
+        return item_from_reply(reply)
+
+    def _forget_near(self, job: str, args: bytes) -> None:
+        if self.near is not None:
+            self.near.forget(key_of(job, args))
 
     def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
         """Read what is stored for an item and start nothing: no fetch, no refresh
@@ -355,7 +394,10 @@ class Client:
         for start in range(0, len(args), _wire.MAX_GET_MANY):
             requests = [
                 get_request(job, a, f)
-                for a, f in zip(args[start : start + _wire.MAX_GET_MANY], overrides[start : start + _wire.MAX_GET_MANY])
+                for a, f in zip(
+                    args[start : start + _wire.MAX_GET_MANY],
+                    overrides[start : start + _wire.MAX_GET_MANY],
+                )
             ]
             reply = self._call(self.stub.GetMany, pb.GetManyRequest(requests=requests), timeout)
             for result in reply.results:
@@ -381,6 +423,7 @@ class Client:
         `lifetime` replaces the job's lifetime for this item only; `tags` are stored with
         it (see `invalidate_tags`).
         """
+        self._forget_near(job, args)
         request = set_request(job, args, data, lifetime, tags)
         reply = self._call(self.stub.Set, request, timeout)
         return from_timestamp(reply.expires_at)
@@ -396,11 +439,13 @@ class Client:
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""
+        self._forget_near(job, args)
         reply = self._call(self.stub.Invalidate, pb.InvalidateRequest(job=job, args=args), timeout)
         return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
 
     def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
         """Remove an item, so that the next Get is a miss; returns whether it existed."""
+        self._forget_near(job, args)
         reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 

@@ -21,6 +21,7 @@ use crate::logs::{clip, RateLimit};
 use crate::model::{FetchReason, ItemKey, JobConfig, JobName, MAX_SPAN};
 use crate::policy;
 use crate::store::Item;
+use crate::subscriptions::EventKind;
 use crate::workers::Fetched;
 use std::time::Duration;
 
@@ -311,7 +312,14 @@ impl Engine {
                         item.times.expires_at = item.times.stored_at;
                     }
                     match self.inner.store.put(key, &item) {
-                        Ok(()) => stored = true,
+                        Ok(()) => {
+                            stored = true;
+                            self.inner.subscriptions.emit(
+                                key,
+                                EventKind::Changed,
+                                item.times.stored_at,
+                            );
+                        }
                         Err(e) => tracing::error!(%job, error = %e, "cannot store a fetched item"),
                     }
                 }

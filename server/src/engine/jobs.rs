@@ -11,6 +11,7 @@ use crate::counters::JobMetrics;
 use crate::error::Error;
 use crate::model::{ItemKey, JobConfig, JobName};
 use crate::policy;
+use crate::subscriptions::EventKind;
 
 /// A known job: its config, its invalidation instant and its counters, resolved once so
 /// that a Get only increments them.
@@ -95,6 +96,9 @@ impl Engine {
             if let Some(entry) = jobs.get_mut(job) {
                 entry.invalidated_before = Some(mark);
             }
+            self.inner
+                .subscriptions
+                .emit_prefix(&prefix, EventKind::Invalidated, mark);
         }
         self.flush().await?;
         Ok(mark)
@@ -128,6 +132,10 @@ impl Engine {
             if self.inner.jobs.write().remove(job).is_none() {
                 return Ok(None);
             }
+            // From here its items read as NOT_FOUND: no near cache may serve them.
+            self.inner
+                .subscriptions
+                .emit_prefix(&prefix, EventKind::Removed, self.now());
         }
         let store = self.inner.store.clone();
         let name = job.clone();

@@ -50,6 +50,7 @@ use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Limits, 
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh, Seen, Times};
 use crate::shutdown::Shutdown;
 use crate::store::{Durability, Item, Store};
+use crate::subscriptions::{EventKind, Subscriptions};
 use crate::workers::{Capacity, Outbound, WorkerId, Workers};
 
 /// Settings of the engine that are not per job.
@@ -152,6 +153,8 @@ struct Inner {
     // `jobs`, then the workers' registry (see the module's docs).
     tables: Box<[Mutex<Table>]>,
     next_flight: AtomicU64,
+    /// The near caches to tell of every change, told under the item's shard lock.
+    subscriptions: Subscriptions,
 }
 
 impl Engine {
@@ -188,6 +191,11 @@ impl Engine {
                 (job, entry)
             })
             .collect();
+        let subscriptions = Subscriptions::new();
+        let told = subscriptions.clone();
+        store.watch_removals(Box::new(move |key| {
+            told.emit_stored(key, EventKind::Removed, clock.now())
+        }));
         Ok(Engine {
             inner: Arc::new(Inner {
                 workers: Workers::new(settings.queue_capacity, settings.max_queued_fetches),
@@ -200,13 +208,19 @@ impl Engine {
                 tag_marks: RwLock::new(tag_marks),
                 tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_flight: AtomicU64::new(0),
+                subscriptions,
             }),
         })
     }
 
     /// The wall time now, by the engine's clock.
-    fn now(&self) -> SystemTime {
+    pub(crate) fn now(&self) -> SystemTime {
         self.inner.clock.now()
+    }
+
+    /// The near caches' subscriptions.
+    pub(crate) fn subscriptions(&self) -> &Subscriptions {
+        &self.inner.subscriptions
     }
 
     /// The worker registry.
@@ -414,6 +428,9 @@ impl Engine {
                 ..Item::data(times, data)
             };
             self.inner.store.put(&key, &item)?;
+            self.inner
+                .subscriptions
+                .emit(&key, EventKind::Changed, times.stored_at);
             table.write_wins(&key);
         }
         self.flush_if_always().await?;
@@ -427,7 +444,11 @@ impl Engine {
         let found = {
             let mut table = self.shard(&key).lock();
             let present = self.present(&key, &config)?;
-            self.inner.store.remove(&key)?;
+            if self.inner.store.remove(&key)? {
+                self.inner
+                    .subscriptions
+                    .emit(&key, EventKind::Removed, self.now());
+            }
             table.write_wins(&key);
             present
         };
@@ -457,6 +478,9 @@ impl Engine {
             item.times.expires_at = item.times.expires_at.min(now);
             self.still_known(job)?;
             self.inner.store.put(&key, &item)?;
+            self.inner
+                .subscriptions
+                .emit(&key, EventKind::Invalidated, now);
             let refresh_scheduled = if let Some(flight) = table.flights.get_mut(&key) {
                 // That fetch may have read the old data: one more refresh follows it.
                 flight.reinvalidate = true;

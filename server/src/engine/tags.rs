@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::model::Tag;
 use crate::policy;
 use crate::store::Item;
+use crate::subscriptions::EventKind;
 
 impl Engine {
     /// Marks every item, of any job, that carries one of `tags` and was stored until now
@@ -25,6 +26,16 @@ impl Engine {
                 for tag in tags {
                     let at = marks.entry(tag.clone()).or_insert(mark);
                     *at = (*at).max(mark);
+                }
+            }
+            // The near caches holding a tagged item hear of it (the store is read outside
+            // the registry's lock: the store's own locks come before it).
+            for key in self.inner.subscriptions.subscribed_items() {
+                let tagged = self.inner.store.get(&key)?;
+                if tagged.is_some_and(|i| i.tags.iter().any(|t| tags.contains(t))) {
+                    self.inner
+                        .subscriptions
+                        .emit(&key, EventKind::Invalidated, mark);
                 }
             }
             for (key, flight) in tables.iter_mut().flat_map(|t| t.flights.iter_mut()) {

@@ -27,6 +27,14 @@ class FetchReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FETCH_REASON_STALE: _ClassVar[FetchReason]
     FETCH_REASON_INVALIDATED: _ClassVar[FetchReason]
     FETCH_REASON_EARLY: _ClassVar[FetchReason]
+
+class ItemEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_EVENT_KIND_UNSPECIFIED: _ClassVar[ItemEventKind]
+    ITEM_EVENT_KIND_CHANGED: _ClassVar[ItemEventKind]
+    ITEM_EVENT_KIND_INVALIDATED: _ClassVar[ItemEventKind]
+    ITEM_EVENT_KIND_REMOVED: _ClassVar[ItemEventKind]
+    ITEM_EVENT_KIND_RESET: _ClassVar[ItemEventKind]
 ITEM_STATE_UNSPECIFIED: ItemState
 ITEM_STATE_FRESH: ItemState
 ITEM_STATE_STALE: ItemState
@@ -36,6 +44,11 @@ FETCH_REASON_MISS: FetchReason
 FETCH_REASON_STALE: FetchReason
 FETCH_REASON_INVALIDATED: FetchReason
 FETCH_REASON_EARLY: FetchReason
+ITEM_EVENT_KIND_UNSPECIFIED: ItemEventKind
+ITEM_EVENT_KIND_CHANGED: ItemEventKind
+ITEM_EVENT_KIND_INVALIDATED: ItemEventKind
+ITEM_EVENT_KIND_REMOVED: ItemEventKind
+ITEM_EVENT_KIND_RESET: ItemEventKind
 
 class JobConfig(_message.Message):
     __slots__ = ("lifetime", "refresh_timeout", "fetch_on_miss", "fetch_on_stale_threshold", "cache_ttl", "early_refresh_beta", "absent_lifetime", "error_ttl")
@@ -286,6 +299,32 @@ class FetchRequest(_message.Message):
     deadline: _timestamp_pb2.Timestamp
     validator: bytes
     def __init__(self, request_id: _Optional[str] = ..., args: _Optional[bytes] = ..., reason: _Optional[_Union[FetchReason, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validator: _Optional[bytes] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("add", "remove")
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    add: _containers.RepeatedCompositeFieldContainer[ItemRef]
+    remove: _containers.RepeatedCompositeFieldContainer[ItemRef]
+    def __init__(self, add: _Optional[_Iterable[_Union[ItemRef, _Mapping]]] = ..., remove: _Optional[_Iterable[_Union[ItemRef, _Mapping]]] = ...) -> None: ...
+
+class ItemRef(_message.Message):
+    __slots__ = ("job", "args")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    args: bytes
+    def __init__(self, job: _Optional[str] = ..., args: _Optional[bytes] = ...) -> None: ...
+
+class ItemEvent(_message.Message):
+    __slots__ = ("item", "kind", "at")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    item: ItemRef
+    kind: ItemEventKind
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, item: _Optional[_Union[ItemRef, _Mapping]] = ..., kind: _Optional[_Union[ItemEventKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -72,6 +72,11 @@ class CachebackStub:
                 request_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.SerializeToString,
                 response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.stream_stream(
+                '/cacheback.v1.Cacheback/Subscribe',
+                request_serializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
+                _registered_method=True)
 
 
 class CachebackServicer:
@@ -131,6 +136,15 @@ class CachebackServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request_iterator, context):
+        """A reader's near cache subscribes to the items it holds and is told of every change of
+        them, in order, before the daemon answers the write that made it (PROTOCOL.md, "Near
+        cache"). At most 100,000 items per stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CachebackServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +182,11 @@ def add_CachebackServicer_to_server(servicer, server):
                     servicer.InvalidateTags,
                     request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.FromString,
                     response_serializer=cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.FromString,
+                    response_serializer=cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +379,33 @@ class Cacheback:
             '/cacheback.v1.Cacheback/InvalidateTags',
             cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsRequest.SerializeToString,
             cacheback_dot_v1_dot_cacheback__pb2.InvalidateTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cacheback.v1.Cacheback/Subscribe',
+            cacheback_dot_v1_dot_cacheback__pb2.SubscribeRequest.SerializeToString,
+            cacheback_dot_v1_dot_cacheback__pb2.ItemEvent.FromString,
             options,
             channel_credentials,
             insecure,
