@@ -976,7 +976,7 @@ mod tests {
         assert_eq!(store.jobs().unwrap(), vec![]);
         drop(store);
         // The fresh store opens cleanly next time.
-        let (_, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (_, report) = reopen(dir.path());
         assert!(report.moved_aside.is_none());
     }
 
@@ -1079,7 +1079,7 @@ mod tests {
             assert_eq!(store.usage(&other).unwrap(), Usage { items: 1, bytes: 3 });
         };
         {
-            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            let (store, _) = reopen(dir.path());
             store.put(&ItemKey::new(&j, b"a"), &item(10)).unwrap();
             store.put(&ItemKey::new(&j, b"b"), &item(20)).unwrap();
             store.put(&ItemKey::new(&j, b"a"), &item(5)).unwrap(); // overwrite
@@ -1091,7 +1091,7 @@ mod tests {
         }
         {
             // A clean stop saved the counts; they are taken back and dropped at once.
-            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            let (store, _) = reopen(dir.path());
             assert!(store.meta.get(USAGE_SAVED).unwrap().is_none());
             expect(&store, 1, 5);
             store.put(&ItemKey::new(&j, b"c"), &item(1)).unwrap();
@@ -1099,14 +1099,14 @@ mod tests {
             // No close: as after a crash.
         }
         {
-            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            let (store, _) = reopen(dir.path());
             expect(&store, 2, 6);
             store.close().unwrap();
             // A write after close makes the saved counts stale: the next start counts.
             store.put(&ItemKey::new(&j, b"d"), &item(4)).unwrap();
             store.flush().unwrap();
         }
-        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, _) = reopen(dir.path());
         expect(&store, 3, 10);
         assert_eq!(store.remove_job(&j).unwrap(), 3);
         assert_eq!(store.usage(&j).unwrap(), Usage::default());
