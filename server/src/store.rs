@@ -944,11 +944,11 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
         let tags = [Tag::from_stored("a".into()), Tag::from_stored("b".into())];
         {
-            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            let (store, _) = reopen(dir.path());
             store.put_tag_marks(&tags, at).unwrap();
             store.flush().unwrap();
         }
-        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, _) = reopen(dir.path());
         let mut marks = store.tag_marks().unwrap();
         marks.sort();
         assert_eq!(marks, vec![(tags[0].clone(), at), (tags[1].clone(), at)]);
@@ -958,13 +958,13 @@ mod tests {
     fn damaged_store_is_moved_aside_and_a_fresh_one_opens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+            let (store, _) = reopen(dir.path());
             store.put_job(&job("j"), &JobConfig::default()).unwrap();
             store.flush().unwrap();
         }
         std::fs::write(dir.path().join("store/conf"), b"garbage").unwrap();
         std::fs::write(dir.path().join("store/db"), vec![0xA5; 5000]).unwrap();
-        let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, report) = reopen(dir.path());
         let aside = report.moved_aside.expect("moved aside");
         assert!(aside
             .file_name()
@@ -996,7 +996,7 @@ mod tests {
 
     /// A store of `n` items of job `j`, closed.
     fn filled(dir: &Path, n: usize) {
-        let (store, _) = SledStore::open(dir, Duration::from_millis(100)).unwrap();
+        let (store, _) = reopen(dir);
         store.put_job(&job("j"), &JobConfig::default()).unwrap();
         for i in 0..n {
             let item = Item::data(
@@ -1052,7 +1052,7 @@ mod tests {
     #[test]
     fn a_store_in_use_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (first, _) = reopen(dir.path());
         first.put_job(&job("j"), &JobConfig::default()).unwrap();
         let Err(e) = SledStore::open(dir.path(), Duration::from_millis(100)) else {
             panic!("a second open of a store in use succeeded");
@@ -1115,7 +1115,7 @@ mod tests {
     #[test]
     fn undecodable_item_is_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, report) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, report) = reopen(dir.path());
         assert!(report.moved_aside.is_none());
         let key = ItemKey::new(&job("j"), b"[1]");
         store
@@ -1130,7 +1130,7 @@ mod tests {
     #[test]
     fn job_usage_invalidation_and_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, _) = reopen(dir.path());
         let (j, other) = (job("j"), job("j2"));
         let item = |data: &[u8]| {
             Item::data(
@@ -1157,7 +1157,7 @@ mod tests {
     #[test]
     fn sweep_removes_items_past_cache_ttl_and_items_of_unknown_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = SledStore::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let (store, _) = reopen(dir.path());
         let j = job("j");
         let config = JobConfig {
             cache_ttl: Duration::from_secs(60),

@@ -22,10 +22,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_stream::{Stream, StreamExt};
 
-use crate::connections::Bounded;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -36,7 +34,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// How long a client may take over its TLS handshake before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,19 +212,19 @@ pub(crate) struct TlsPeer {
 }
 
 /// One TLS connection, carrying its [`TlsPeer`].
-pub(crate) struct TlsConn {
-    stream: TlsStream<Bounded<TcpStream>>,
+pub(crate) struct TlsConn<IO> {
+    stream: TlsStream<IO>,
     peer: TlsPeer,
 }
 
-impl Connected for TlsConn {
+impl<IO> Connected for TlsConn<IO> {
     type ConnectInfo = TlsPeer;
     fn connect_info(&self) -> TlsPeer {
         self.peer.clone()
     }
 }
 
-impl AsyncRead for TlsConn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -236,7 +234,7 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -267,12 +265,13 @@ impl AsyncWrite for TlsConn {
 /// Each connection uses the config in force when it was accepted. Handshakes run side by
 /// side (a slow client holds up no one) and end with the stream: when the server stops
 /// reading it, the accept loop and its handshakes stop.
-pub(crate) fn incoming<S>(
+pub(crate) fn incoming<S, IO>(
     accepted: S,
     current: Current,
-) -> ReceiverStream<Result<TlsConn, io::Error>>
+) -> ReceiverStream<Result<TlsConn<IO>, io::Error>>
 where
-    S: Stream<Item = io::Result<Bounded<TcpStream>>> + Send + 'static,
+    S: Stream<Item = io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Connected<ConnectInfo = TcpConnectInfo> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
