@@ -19,6 +19,7 @@ mod client_worker;
 mod durability;
 mod errors;
 mod fetching;
+mod fleet_support;
 mod get_many;
 mod listeners;
 mod near_cache;
