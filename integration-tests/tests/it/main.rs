@@ -19,6 +19,8 @@ mod client_worker;
 mod durability;
 mod errors;
 mod fetching;
+mod fleet;
+mod fleet_cluster;
 mod fleet_support;
 mod get_many;
 mod listeners;
