@@ -7,6 +7,7 @@
 //! Ratios to the baseline, not absolute figures, are what carry from one machine to another.
 
 mod additions;
+mod fleet;
 mod hits;
 mod load;
 mod marks;
@@ -119,6 +120,9 @@ enum Scenario {
     Memory,
     /// Get hits with a bearer token and with TLS, as ratios to the same daemon without.
     Security,
+    /// Fleet mode: Get hits and Sets through a daemon on Redis vs on sled (and Redis GET),
+    /// and the miss storm split across two daemons on one Redis.
+    Fleet,
 }
 
 /// The sizes of one run.
@@ -130,6 +134,7 @@ struct Plan {
     ping_pong_messages: u64,
     memory_items: u64,
     hot_key_secs: f64,
+    fleet_sets: u64,
 }
 
 impl Plan {
@@ -151,6 +156,7 @@ impl Plan {
                 .unwrap_or(if cli.quick { 50_000 } else { 1_000_000 })
                 .max(1),
             hot_key_secs: if cli.quick { 3.0 } else { 10.0 },
+            fleet_sets: if cli.quick { 5_000 } else { 20_000 },
         }
     }
 }
@@ -423,6 +429,31 @@ async fn run(cli: Cli) -> Result<(), String> {
         eprintln!("Get hits with a token and with TLS");
         let grid: Vec<hits::Setting> = hits::Setting::grid(&[100, 10 * 1024], &[16, 64], &[4]);
         report.security = secure::run(&bin, dir.path(), &grid, plan.spec, plan.rounds).await?;
+    }
+
+    if wants(Scenario::Fleet) {
+        match &redis_bin {
+            Some(redis) => {
+                eprintln!("fleet: daemons on one Redis beside one on sled");
+                let grid = hits::Setting::grid(&[100, 10 * 1024], &[16, 64], &[4]);
+                report.fleet = Some(
+                    fleet::run(
+                        &bin,
+                        redis,
+                        dir.path(),
+                        &grid,
+                        plan.spec,
+                        plan.rounds,
+                        plan.storm_gets,
+                        plan.fleet_sets,
+                    )
+                    .await?,
+                );
+            }
+            None => report
+                .notes
+                .push("fleet: left out (it needs redis-server)".into()),
+        }
     }
 
     if wants(Scenario::Memory) {

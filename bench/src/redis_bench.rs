@@ -14,6 +14,7 @@ use crate::procs::{self, Proc};
 /// A running redis-server and connections to it.
 pub struct RedisTarget {
     proc: Proc,
+    addr: std::net::SocketAddr,
     conns: Vec<MultiplexedConnection>,
 }
 
@@ -61,7 +62,16 @@ impl RedisTarget {
                     .map_err(|e| format!("cannot connect to redis at {addr}: {e}"))?,
             );
         }
-        Ok(RedisTarget { proc, conns: out })
+        Ok(RedisTarget {
+            proc,
+            addr,
+            conns: out,
+        })
+    }
+
+    /// A daemon's store URL for it (`redis://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
     }
 
     /// One of the connections.

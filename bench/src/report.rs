@@ -39,6 +39,8 @@ pub struct Report {
     pub redis_skipped: Option<String>,
     /// Get hits with a token and with TLS.
     pub security: Vec<crate::secure::Row>,
+    /// The fleet rows (a daemon on Redis beside one on sled).
+    pub fleet: Option<crate::fleet::Fleet>,
     /// Anything else left out, and why.
     pub notes: Vec<String>,
 }
@@ -312,6 +314,9 @@ impl Report {
         if !self.security.is_empty() {
             out += &crate::secure::table(&self.security);
         }
+        if let Some(fleet) = &self.fleet {
+            out += &crate::fleet::table(fleet);
+        }
         out
     }
 
@@ -335,6 +340,7 @@ impl Report {
                 "ratio": d.per_sec() / b.per_sec().max(f64::MIN_POSITIVE),
             })).collect::<Vec<_>>(),
             "near_cache": self.near.as_ref().map(NearRow::to_json),
+            "fleet": self.fleet.as_ref().map(crate::fleet::Fleet::to_json),
             "hot_key": self.hot_key.iter().map(crate::additions::HotKey::to_json).collect::<Vec<_>>(),
             "batched_refresh": self.batched.iter().map(crate::additions::Batched::to_json).collect::<Vec<_>>(),
             "memory": self.memory.as_ref().map(Memory::to_json),

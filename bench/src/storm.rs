@@ -93,7 +93,15 @@ pub async fn against_baseline(channels: &[Channel], gets: usize) -> Storm {
     storm(channels, gets, "bench.storm", rpc::args(100), 100).await
 }
 
-async fn storm(channels: &[Channel], gets: usize, job: &str, args: Vec<u8>, len: usize) -> Storm {
+/// `gets` concurrent Gets of `job`'s item `args`, task `i` on `channels[i mod n]`, released at
+/// once; each answer expected to hold `len` bytes.
+pub async fn storm(
+    channels: &[Channel],
+    gets: usize,
+    job: &str,
+    args: Vec<u8>,
+    len: usize,
+) -> Storm {
     let (go, ready) = watch::channel(false);
     let mut tasks = Vec::with_capacity(gets);
     for i in 0..gets {
