@@ -235,7 +235,10 @@ pub async fn run_with_reload(
     tracing::info!(
         listen = ?serving_on,
         metrics = ?config.metrics_listen,
-        data_dir = %config.data_dir.display(),
+        store = %match config.store.url.is_fleet() {
+            true => config.store.url.describe(),
+            false => format!("sled in {}", config.data_dir.display()),
+        },
         tls = tls.is_some(),
         auth_required = auth.required(),
         jobs,

@@ -37,8 +37,9 @@ use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh};
 use crate::store::Item;
 use crate::subscriptions::EventKind;
 
-/// How often a flight that joined another daemon's fetch looks again if no event came.
-const POLL: Duration = Duration::from_millis(100);
+/// How often a flight that joined another daemon's fetch looks again if no event came
+/// (events wake it at once; the poll finds a dead holder's lease run out).
+const POLL: Duration = Duration::from_millis(250);
 
 impl Engine {
     /// Everything known of `job`, asking the fleet when this daemon has not heard of it.
@@ -663,19 +664,49 @@ impl Engine {
     /// Hears the fleet's events for good: keeps jobs and marks current, wakes the flights
     /// that joined another daemon's fetch, tells the near caches of other daemons' changes.
     pub(crate) async fn follow_fleet(self, fleet: Fleet, mut events: mpsc::Receiver<FleetEvent>) {
-        while let Some(event) = events.recv().await {
-            if let Err(e) = self.hear(&fleet, event).await {
-                tracing::warn!(error = %e, "a change in the fleet could not be read: it is read again when the fleet reconnects");
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.closing() => return,
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            tokio::select! {
+                _ = shutdown.closing() => return,
+                heard = self.hear(&fleet, event) => if let Err(e) = heard {
+                    tracing::warn!(error = %e, "a change in the fleet could not be read: it is read again when the fleet reconnects");
+                },
             }
         }
     }
 
     async fn hear(&self, fleet: &Fleet, event: FleetEvent) -> Result<(), Error> {
         match event {
-            FleetEvent::Connected => {
-                let jobs = fleet.jobs().await?;
+            FleetEvent::Connected(subscription) => {
+                // Read until it works: the fleet stays down meanwhile, and a loss of this
+                // subscription makes `set_up` a no-op (a newer Connected follows).
+                let mut jobs = loop {
+                    match fleet.jobs().await {
+                        Ok(jobs) => break jobs,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the fleet's jobs yet: trying again");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                };
+                // Jobs whose workers are connected here stay known even if the Redis lost
+                // them (restarted empty): they are registered there again first.
+                for (job, entry) in self.job_entries() {
+                    let kept = jobs.configs.iter().any(|(j, _, _)| *j == job);
+                    if !kept && self.inner.workers.count(&job) > 0 {
+                        let epoch = fleet.put_job_while_down(&job, &entry.config).await?;
+                        jobs.configs.push((job, entry.config, epoch));
+                    }
+                }
                 self.replace_jobs(jobs);
-                fleet.set_up();
+                fleet.set_up(subscription);
             }
             FleetEvent::Lost => {
                 // What the near caches were told may have missed a change: they start over.

@@ -17,7 +17,7 @@ mod scripts;
 mod shim;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,8 +48,8 @@ const PING_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FleetEvent {
     /// Subscribed (again): everything held in memory must be read afresh, then the fleet
-    /// marked up ([`Fleet::set_up`]).
-    Connected,
+    /// marked up ([`Fleet::set_up`] with this subscription's number).
+    Connected(u64),
     /// The subscription is lost: changes may be missed from now on.
     Lost,
     /// An item changed.
@@ -173,6 +173,8 @@ struct Inner {
     up: AtomicBool,
     /// Why it is not up, for messages.
     down_reason: Mutex<String>,
+    /// Counts subscriptions and their losses: only the current one may mark the fleet up.
+    subscription: AtomicU64,
     /// This daemon's id in the events it publishes.
     origin: [u8; 16],
 }
@@ -198,6 +200,8 @@ impl Fleet {
                 .map(|n| redis::Client::open(n.as_str()).map_err(bad))
                 .collect::<Result<_, _>>()?,
         };
+        // rediss:// verifies the server with rustls, on the daemon's one provider (ring).
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let fleet = Fleet {
             inner: Arc::new(Inner {
                 name: url.describe(),
@@ -205,6 +209,7 @@ impl Fleet {
                 conn: ArcSwapOption::empty(),
                 up: AtomicBool::new(false),
                 down_reason: Mutex::new("not connected yet".into()),
+                subscription: AtomicU64::new(0),
                 origin: *uuid::Uuid::new_v4().as_bytes(),
             }),
         };
@@ -244,14 +249,22 @@ impl Fleet {
         )))
     }
 
-    /// Marks the fleet up, once the engine has read afresh what memory holds.
-    pub(crate) fn set_up(&self) {
+    /// Marks the fleet up, once the engine has read afresh what memory holds, if
+    /// `subscription` is still the current one (it was not lost meanwhile).
+    pub(crate) fn set_up(&self, subscription: u64) {
+        let _held = self.inner.down_reason.lock();
+        if self.inner.subscription.load(Ordering::Acquire) != subscription {
+            return;
+        }
         self.inner.up.store(true, Ordering::Release);
         tracing::info!(store = %self.inner.name, "the fleet's store is reachable: serving");
     }
 
     fn set_down(&self, reason: String) {
-        *self.inner.down_reason.lock() = reason.clone();
+        let mut held = self.inner.down_reason.lock();
+        self.inner.subscription.fetch_add(1, Ordering::AcqRel);
+        *held = reason.clone();
+        drop(held);
         if self.inner.up.swap(false, Ordering::AcqRel) {
             tracing::error!(store = %self.inner.name, %reason, "the fleet's store is unreachable: calls answer UNAVAILABLE until it is back");
         }
@@ -498,6 +511,15 @@ impl Fleet {
     /// Registers `config` for `job`; the job's epoch (kept if it had one).
     pub(crate) async fn put_job(&self, job: &JobName, config: &JobConfig) -> Result<u64, Error> {
         self.check_up()?;
+        self.put_job_while_down(job, config).await
+    }
+
+    /// [`put_job`](Fleet::put_job) before the fleet is marked up (on reconnecting).
+    pub(crate) async fn put_job_while_down(
+        &self,
+        job: &JobName,
+        config: &JobConfig,
+    ) -> Result<u64, Error> {
         let name = job.as_str();
         self.query::<i64>(
             redis::cmd("HSET")
@@ -717,7 +739,8 @@ impl Fleet {
             .map_err(|e| e.to_string())?;
         self.ping().await?;
         let mut messages = pubsub.into_on_message();
-        tx.send(FleetEvent::Connected)
+        let subscription = self.inner.subscription.fetch_add(1, Ordering::AcqRel) + 1;
+        tx.send(FleetEvent::Connected(subscription))
             .await
             .map_err(|_| "the engine is gone".to_string())?;
         let mut tick = tokio::time::interval(PING_EVERY);
