@@ -420,14 +420,14 @@ pub mod rules {
     }
 
     /// A daemon SIGKILLed while it holds an item's lease (its worker never answers) delays the
-    /// item by no more than the job's refresh_timeout: B's waiting Get is then fetched through
-    /// B's own worker.
+    /// item by no more than the job's refresh_timeout: B's Get, waiting on that lease while
+    /// A lived, is then fetched through B's own worker.
     pub async fn lease_of_a_killed_daemon_blocks_the_item_no_longer_than_refresh_timeout(
         url: &str,
     ) {
         const REFRESH_TIMEOUT: f64 = 3.0;
         let (mut a, _) = fleet_daemon(url).await;
-        let (b, _) = fleet_daemon(url).await;
+        let (b, mb) = fleet_daemon(url).await;
         let job = unique_job("fleet-killed");
         let mut wa = TestWorker::register(&a, &job, sync_config(REFRESH_TIMEOUT)).await;
         let mut wb = TestWorker::register(&b, &job, sync_config(REFRESH_TIMEOUT)).await;
@@ -436,9 +436,12 @@ pub mod rules {
         let _on_a = spawn_get(&a.client(), &job, b"[1]", None);
         let held = wa.next_fetch().await;
         let lease_end = wall(held.deadline.as_ref().expect("deadline"));
+        // B's Get arrives and joins A's lease: B sends its worker nothing for the item.
+        let pending = spawn_get(&cb, &job, b"[1]", None);
+        await_gets(&mb, &job, "miss", 1).await;
+        wb.assert_no_fetch(&cb, &job).await;
         a.kill().await;
 
-        let pending = spawn_get(&cb, &job, b"[1]", None);
         let fetch = wb.next_fetch().await;
         let arrived = SystemTime::now();
         assert_eq!(fetch.args, b"[1]");
@@ -453,7 +456,7 @@ pub mod rules {
         let r = join_get(pending).await.expect("B's Get");
         assert_eq!(r.state(), ItemState::Fresh);
         assert_eq!(r.data, b"\"b\"");
-        assert_eq!(wb.fetches().len(), 1);
+        assert_eq!(fetches_of(&[&wb], b"[1]"), 1);
     }
 
     /// A daemon with no worker of the job never takes the lease: its Gets wait for the result
