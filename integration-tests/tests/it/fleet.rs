@@ -14,8 +14,9 @@ use std::{
 };
 
 use cachebackd_proto::v1::{
-    cacheback_admin_client::CachebackAdminClient, FetchReason, FetchRequest, GetRequest,
-    GetResponse, InvalidateJobRequest, ItemEventKind, ItemState, JobConfig, ListJobsRequest,
+    cacheback_admin_client::CachebackAdminClient, DeleteJobRequest, FetchReason, FetchRequest,
+    GetRequest, GetResponse, InvalidateJobRequest, ItemEventKind, ItemState, JobConfig,
+    ListJobsRequest,
 };
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -419,6 +420,120 @@ pub mod rules {
         assert_eq!(peek(&mut cb, &j1, b"[2]").await.state(), ItemState::Fresh);
     }
 
+    /// An Invalidate on B while A's refresh of the item is in flight: that refresh may have
+    /// read the old data, so exactly one more refresh (reason INVALIDATED) follows it, and
+    /// every daemon ends up reading the last one's data.
+    pub async fn invalidate_on_another_daemon_during_a_fetch_triggers_one_more_refresh(url: &str) {
+        let (a, _) = fleet_daemon(url).await;
+        let (b, _) = fleet_daemon(url).await;
+        let job = unique_job("fleet-reinval");
+        let mut wa = TestWorker::register(&a, &job, sync_config(30.0)).await;
+        let mut wb = TestWorker::register(&b, &job, sync_config(30.0)).await;
+        let (mut ca, mut cb) = (a.client(), b.client());
+
+        set(&mut ca, &job, b"[1]", b"\"v1\"".to_vec(), None).await;
+        let inv = invalidate(&mut ca, &job, b"[1]").await;
+        assert!(inv.found && inv.refresh_scheduled);
+        let first = wa.next_fetch().await;
+        assert_eq!(first.reason(), FetchReason::Invalidated);
+        for _ in 0..3 {
+            assert!(invalidate(&mut cb, &job, b"[1]").await.found);
+        }
+        wa.assert_no_fetch(&ca, &job).await;
+        wb.assert_no_fetch(&cb, &job).await;
+
+        wa.reply_value(&first.request_id, b"\"v2\"".to_vec(), None)
+            .await;
+        let (who, second) = first_fetch(&mut [&mut wa, &mut wb]).await;
+        assert_eq!(second.args, b"[1]");
+        assert_eq!(second.reason(), FetchReason::Invalidated);
+        let holder = if who == 0 { &wa } else { &wb };
+        holder
+            .reply_value(&second.request_id, b"\"v3\"".to_vec(), None)
+            .await;
+        for c in [&ca, &cb] {
+            assert_eq!(
+                await_state(c, &job, b"[1]", ItemState::Fresh).await.data,
+                b"\"v3\""
+            );
+        }
+        wa.assert_no_fetch(&ca, &job).await;
+        wb.assert_no_fetch(&cb, &job).await;
+        assert_eq!(fetches_of(&[&wa, &wb], b"[1]"), 2);
+    }
+
+    /// A failed fetch of a missing item on A is remembered for error_ttl on B too: B's
+    /// synchronous Get answers the same UNAVAILABLE at once and fetches nothing; a Set on B
+    /// ends it.
+    pub async fn error_ttl_of_a_fetch_failed_on_one_daemon_holds_on_every_other(url: &str) {
+        let (a, _) = fleet_daemon(url).await;
+        let (b, _) = fleet_daemon(url).await;
+        let job = unique_job("fleet-errttl");
+        let config = JobConfig {
+            error_ttl: Some(dur(60.0)),
+            ..sync_config(20.0)
+        };
+        let mut wa = TestWorker::register(&a, &job, config.clone()).await;
+        let mut wb = TestWorker::register(&b, &job, config).await;
+        let (ca, mut cb) = (a.client(), b.client());
+
+        let pending = spawn_get(&ca, &job, b"[1]", None);
+        let fetch = wa.next_fetch().await;
+        wa.reply_error(&fetch.request_id, "origin is down").await;
+        let status = join_get(pending).await.expect_err("the fetch failed");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "origin is down")
+        );
+        for _ in 0..3 {
+            let status = try_get(&mut cb, &job, b"[1]", None)
+                .await
+                .expect_err("remembered on B");
+            assert_eq!(
+                (status.code(), status.message()),
+                (Code::Unavailable, "origin is down")
+            );
+        }
+        wb.assert_no_fetch(&cb, &job).await;
+        wa.assert_no_fetch(&ca, &job).await;
+
+        set(&mut cb, &job, b"[1]", b"\"set\"".to_vec(), None).await;
+        assert_eq!(get(&mut ca.clone(), &job, b"[1]").await.data, b"\"set\"");
+        assert_eq!(fetches_of(&[&wa, &wb], b"[1]"), 1);
+    }
+
+    /// A DeleteJob on A is seen on B at once: the job is unknown there and its items are
+    /// gone, until a worker registers it again.
+    pub async fn delete_job_on_one_daemon_is_seen_on_every_other(url: &str) {
+        let (a, _) = fleet_daemon(url).await;
+        let (b, _) = fleet_daemon(url).await;
+        let job = unique_job("fleet-deljob");
+        {
+            let _w = TestWorker::register(&a, &job, sync_config(30.0)).await;
+            let mut ca = a.client();
+            set(&mut ca, &job, b"[1]", b"1".to_vec(), None).await;
+        }
+        let mut cb = b.client();
+        assert_eq!(peek(&mut cb, &job, b"[1]").await.state(), ItemState::Fresh);
+        let deleted = CachebackAdminClient::new(channel(&a).await)
+            .delete_job(DeleteJobRequest { job: job.clone() })
+            .await
+            .expect("DeleteJob on A")
+            .into_inner();
+        assert!(deleted.found, "{deleted:?}");
+        let e = try_peek(&mut cb, &job, b"[1]")
+            .await
+            .expect_err("a deleted job");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+        let _w = TestWorker::register(&b, &job, sync_config(30.0)).await;
+        assert_eq!(
+            peek(&mut cb, &job, b"[1]").await.state(),
+            ItemState::Miss,
+            "the old items do not come back with the job"
+        );
+    }
+
     /// A daemon SIGKILLed while it holds an item's lease (its worker never answers) delays the
     /// item by no more than the job's refresh_timeout: B's Get, waiting on that lease while
     /// A lived, is then fetched through B's own worker.
@@ -600,6 +715,24 @@ async fn invalidate_tags_on_one_daemon_is_seen_on_every_other() {
 }
 
 #[tokio::test]
+async fn invalidate_on_another_daemon_during_a_fetch_triggers_one_more_refresh() {
+    let r = REDIS.get();
+    rules::invalidate_on_another_daemon_during_a_fetch_triggers_one_more_refresh(&r.url()).await;
+}
+
+#[tokio::test]
+async fn error_ttl_of_a_fetch_failed_on_one_daemon_holds_on_every_other() {
+    let r = REDIS.get();
+    rules::error_ttl_of_a_fetch_failed_on_one_daemon_holds_on_every_other(&r.url()).await;
+}
+
+#[tokio::test]
+async fn delete_job_on_one_daemon_is_seen_on_every_other() {
+    let r = REDIS.get();
+    rules::delete_job_on_one_daemon_is_seen_on_every_other(&r.url()).await;
+}
+
+#[tokio::test]
 async fn lease_of_a_killed_daemon_blocks_the_item_no_longer_than_refresh_timeout() {
     let r = REDIS.get();
     rules::lease_of_a_killed_daemon_blocks_the_item_no_longer_than_refresh_timeout(&r.url()).await;
@@ -634,7 +767,7 @@ fn assert_store_unavailable(status: &Status, what: &str) {
 #[tokio::test]
 async fn redis_outage_answers_unavailable_keeps_the_daemon_up_and_recovers_without_restart() {
     let mut redis = RedisServer::standalone();
-    let (a, _) = fleet_daemon(&redis.url()).await;
+    let (a, metrics) = fleet_daemon(&redis.url()).await;
     let job = unique_job("fleet-outage");
     let _w = TestWorker::register(&a, &job, sync_config(30.0)).await;
     let mut ca = a.client();
@@ -642,8 +775,20 @@ async fn redis_outage_answers_unavailable_keeps_the_daemon_up_and_recovers_witho
     assert_eq!(health(&a.endpoint()).await, ServingStatus::Serving);
     let pid = a.pid().expect("running");
 
+    let mut subscriber = Subscriber::open(&a).await;
+    subscriber.add(vec![item(&job, b"[1]")]).await;
+    await_subscribed(&metrics, 1.0).await;
+
     redis.stop();
     await_health(&a.endpoint(), ServingStatus::NotServing).await;
+    // The daemon can no longer vouch for what its near caches hold.
+    let reset = subscriber
+        .next()
+        .await
+        .expect("the stream stays open")
+        .expect("an event");
+    assert_eq!(reset.kind(), ItemEventKind::Reset, "{reset:?}");
+    assert!(reset.item.is_none(), "{reset:?}");
     let e = try_get(&mut ca, &job, b"[1]", Some(false))
         .await
         .expect_err("Get while Redis is down");

@@ -62,3 +62,9 @@ async fn cluster_subscribe_on_one_daemon_hears_writes_made_on_another() {
     let c = CLUSTER.get();
     rules::subscribe_on_one_daemon_hears_writes_made_on_another(&c.url()).await;
 }
+
+#[tokio::test]
+async fn cluster_invalidate_on_another_daemon_during_a_fetch_triggers_one_more_refresh() {
+    let c = CLUSTER.get();
+    rules::invalidate_on_another_daemon_during_a_fetch_triggers_one_more_refresh(&c.url()).await;
+}
