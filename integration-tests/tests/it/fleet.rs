@@ -473,7 +473,7 @@ pub mod rules {
             error_ttl: Some(dur(60.0)),
             ..sync_config(20.0)
         };
-        let mut wa = TestWorker::register(&a, &job, config.clone()).await;
+        let mut wa = TestWorker::register(&a, &job, config).await;
         let mut wb = TestWorker::register(&b, &job, config).await;
         let (ca, mut cb) = (a.client(), b.client());
 
