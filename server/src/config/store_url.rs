@@ -62,6 +62,8 @@ impl FromStr for StoreUrl {
             .ok_or_else(|| format!("store URL {s:?} has no scheme: {EXAMPLES}"))?;
         match scheme {
             "redis" | "rediss" => {
+                // `#insecure` (the redis crate's: TLS without verifying the server) is kept.
+                let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
                 let (_, hostport, db) = split_authority(rest, s)?;
                 if let Some(db) = db {
                     db.parse::<u32>().map_err(|_| {
