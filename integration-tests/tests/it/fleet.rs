@@ -810,10 +810,15 @@ async fn redis_outage_answers_unavailable_keeps_the_daemon_up_and_recovers_witho
     redis.start_again();
     await_health(&a.endpoint(), ServingStatus::Serving).await;
     assert_eq!(a.pid(), Some(pid), "the same process serves");
-    // The job is registered again (a new Redis knows nothing); nothing from before the
-    // outage is served, and the daemon reads and writes again.
-    let _w2 = TestWorker::register(&a, &job, sync_config(30.0)).await;
+    // The new Redis holds nothing, but the job's worker stayed connected to A, so the job
+    // is still known there; nothing from before the outage is served, and the daemon reads
+    // and writes again. A second daemon learns the job from A's Redis.
     assert_eq!(peek(&mut ca, &job, b"[1]").await.state(), ItemState::Miss);
+    let (b, _) = fleet_daemon(&redis.url()).await;
+    assert_eq!(
+        peek(&mut b.client(), &job, b"[1]").await.state(),
+        ItemState::Miss
+    );
     set(&mut ca, &job, b"[1]", b"\"after\"".to_vec(), None).await;
     let r = get(&mut ca, &job, b"[1]").await;
     assert_eq!(r.state(), ItemState::Fresh);
