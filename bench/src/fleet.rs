@@ -32,6 +32,11 @@ const SET_JOB: &str = "bench.fleet.set";
 /// Connections to each daemon.
 const CONNS: usize = 4;
 
+/// Connections to each daemon in the split storm: enough that no connection carries more
+/// Gets than the daemon's 1,000 concurrent streams per connection (a Get queued behind
+/// that limit would reach the daemon only after the fetch landed).
+const STORM_CONNS: usize = 8;
+
 /// Everything the fleet rows measured.
 pub struct Fleet {
     /// Get hits: `daemon` is the daemon on Redis, `baseline` the daemon on sled, `redis`
@@ -130,6 +135,7 @@ pub fn table(fleet: &Fleet) -> String {
 /// A daemon under test and connections to it.
 struct Target {
     proc: Proc,
+    addr: SocketAddr,
     channels: Vec<Channel>,
 }
 
@@ -147,7 +153,11 @@ async fn start(bin: &Path, dir: &Path, name: &str, store: Option<&str>) -> Resul
     .await?;
     let channels = rpc::channels(addr, CONNS).await?;
     wait_serving(addr, &channels[0]).await?;
-    Ok(Target { proc, channels })
+    Ok(Target {
+        proc,
+        addr,
+        channels,
+    })
 }
 
 /// Listening is not serving: the daemon on Redis answers UNAVAILABLE until its store is
@@ -250,9 +260,11 @@ pub async fn run(
     on_sled.proc.stop(Duration::from_secs(30)).await?;
 
     let second = start(bin, dir, "fleet-redis-b", Some(&url)).await?;
+    let storm_a = rpc::channels(on_redis.addr, STORM_CONNS).await?;
+    let storm_b = rpc::channels(second.addr, STORM_CONNS).await?;
     let mut storms = Vec::new();
     for delay in [Duration::from_millis(50), Duration::from_secs(2)] {
-        let s = split_storm(&on_redis.channels, &second.channels, storm_gets, delay).await?;
+        let s = split_storm(&storm_a, &storm_b, storm_gets, delay).await?;
         eprintln!(
             "  split storm, fetch {delay:?}: fetches issued {:?}, {} ok ({} waited), {} failed",
             s.fetches, s.ok, s.waited, s.errors
@@ -260,6 +272,7 @@ pub async fn run(
         storms.push(s);
     }
 
+    drop((storm_a, storm_b));
     for t in [on_redis, second] {
         drop(t.channels);
         t.proc.stop(Duration::from_secs(30)).await?;
