@@ -6,7 +6,8 @@
 //! at random: app servers given the same list spread over the fleet instead of all
 //! landing on the first URL, and a dead first daemon does not send all of them to the
 //! second. It stays there until a call finds that daemon down (the connection refused
-//! or broken: a transport failure, never a status the daemon answered), then moves to
+//! or broken: a transport failure, never a status the daemon answered; or the daemon
+//! draining), then moves to
 //! the next URL in the list and stays there; it never moves back by itself.
 
 use std::hash::{BuildHasher, Hasher};
@@ -103,13 +104,20 @@ pub(crate) fn random_start(n: usize) -> usize {
     (hasher.finish() % n.max(1) as u64) as usize
 }
 
+/// What a draining daemon answers the calls it can no longer serve (the daemon's
+/// `Error::ShuttingDown`): another daemon may serve them.
+const SHUTTING_DOWN: &str = "cachebackd is shutting down";
+
 /// Whether a failed call found its daemon down rather than refusing the call: a status
 /// that tonic made from a transport error (connection refused or reset, the channel
 /// broken) carries that error as its source, while every status the daemon answered
-/// (even `UNAVAILABLE` for a failed fetch) has none. A client-side deadline is not a
-/// daemon down: a Get may rightly wait for a fetch.
+/// (even `UNAVAILABLE` for a failed fetch) has none; or the daemon is draining. A
+/// client-side deadline is not a daemon down: a Get may rightly wait for a fetch.
 pub(crate) fn is_daemon_down(status: &tonic::Status) -> bool {
     use std::error::Error as _;
+    if status.code() == tonic::Code::Unavailable && status.message() == SHUTTING_DOWN {
+        return true;
+    }
     let transport = status.source().is_some();
     let deadline = matches!(
         status.code(),
@@ -144,6 +152,7 @@ mod tests {
     #[test]
     fn a_status_the_daemon_answered_is_not_a_daemon_down() {
         assert!(!is_daemon_down(&tonic::Status::unavailable("fetch failed")));
+        assert!(is_daemon_down(&tonic::Status::unavailable(SHUTTING_DOWN)));
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(is_daemon_down(&tonic::Status::from_error(Box::new(
             refused
