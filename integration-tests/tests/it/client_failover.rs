@@ -247,3 +247,84 @@ async fn the_near_cache_drops_everything_when_its_daemon_is_killed_and_serves_fr
     assert_eq!(probe.fetches(), 2);
     worker.stop().await.unwrap();
 }
+
+/// A `redis-server` on a free loopback port, without persistence, killed by pid on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let redis = Redis { child, port };
+        eventually(WAIT, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn in_a_fleet_a_failed_over_client_reads_what_it_wrote_through_the_dead_daemon() {
+    let redis = Redis::start().await;
+    let fleet_daemon = || {
+        Daemon::builder()
+            .args(["--store", redis.url().as_str()])
+            .start()
+    };
+    let (mut a, mut b) = (fleet_daemon().await, fleet_daemon().await);
+    let urls = [a.endpoint(), b.endpoint()];
+    let probe = Probe::default();
+    let client = Client::connect_any(&urls).await.unwrap();
+    let worker = start(quick_worker(client.clone()).serve(Tweets(probe.clone()))).await;
+    let job = Tweets(probe.clone());
+    let tweets = client.job(&job);
+    let bob = "bob".to_owned();
+    assert_eq!(tweets.get(&bob).await.unwrap().unwrap(), ["bob #1"]);
+    tweets
+        .set(&"ann".to_owned(), &vec!["written".to_owned()])
+        .await
+        .unwrap();
+
+    let (used, other) = in_use(&client, &mut a, &mut b);
+    let other_url = other.endpoint();
+    used.kill().await;
+    // The other daemon serves the same store: both items are FRESH hits, nothing fetched.
+    let item = tweets.get_item(&bob).await.unwrap();
+    assert_eq!(client.url(), other_url);
+    assert_eq!((item.state, item.fetched), (ItemState::Fresh, false));
+    assert_eq!(item.data.unwrap(), ["bob #1"]);
+    assert_eq!(
+        tweets.get(&"ann".to_owned()).await.unwrap().unwrap(),
+        ["written"]
+    );
+    // A miss is fetched by the worker's stream to the daemon still up.
+    assert_eq!(
+        tweets.get(&"cat".to_owned()).await.unwrap().unwrap(),
+        ["cat #2"]
+    );
+    assert_eq!(probe.fetches(), 2);
+    worker.stop().await.unwrap();
+}
