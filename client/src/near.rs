@@ -102,9 +102,6 @@ struct Link {
     tx: Option<mpsc::UnboundedSender<pb::SubscribeRequest>>,
     /// Bumped at every loss of the stream: a read that began before is not kept.
     generation: u64,
-    /// The client's daemon moves (see [`Daemons::moved`]) when the stream came up: a
-    /// stream opened on a daemon the client has since left is not used.
-    moves: u64,
     subscribed: HashMap<Box<[u8]>, Held>,
 }
 
@@ -330,7 +327,6 @@ impl NearCache {
             return false;
         }
         self.drop_all(Some(tx));
-        self.link.lock().moves = moves;
         true
     }
 
