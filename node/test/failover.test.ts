@@ -4,6 +4,8 @@
  * answers never moves the client, and with every daemon down the error names each URL. */
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { connect } from "node:net";
 import { afterEach, test } from "node:test";
 
 import { Client, FetchFailed, Job, NoDaemonError, Worker } from "../src";
@@ -180,4 +182,48 @@ test("the near cache drops everything when its daemon is killed and serves from 
   assert.deepEqual(await reader.get("bob"), ["bob #2"]);
   assert.equal(near.nearCacheStats()!.hits, hits + 1);
   assert.deepEqual(tweets.calls, ["bob", "bob"]);
+});
+
+/** A redis-server on a free loopback port, without persistence, killed by pid at the end. */
+async function redis(): Promise<string> {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  cleanup.push(() => void proc.kill("SIGKILL"));
+  await eventually(
+    () =>
+      new Promise<true | undefined>((resolve) => {
+        const socket = connect(port, "127.0.0.1", () => {
+          socket.end();
+          resolve(true);
+        });
+        socket.on("error", () => resolve(undefined));
+      }),
+    "redis-server to listen",
+  );
+  return `redis://127.0.0.1:${port}`;
+}
+
+test("in a fleet a failed-over client reads what it wrote through the dead daemon", async () => {
+  const store = await redis();
+  const a = await Daemon.start({ args: ["--store", store] });
+  const b = await Daemon.start({ args: ["--store", store] });
+  cleanup.push(() => a.close(), () => b.close());
+  const fleet = client([a.url, b.url]);
+  const tweets = new Tweets(fleet);
+  await started(fleet, tweets);
+  assert.deepEqual(await tweets.get("bob"), ["bob #1"]);
+  await tweets.set("ann", ["written"]);
+
+  const [used, other] = inUse(fleet, a, b);
+  await used.kill();
+  // The other daemon serves the same store: both are FRESH hits, nothing fetched.
+  const item = await tweets.getItem("bob");
+  assert.equal(fleet.target, other.listen);
+  assert.deepEqual([item.state, item.fetched, item.data], ["FRESH", false, ["bob #1"]]);
+  assert.deepEqual(await tweets.get("ann"), ["written"]);
+  // A miss is fetched through the worker's stream to the daemon still up.
+  assert.deepEqual(await tweets.get("cat"), ["cat #2"]);
+  assert.deepEqual(tweets.calls, ["bob", "cat"]);
 });

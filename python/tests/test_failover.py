@@ -7,12 +7,15 @@ each target tried."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Union
+import shutil
+import socket
+import subprocess
+from typing import Callable, Iterator, Union
 
 import grpc
 import pytest
 
-from cachebackd import Client, FetchFailed, Job, NoDaemonError, Worker
+from cachebackd import Client, FetchFailed, ItemState, Job, NoDaemonError, Worker
 from cachebackd.aio import AsyncClient
 from conftest import Daemon, free_port
 from support import WAIT, Calls, Tweets, eventually
@@ -188,5 +191,55 @@ def test_the_near_cache_drops_everything_when_its_daemon_is_killed_and_serves_fr
         hits = near.near_cache_stats().hits  # type: ignore[union-attr]
         assert tweets.get("bob") == ["bob tweet 2"]
         assert near.near_cache_stats().hits == hits + 1  # type: ignore[union-attr]
+        assert calls.count == 2
+        worker.stop()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A redis-server on a free loopback port, without persistence, killed by pid."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is needed (apt-get install redis-server)"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+
+        def reachable() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        eventually(reachable, bool)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_in_a_fleet_a_failed_over_client_reads_what_it_wrote_through_the_dead_daemon(
+    redis_url: str, make_daemon: Callable[..., Daemon], calls: Calls
+) -> None:
+    # redis_url first: set up before the daemons, so it is stopped after them.
+    a, b = make_daemon("--store", redis_url), make_daemon("--store", redis_url)
+    with Client([a.target, b.target], timeout=WAIT) as client:
+        worker = started(client, Tweets(calls))
+        tweets = Tweets(calls, client)
+        assert tweets.get("bob") == ["bob tweet 1"]
+        tweets.set("ann", ["written"])
+
+        used, other = in_use(client, a, b)
+        used.kill()
+        # The other daemon serves the same store: both are FRESH hits, nothing fetched.
+        item = tweets.get_item("bob")
+        assert client.target == other.target
+        assert (item.state, item.fetched, item.data) == (ItemState.FRESH, False, ["bob tweet 1"])
+        assert tweets.get("ann") == ["written"]
+        # A miss is fetched through the worker's stream to the daemon still up.
+        assert tweets.get("cat") == ["cat tweet 2"]
         assert calls.count == 2
         worker.stop()
