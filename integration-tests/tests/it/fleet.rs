@@ -772,7 +772,8 @@ async fn redis_outage_answers_unavailable_keeps_the_daemon_up_and_recovers_witho
     let _w = TestWorker::register(&a, &job, sync_config(30.0)).await;
     let mut ca = a.client();
     set(&mut ca, &job, b"[1]", b"\"before\"".to_vec(), None).await;
-    assert_eq!(health(&a.endpoint()).await, ServingStatus::Serving);
+    // Health follows the store on a 250 ms tick: it may lag the first calls a moment.
+    await_health(&a.endpoint(), ServingStatus::Serving).await;
     let pid = a.pid().expect("running");
 
     let mut subscriber = Subscriber::open(&a).await;
