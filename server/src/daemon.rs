@@ -120,6 +120,8 @@ pub async fn run_with_reload(
         metrics.clone(),
         shutdown.clone(),
     )?;
+    // The daemon serves at once; what a start counts of the items is counted meanwhile.
+    engine.store().clone().count_in_background();
 
     let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
