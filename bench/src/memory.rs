@@ -162,7 +162,9 @@ async fn counted(proc: &Proc, addr: SocketAddr, items: u64) -> Result<Duration, 
             return Ok(proc.started.elapsed());
         }
         if Instant::now() >= deadline {
-            return Err(format!("ListJobs did not count {items} items within 10 minutes"));
+            return Err(format!(
+                "ListJobs did not count {items} items within 10 minutes"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -327,6 +327,10 @@ impl From<Usage> for Counts {
 pub(crate) trait Store: Send + Sync + 'static {
     /// Reads an item. A record that fails to decode is removed, counted and reported absent.
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
+    /// Reads several items in one pass (GetMany), each as [`Store::get`] would.
+    fn get_many(&self, keys: &[&ItemKey]) -> Vec<Result<Option<Item>, Error>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Writes an item.
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error>;
     /// Removes an item; whether it was there.
@@ -586,10 +590,7 @@ const USAGE_PREFIX: &[u8] = b"usage:";
 /// The usage counts a clean stop saved, if it did (else they are to be counted from the
 /// items, `census`). The saved ones are dropped at once, durably, so that a crash from
 /// here on counts again.
-fn load_usage(
-    db: &sled::Db,
-    meta: &sled::Tree,
-) -> Result<Option<HashMap<Vec<u8>, Counts>>, Error> {
+fn load_usage(db: &sled::Db, meta: &sled::Tree) -> Result<Option<HashMap<Vec<u8>, Counts>>, Error> {
     let mut usage: Option<HashMap<Vec<u8>, Counts>> = None;
     if meta.remove(USAGE_SAVED)?.is_some() {
         let usage = usage.get_or_insert_with(HashMap::new);
@@ -639,6 +640,31 @@ impl Store for SledStore {
         }
     }
 
+    fn get_many(&self, keys: &[&ItemKey]) -> Vec<Result<Option<Item>, Error>> {
+        let read: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let Some(bytes) = self.items.get(key.as_bytes())? else {
+                    return Ok(None);
+                };
+                match Item::decode(&bytes) {
+                    Some(item) => Ok(Some(item)),
+                    None => {
+                        self.drop_corrupt(key.as_bytes(), "item");
+                        Ok(None)
+                    }
+                }
+            })
+            .collect();
+        // Every item found counts as used, under one lock of the order.
+        let found = keys
+            .iter()
+            .zip(&read)
+            .filter(|(_, r)| matches!(r, Ok(Some(_))));
+        self.recency.touch_all(found.map(|(k, _)| k.as_bytes()));
+        read
+    }
+
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
         self.space.admit()?;
         let record = item.encode();
@@ -670,7 +696,12 @@ impl Store for SledStore {
         self.recency.remove(key.as_bytes());
         let old = self.items.remove(key.as_bytes())?;
         let found = old.is_some();
-        self.counted(pass.as_mut(), key.as_bytes(), old.map(|v| data_len(&v)), None);
+        self.counted(
+            pass.as_mut(),
+            key.as_bytes(),
+            old.map(|v| data_len(&v)),
+            None,
+        );
         Ok(found)
     }
 
@@ -799,7 +830,9 @@ impl Store for SledStore {
     fn close(&self) -> Result<(), Error> {
         self.census.stop();
         if self.census.counting() {
-            tracing::info!("the store's items were not all counted yet: the next start counts them again");
+            tracing::info!(
+                "the store's items were not all counted yet: the next start counts them again"
+            );
             self.db.flush()?;
             return Ok(());
         }

@@ -36,6 +36,7 @@ mod policy_support;
 mod policy_tags;
 mod reads;
 mod registration;
+mod restart_count;
 mod security_auth;
 mod security_support;
 mod security_tls;

@@ -26,6 +26,7 @@ mod additions_tests;
 mod backoff;
 mod flights;
 mod jobs;
+mod many;
 mod sweeper;
 mod tags;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use parking_lot::{Mutex, RwLock};
 
 use flights::{wait_flight, Table, SHARDS};
 pub(crate) use jobs::JobEntry;
+pub(crate) use many::HitCandidate;
 
 use crate::clock::Clock;
 use crate::counters::{Found, Metrics};

@@ -114,10 +114,16 @@ impl Census {
 impl Census {
     /// Runs the count of `store` in a thread of its own, which holds the store until it is
     /// done or the store closes (a plain thread, not a task: it reads the disk for seconds).
+    /// A store of at most one chunk is counted at once, before the daemon serves: its
+    /// counts are exact from the first call.
     pub(super) fn start(store: Arc<SledStore>) {
+        let started = std::time::Instant::now();
+        if !store.walk(Some(1), started) {
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("cachebackd-count".into())
-            .spawn(move || store.count());
+            .spawn(move || store.walk(None, started));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the count of the store's items");
         }
@@ -125,19 +131,29 @@ impl Census {
 }
 
 impl SledStore {
-
     /// Runs the count to its end (or until the store closes). It reads every item: damage
     /// it finds (sled's error, or its panic) marks the store suspect, for the next start
     /// to move aside and salvage (`open`); this one serves what it can read.
+    #[cfg(test)]
     pub(super) fn count(&self) {
-        let started = std::time::Instant::now();
+        self.walk(None, std::time::Instant::now());
+    }
+
+    /// Runs at most `steps` steps of the count (all of them if `None`); whether there is
+    /// more to count. `started`: when the count began, for its log line.
+    fn walk(&self, steps: Option<usize>, started: std::time::Instant) -> bool {
         let counting = self.census.counting();
         let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            while self.count_step()? {}
-            Ok::<(), sled::Error>(())
+            for _ in 0..steps.unwrap_or(usize::MAX) {
+                if !self.count_step()? {
+                    return Ok(false);
+                }
+            }
+            Ok::<bool, sled::Error>(true)
         }));
         let damage = match walked {
-            Ok(Ok(())) => None,
+            Ok(Ok(true)) => return true,
+            Ok(Ok(false)) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some("sled panicked while reading them".to_owned()),
         };
@@ -146,7 +162,7 @@ impl SledStore {
             tracing::error!(error = %e, "THE STORE IS DAMAGED: its items could not all be read; the daemon serves what it can, and the counts stay inexact; restart it to move the store aside and salvage what can be read");
             super::open::mark_suspect(&self.data_dir);
             self.finish_count(false);
-            return;
+            return false;
         }
         if counting && !self.census.counting() {
             tracing::info!(
@@ -154,6 +170,7 @@ impl SledStore {
                 "the store's items are counted"
             );
         }
+        false
     }
 
     /// Reads the next chunk of items; `false` once the walk is over.
@@ -233,7 +250,10 @@ mod tests {
     /// Stored `age_s` seconds ago, `len` bytes of data.
     fn item(age_s: u64, len: usize) -> Item {
         let at = SystemTime::now() - Duration::from_secs(age_s);
-        Item::data(policy::times_for_new(at, Duration::from_secs(60)), vec![7; len])
+        Item::data(
+            policy::times_for_new(at, Duration::from_secs(60)),
+            vec![7; len],
+        )
     }
 
     /// Opens the store at `dir` as the daemon does (nothing counted yet), once the last
@@ -268,7 +288,9 @@ mod tests {
     fn crashed_store(dir: &Path) {
         let store = open_uncounted(dir, u64::MAX);
         for i in 0..N {
-            store.put(&key(i), &item((N - i) as u64, 100 + i % 50)).unwrap();
+            store
+                .put(&key(i), &item((N - i) as u64, 100 + i % 50))
+                .unwrap();
         }
         store.flush().unwrap();
     }

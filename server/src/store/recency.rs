@@ -63,6 +63,14 @@ impl Recency {
         self.inner.lock().items.promote(key);
     }
 
+    /// Gets found `keys`: each becomes the most recently used, in order (one lock).
+    pub(super) fn touch_all<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut order = self.inner.lock();
+        for key in keys {
+            order.items.promote(key);
+        }
+    }
+
     /// `key` now takes `size` bytes and is the most recently used. Returns the keys to
     /// evict (already out of the order, least recently used first) to get back under the
     /// bound; never `key` itself, so a write is never undone for space.
