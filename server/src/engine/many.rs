@@ -3,7 +3,7 @@
 //! jobs and one read of the store for all of them, instead of as a Get of its own (a
 //! future, a job lookup, a store read and a lock of the recency order each). Whatever
 //! else an item needs — a fetch, a refresh, a stale answer — is left to [`Engine::get`],
-//! which decides it again from the start.
+//! which decides it again from the start. In fleet mode every item goes there.
 
 use super::{served, Engine, GetOptions, GetOutcome};
 use crate::model::{ItemKey, ItemState, JobName};
@@ -24,6 +24,10 @@ impl Engine {
     /// [`Engine::get`] counts it; `None` for every other (unknown job, store error, miss,
     /// stale, a refresh to start): those go through [`Engine::get`].
     pub(crate) fn get_fresh_many(&self, items: &[HitCandidate<'_>]) -> Vec<Option<GetOutcome>> {
+        if self.inner.fleet.is_some() {
+            // A fleet's items are in Redis, read by the fleet path of `Engine::get`.
+            return items.iter().map(|_| None).collect();
+        }
         let jobs = self.inner.jobs.read();
         let keys: Vec<&ItemKey> = items.iter().map(|c| c.key).collect();
         let stored = self.inner.store.get_many(&keys);
