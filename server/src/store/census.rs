@@ -212,7 +212,7 @@ impl SledStore {
             let mut state = self.census.state.lock();
             let mut found = std::mem::take(&mut state.found);
             // Newest first: each goes behind the one before, so the oldest ends last.
-            found.sort_by(|a, b| b.0.cmp(&a.0));
+            found.sort_by_key(|f| std::cmp::Reverse(f.0));
             for (_, key, size) in found {
                 if !state.touched.contains(key.as_ref()) {
                     self.recency.place_oldest(&key, size);
