@@ -2,7 +2,8 @@
 //! did not follow a clean stop) and its place in the recency order, read while the daemon
 //! already serves.
 //!
-//! Reading every item before serving took 3.0 s for 1M × 1 KiB after a crash. Now the
+//! Reading every item before serving (damage check, recency order, and after a crash the
+//! count) took 10–11 s for 1M × 1 KiB (docs/BENCHMARKS.md). Now the
 //! store opens, the daemon serves, and one thread walks the items in key order, a chunk at
 //! a time, under [`Census`]'s lock. A write that lands meanwhile holds the same lock around
 //! its change, so that each item is counted exactly once:
@@ -17,7 +18,8 @@
 //! does not know the rest yet. At the end the walk puts every key that no write touched
 //! behind them, the oldest stored last (the order of use before the restart is not kept),
 //! and then evicts what is over the bound. A store may so run over `max_bytes` while it
-//! counts, by what is written meanwhile.
+//! counts, by what is written meanwhile. A read meanwhile of a key the walk has not placed
+//! does not count as a use (the Get path takes no lock of the count).
 
 use std::collections::HashSet;
 use std::ops::Bound;
