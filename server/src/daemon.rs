@@ -22,7 +22,9 @@ use crate::auth::Auth;
 use crate::config::{Config, ListenAddr};
 use crate::connections::{self, Connections};
 use crate::counters::Metrics;
+use crate::budget::ByteBudget;
 use crate::engine::Engine;
+use crate::intake::IntakeLayer;
 use crate::oversize::OversizeLayer;
 use crate::security::Reloader;
 use crate::service::CachebackService;
@@ -146,6 +148,7 @@ pub async fn run_with_reload(
     // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
     crate::health::set_all(&health, ServingStatus::Serving).await;
     let connections = Connections::new(config.max_connections, config.idle_timeout);
+    let answers = ByteBudget::new(config.max_answer_bytes);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
@@ -157,6 +160,10 @@ pub async fn run_with_reload(
                 max_data_bytes: config.max_data_bytes,
             })
             .layer(auth.layer())
+            .layer(IntakeLayer {
+                budget: answers.clone(),
+                max_message: max,
+            })
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -188,6 +195,7 @@ pub async fn run_with_reload(
     if let Some(l) = metrics_listener {
         let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         connections::register_metrics(&mut registry, connections.stats());
+        crate::intake::register_metrics(&mut registry, &answers);
         auth.register_metrics(&mut registry);
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
     }

@@ -31,6 +31,7 @@ pub mod daemon;
 mod engine;
 pub mod error;
 mod health;
+mod intake;
 mod logs;
 mod metrics;
 mod model;
