@@ -93,7 +93,19 @@ impl WorkerStream {
                     .await;
                 return;
             }
-            Ok(None) | Err(_) => return,
+            Err(e @ (IntakeError::TooLarge { .. }
+            | IntakeError::Compressed(_)
+            | IntakeError::Truncated
+            | IntakeError::Decode(_))) => {
+                let _ = reg_tx
+                    .send(Err(Status::invalid_argument(format!(
+                        "the first message on this stream cannot be read: {}",
+                        clip(&e.to_string())
+                    ))))
+                    .await;
+                return;
+            }
+            Ok(None) | Err(IntakeError::Broken(_)) => return,
         };
         let max_batch = register.max_batch.clamp(1, MAX_MAX_IN_FLIGHT) as usize;
         let (job, config, worker_id, max_in_flight) = match self.register(register).await {
