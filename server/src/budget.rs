@@ -101,7 +101,56 @@ pub(crate) struct ByteBudget {
 /// Bytes taken from a [`ByteBudget`], given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Held {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Held {
+    /// How many bytes are held.
+    pub(crate) fn len(&self) -> usize {
+        self.permit.num_permits()
+    }
+
+    /// Moves `n` of the bytes held (at most all) into a `Held` of their own.
+    pub(crate) fn split(&mut self, n: usize) -> Option<Held> {
+        let permit = self.permit.split(n.min(self.len()))?;
+        Some(Held { permit })
+    }
+
+    /// Holds `other`'s bytes too.
+    fn merge(&mut self, other: Held) {
+        self.permit.merge(other.permit);
+    }
+}
+
+/// Bytes of responses handed to one connection and not yet written to its socket: they
+/// stay taken from the budget until the connection writes as many bytes (or closes). The
+/// bytes written count every frame on the connection, so this gives back a little early
+/// (frame headers, other calls' bytes), never late.
+#[derive(Debug, Default)]
+pub(crate) struct WritePool {
+    held: parking_lot::Mutex<Option<Held>>,
+}
+
+impl WritePool {
+    /// `held` is handed to the connection.
+    pub(crate) fn add(&self, held: Held) {
+        let mut pool = self.held.lock();
+        match pool.as_mut() {
+            Some(h) => h.merge(held),
+            None => *pool = Some(held),
+        }
+    }
+
+    /// The connection wrote `n` bytes: as many are given back.
+    pub(crate) fn written(&self, n: usize) {
+        let mut pool = self.held.lock();
+        let Some(h) = pool.as_mut() else { return };
+        if n >= h.len() {
+            *pool = None;
+        } else {
+            drop(h.split(n));
+        }
+    }
 }
 
 impl ByteBudget {
@@ -124,7 +173,7 @@ impl ByteBudget {
             .ok()
             .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok());
         match taken {
-            Some(permit) => Some(Held { _permit: permit }),
+            Some(permit) => Some(Held { permit }),
             None => {
                 self.refused.inc();
                 None
@@ -231,5 +280,21 @@ mod tests {
         drop(b);
         assert_eq!(budget.in_use(), 0);
         assert!(budget.take(101).is_none());
+    }
+
+    #[test]
+    fn a_write_pool_gives_back_what_is_written() {
+        let budget = ByteBudget::new(100);
+        let mut held = budget.take(80).unwrap();
+        let pool = WritePool::default();
+        pool.add(held.split(30).unwrap());
+        pool.add(held.split(20).unwrap());
+        assert_eq!(held.len(), 30);
+        drop(held);
+        assert_eq!(budget.in_use(), 50);
+        pool.written(45);
+        assert_eq!(budget.in_use(), 5);
+        pool.written(1000);
+        assert_eq!(budget.in_use(), 0);
     }
 }

@@ -31,6 +31,7 @@ use crate::service::CachebackService;
 use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
+use crate::unsent::UnsentLayer;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,7 @@ pub async fn run_with_reload(
     crate::health::set_all(&health, ServingStatus::Serving).await;
     let connections = Connections::new(config.max_connections, config.idle_timeout);
     let answers = ByteBudget::new(config.max_answer_bytes);
+    let unsent = ByteBudget::new(config.max_unsent_bytes);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
@@ -156,6 +158,10 @@ pub async fn run_with_reload(
             .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
             .layer(connections.layer())
+            .layer(UnsentLayer {
+                budget: unsent.clone(),
+                connections: connections.clone(),
+            })
             .layer(OversizeLayer {
                 max_data_bytes: config.max_data_bytes,
             })
@@ -196,6 +202,7 @@ pub async fn run_with_reload(
         let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         connections::register_metrics(&mut registry, connections.stats());
         crate::intake::register_metrics(&mut registry, &answers);
+        crate::unsent::register_metrics(&mut registry, &unsent);
         auth.register_metrics(&mut registry);
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
     }

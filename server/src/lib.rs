@@ -45,5 +45,6 @@ mod subscribe_stream;
 mod subscriptions;
 pub mod systemd;
 mod tls;
+mod unsent;
 mod worker_stream;
 mod workers;

@@ -4,7 +4,7 @@
 //! spoken frame by frame (`raw_grpc`), to hold a message half sent.
 
 use bytes::Bytes;
-use cachebackd_proto::v1::{daemon_message, DaemonMessage, FetchRequest};
+use cachebackd_proto::v1::{daemon_message, DaemonMessage, FetchRequest, GetRequest};
 use prost::Message;
 use tonic::Code;
 
@@ -213,4 +213,91 @@ async fn bytes_that_are_not_protobuf_end_a_worker_stream_with_invalid_argument()
 
     // The daemon is up and its data intact.
     assert_eq!(get(&mut c, "junk", "[\"kept\"]").await.data, b"intact");
+}
+
+#[tokio::test]
+async fn responses_a_client_does_not_read_hold_at_most_the_unsent_budget() {
+    const STREAMS: usize = 200;
+    let (d, metrics) = daemon(&["--max-unsent-bytes", "18MiB"]).await;
+    let _w = TestWorker::register(&d, "slow", job_config(3600.0, 30.0)).await;
+    let mut c = d.client();
+    let big: Vec<u8> = (0..4 * MIB).map(|i| (i % 241) as u8).collect();
+    set(&mut c, "slow", "[\"big\"]", big.clone(), None).await;
+    set(&mut c, "slow", "[\"small\"]", b"small".to_vec(), None).await;
+    let response_len = 5 + get(&mut c, "slow", "[\"big\"]").await.encoded_len();
+    let pid = d.pid().unwrap();
+    let before = proc_kib(pid, "VmRSS");
+
+    // A client that reads nothing: the daemon can send it no data at all.
+    let mut slow = raw_grpc::connect(d.port(), 0).await;
+    let request = GetRequest {
+        job: "slow".into(),
+        args: b"[\"big\"]".to_vec(),
+        ..Default::default()
+    };
+    let mut calls = Vec::new();
+    for _ in 0..STREAMS {
+        let (mut send, response) = raw_grpc::open(&mut slow, raw_grpc::GET).await;
+        send.send(raw_grpc::framed(&request), true).await;
+        calls.push((send, response));
+    }
+    let mut pinned = Vec::new();
+    let mut refused = 0;
+    for (send, response) in calls {
+        let opened = within("response headers", raw_grpc::opened(response)).await;
+        match &opened.grpc_status {
+            None => pinned.push((send, opened)),
+            Some((code, message)) => {
+                assert_eq!(*code, Code::ResourceExhausted as i32, "{message}");
+                assert!(message.contains("max_unsent_bytes"), "{message}");
+                refused += 1;
+            }
+        }
+    }
+    let growth_mib = proc_kib(pid, "VmRSS").saturating_sub(before) / 1024;
+    eprintln!("{STREAMS} unread Gets of 4 MiB: RSS grew by {growth_mib} MiB");
+    let fits = (18 * MIB) / response_len;
+    assert_eq!(pinned.len(), fits);
+    assert_eq!(refused, STREAMS - fits);
+    // Held: every byte of the pinned responses, less what the connection wrote of other
+    // frames (their headers, the refusals), which gives back as much of what HTTP/2 holds.
+    let m = scrape(&metrics).await;
+    let unsent = m.get("cachebackd_unsent_responses_bytes") as usize;
+    assert!(
+        unsent <= fits * response_len && unsent > fits * response_len - 64 * 1024,
+        "{unsent} bytes held for {fits} responses of {response_len}"
+    );
+    assert_eq!(
+        m.get("cachebackd_responses_refused_unsent_total"),
+        (STREAMS - fits) as f64
+    );
+    // Without the budget each one pinned its response (800 MiB here); a generous bound.
+    assert!(
+        growth_mib < 200,
+        "RSS grew by {growth_mib} MiB for unread responses"
+    );
+
+    // Meanwhile a small response fits, a large one is refused.
+    assert_eq!(get(&mut c, "slow", "[\"small\"]").await.data, b"small");
+    let status = try_get(&mut c, "slow", b"[\"big\"]", None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // The slow client goes: its budget is given back, and the item is read whole.
+    drop(pinned);
+    drop(slow);
+    let freed = async {
+        while scrape(&metrics).await.get("cachebackd_unsent_responses_bytes") != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    };
+    within("the budget to be given back", freed).await;
+    assert_eq!(get(&mut c, "slow", "[\"big\"]").await.data, big);
+    let written = async {
+        while scrape(&metrics).await.get("cachebackd_unsent_responses_bytes") != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    };
+    within("a read response to be given back", written).await;
 }
