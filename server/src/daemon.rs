@@ -19,10 +19,10 @@ use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::auth::Auth;
+use crate::budget::ByteBudget;
 use crate::config::{Config, ListenAddr};
 use crate::connections::{self, Connections};
 use crate::counters::Metrics;
-use crate::budget::ByteBudget;
 use crate::engine::Engine;
 use crate::intake::IntakeLayer;
 use crate::oversize::OversizeLayer;

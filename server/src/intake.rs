@@ -276,7 +276,8 @@ impl Inbound {
                 if buf.len() < *len {
                     return Ok(None);
                 }
-                let State::Body { buf, held, .. } = std::mem::replace(&mut self.state, State::header())
+                let State::Body { buf, held, .. } =
+                    std::mem::replace(&mut self.state, State::header())
                 else {
                     unreachable!("matched above")
                 };
@@ -421,7 +422,10 @@ mod tests {
             panic!("the first answer fits")
         };
         assert!(held.is_some());
-        assert!(matches!(first.kind, Some(pb::worker_message::Kind::Result(_))));
+        assert!(matches!(
+            first.kind,
+            Some(pb::worker_message::Kind::Result(_))
+        ));
         match inbound.message().await.unwrap() {
             Some(Received::Refused(r)) => {
                 assert_eq!(r.request_id.as_deref(), Some("b"));

@@ -93,10 +93,12 @@ impl WorkerStream {
                     .await;
                 return;
             }
-            Err(e @ (IntakeError::TooLarge { .. }
-            | IntakeError::Compressed(_)
-            | IntakeError::Truncated
-            | IntakeError::Decode(_))) => {
+            Err(
+                e @ (IntakeError::TooLarge { .. }
+                | IntakeError::Compressed(_)
+                | IntakeError::Truncated
+                | IntakeError::Decode(_)),
+            ) => {
                 let _ = reg_tx
                     .send(Err(Status::invalid_argument(format!(
                         "the first message on this stream cannot be read: {}",

@@ -11,7 +11,7 @@ use tonic::Code;
 use crate::bounds_support::*;
 use crate::harness::*;
 use crate::ops_support::scrape;
-use crate::raw_grpc::{self, Messages, Sender};
+use crate::raw_grpc::{self, framed_split, raw_worker, Messages};
 
 const MIB: usize = 1024 * 1024;
 
@@ -24,29 +24,6 @@ async fn daemon(args: &[&str]) -> (Daemon, String) {
         .start()
         .await;
     (d, metrics)
-}
-
-/// A worker of `job` on its own HTTP/2 stream, registered.
-async fn raw_worker(
-    h2: &mut raw_grpc::Conn,
-    job: &str,
-    max_in_flight: u32,
-) -> (Sender, Messages) {
-    let (mut send, response) = raw_grpc::open(h2, raw_grpc::REGISTER_JOB).await;
-    let register = register_msg(job, job_config(300.0, 30.0), max_in_flight, "raw");
-    send.send(raw_grpc::framed(&register), false).await;
-    let mut messages = Messages::new(within("headers", raw_grpc::opened(response)).await.body);
-    let first = within("Registered", messages.next::<DaemonMessage>()).await;
-    assert!(
-        matches!(
-            first,
-            Ok(DaemonMessage {
-                kind: Some(daemon_message::Kind::Registered(_))
-            })
-        ),
-        "{first:?}"
-    );
-    (send, messages)
 }
 
 async fn next_fetch(messages: &mut Messages) -> FetchRequest {
@@ -65,13 +42,6 @@ async fn next_raw_fetch(s: &mut RawStream) -> FetchRequest {
         })) => f,
         other => panic!("expected a fetch: {other:?}"),
     }
-}
-
-/// `message` framed, split where `hold_back` bytes are left to send.
-fn framed_split(message: &impl Message, hold_back: usize) -> (Bytes, Bytes) {
-    let mut all = raw_grpc::framed(message);
-    let rest = all.split_off(all.len() - hold_back);
-    (all, rest)
 }
 
 #[tokio::test]
@@ -95,7 +65,8 @@ async fn an_answer_past_the_answer_budget_fails_its_fetch_and_the_stream_stays_o
     assert!(matches!(b.next().await, Ok(Some(_))), "Registered");
     let refused_get = spawn_get(&d.client(), "free", "[2]", None);
     let fetch = next_raw_fetch(&mut b).await;
-    b.send(value_msg(&fetch.request_id, big.clone(), None)).await;
+    b.send(value_msg(&fetch.request_id, big.clone(), None))
+        .await;
     let status = join_get(refused_get).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
@@ -118,7 +89,8 @@ async fn an_answer_past_the_answer_budget_fails_its_fetch_and_the_stream_stays_o
     assert_eq!(join_get(held_get).await.unwrap().data, big);
     let again = spawn_get(&d.client(), "free", "[4]", None);
     let fetch = next_raw_fetch(&mut b).await;
-    b.send(value_msg(&fetch.request_id, big.clone(), None)).await;
+    b.send(value_msg(&fetch.request_id, big.clone(), None))
+        .await;
     assert_eq!(join_get(again).await.unwrap().data, big);
     let m = scrape(&metrics).await;
     assert_eq!(m.get("cachebackd_answers_refused_total"), 1.0);
@@ -195,9 +167,12 @@ async fn bytes_that_are_not_protobuf_end_a_worker_stream_with_invalid_argument()
     let opened = within("headers", raw_grpc::opened(response)).await;
     let end = match opened.grpc_status {
         Some(status) => status,
-        None => within("the end", Messages::new(opened.body).next::<DaemonMessage>())
-            .await
-            .unwrap_err(),
+        None => within(
+            "the end",
+            Messages::new(opened.body).next::<DaemonMessage>(),
+        )
+        .await
+        .unwrap_err(),
     };
     assert_eq!(end.0, Code::InvalidArgument as i32, "{end:?}");
     assert!(end.1.contains("cannot be read"), "{end:?}");
@@ -288,14 +263,22 @@ async fn responses_a_client_does_not_read_hold_at_most_the_unsent_budget() {
     drop(pinned);
     drop(slow);
     let freed = async {
-        while scrape(&metrics).await.get("cachebackd_unsent_responses_bytes") != 0.0 {
+        while scrape(&metrics)
+            .await
+            .get("cachebackd_unsent_responses_bytes")
+            != 0.0
+        {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
     };
     within("the budget to be given back", freed).await;
     assert_eq!(get(&mut c, "slow", "[\"big\"]").await.data, big);
     let written = async {
-        while scrape(&metrics).await.get("cachebackd_unsent_responses_bytes") != 0.0 {
+        while scrape(&metrics)
+            .await
+            .get("cachebackd_unsent_responses_bytes")
+            != 0.0
+        {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
     };

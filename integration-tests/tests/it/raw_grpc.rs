@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 use bytes::{Buf, Bytes, BytesMut};
+use cachebackd_proto::v1::{daemon_message, DaemonMessage};
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use prost::Message;
 use tokio::net::TcpStream;
+
+use crate::harness::{job_config, register_msg, within};
 
 /// A gRPC message's header: not compressed, then the length.
 pub fn header(len: usize) -> [u8; 5] {
@@ -41,7 +44,9 @@ impl Drop for Conn {
 /// Connects to the daemon; `window` is the initial window of every stream the daemon sends
 /// on (0: it can send no data at all).
 pub async fn connect(port: u16, window: u32) -> Conn {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let (h2, conn) = h2::client::Builder::new()
         .initial_window_size(window)
         .max_concurrent_streams(10_000)
@@ -70,7 +75,12 @@ pub async fn open(conn: &mut Conn, method: &str) -> (Sender, h2::client::Respons
         .header("te", "trailers")
         .body(())
         .unwrap();
-    let ready = conn.h2.clone().ready().await.expect("a stream may be opened");
+    let ready = conn
+        .h2
+        .clone()
+        .ready()
+        .await
+        .expect("a stream may be opened");
     conn.h2 = ready;
     let (response, send) = conn.h2.send_request(request, false).expect("send request");
     (Sender(send), response)
@@ -188,4 +198,30 @@ impl Messages {
             }
         }
     }
+}
+
+/// A worker of `job` on its own HTTP/2 stream of `conn`, registered.
+pub async fn raw_worker(conn: &mut Conn, job: &str, max_in_flight: u32) -> (Sender, Messages) {
+    let (mut send, response) = open(conn, REGISTER_JOB).await;
+    let register = register_msg(job, job_config(300.0, 30.0), max_in_flight, "raw");
+    send.send(framed(&register), false).await;
+    let mut messages = Messages::new(within("headers", opened(response)).await.body);
+    let first = within("Registered", messages.next::<DaemonMessage>()).await;
+    assert!(
+        matches!(
+            first,
+            Ok(DaemonMessage {
+                kind: Some(daemon_message::Kind::Registered(_))
+            })
+        ),
+        "{first:?}"
+    );
+    (send, messages)
+}
+
+/// `message` framed, split where `hold_back` bytes are left to send.
+pub fn framed_split(message: &impl Message, hold_back: usize) -> (Bytes, Bytes) {
+    let mut all = framed(message);
+    let rest = all.split_off(all.len() - hold_back);
+    (all, rest)
 }
