@@ -7,19 +7,19 @@
 //! `cargo run -p integration-tests --example memory_figures` (uses `$CACHEBACKD_BIN`, or
 //! builds the debug binary as the tests do).
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/it/bounds_support.rs"]
 mod bounds_support;
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/it/ops_support.rs"]
 mod ops_support;
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/it/raw_grpc.rs"]
 mod raw_grpc;
 
