@@ -63,6 +63,49 @@ pub enum DaemonError {
     Security(String),
 }
 
+/// Opens the store the config names and the engine over it; whether a damaged store was
+/// moved aside at start.
+fn open_engine(
+    config: &Config,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<(Engine, bool), DaemonError> {
+    if config.store.url.is_fleet() {
+        let (fleet, events) = crate::fleet::Fleet::start(&config.store.url, shutdown)?;
+        tracing::info!(store = %fleet.name(), "fleet mode: items, jobs and marks live in Redis (max_bytes is Redis' maxmemory there)");
+        let engine = Engine::with_fleet(
+            fleet,
+            events,
+            config.engine_settings(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+        return Ok((engine, false));
+    }
+    let (store, report) =
+        SledStore::open_bounded(&config.data_dir, config.flush_interval, config.max_bytes)?;
+    if let Some(aside) = &report.moved_aside {
+        let kept = report.salvaged.clone().unwrap_or_default();
+        tracing::error!(
+            moved_to = %aside.display(),
+            reason = report.reason.as_deref().unwrap_or(""),
+            kept_items = kept.items,
+            kept_jobs = kept.jobs,
+            lost_records = kept.lost_records,
+            unread_log_bytes = kept.unread_log_bytes,
+            "THE STORE WAS DAMAGED: it was moved aside, and what could be read of it was salvaged into a fresh store"
+        );
+    }
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let engine = Engine::new(
+        store,
+        config.engine_settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    )?;
+    Ok((engine, report.moved_aside.is_some()))
+}
+
 enum Bound {
     Tcp(TcpListener),
     Unix(UnixListener),
@@ -100,29 +143,8 @@ pub async fn run_with_reload(
         }
         .spawn(&shutdown);
     }
-    let (store, report) =
-        SledStore::open_bounded(&config.data_dir, config.flush_interval, config.max_bytes)?;
-    if let Some(aside) = &report.moved_aside {
-        let kept = report.salvaged.clone().unwrap_or_default();
-        tracing::error!(
-            moved_to = %aside.display(),
-            reason = report.reason.as_deref().unwrap_or(""),
-            kept_items = kept.items,
-            kept_jobs = kept.jobs,
-            lost_records = kept.lost_records,
-            unread_log_bytes = kept.unread_log_bytes,
-            "THE STORE WAS DAMAGED: it was moved aside, and what could be read of it was salvaged into a fresh store"
-        );
-    }
-    let store_moved_aside = report.moved_aside.is_some();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
     let metrics = Metrics::new();
-    let engine = Engine::new(
-        store,
-        config.engine_settings(),
-        metrics.clone(),
-        shutdown.clone(),
-    )?;
+    let (engine, store_moved_aside) = open_engine(&config, &metrics, &shutdown)?;
 
     let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
@@ -147,7 +169,14 @@ pub async fn run_with_reload(
 
     // Everything is ready: the store is open and every listener bound. Health says so before
     // the first call can be accepted, so no caller ever sees a ready daemon report otherwise.
-    crate::health::set_all(&health, ServingStatus::Serving).await;
+    // A fleet whose Redis is not reachable yet starts NOT_SERVING, and turns SERVING by
+    // itself once it is (`follow_store`).
+    let writable = engine.store().writable().is_ok();
+    let ready = match writable {
+        true => ServingStatus::Serving,
+        false => ServingStatus::NotServing,
+    };
+    crate::health::set_all(&health, ready).await;
     let connections = Connections::new(config.max_connections, config.idle_timeout);
     let answers = ByteBudget::new(config.max_answer_bytes);
     let unsent = ByteBudget::new(config.max_unsent_bytes);
@@ -214,13 +243,17 @@ pub async fn run_with_reload(
         engine.store().clone(),
         health.clone(),
         store_watch_stop.clone(),
+        writable,
     ));
 
     let jobs = engine.jobs().len();
     tracing::info!(
         listen = ?serving_on,
         metrics = ?config.metrics_listen,
-        data_dir = %config.data_dir.display(),
+        store = %match config.store.url.is_fleet() {
+            true => config.store.url.describe(),
+            false => format!("sled in {}", config.data_dir.display()),
+        },
         tls = tls.is_some(),
         auth_required = auth.required(),
         jobs,

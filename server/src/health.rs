@@ -31,17 +31,19 @@ pub(crate) async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Reports NOT_SERVING while the store refuses writes (its disk is full, or it failed) and
-/// SERVING again once it takes them, until `stop`. Checked every 250 ms: the store's own
+/// Reports NOT_SERVING while the store refuses writes (its disk is full, or it failed; a
+/// fleet's Redis cannot be reached) and SERVING again once it takes them, until `stop`;
+/// `initially` is whether SERVING was reported last. Checked every 250 ms: the store's own
 /// check reads free space at most that often.
 pub(crate) async fn follow_store(
     store: std::sync::Arc<dyn crate::store::Store>,
     reporter: HealthReporter,
     stop: tokio_util::sync::CancellationToken,
+    initially: bool,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut writable = true;
+    let mut writable = initially;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -56,7 +58,7 @@ pub(crate) async fn follow_store(
                     set_all(&reporter, ServingStatus::Serving).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "the store refuses writes: health is NOT_SERVING (reads go on)");
+                    tracing::error!(error = %e, "the store refuses writes, or cannot be reached: health is NOT_SERVING");
                     set_all(&reporter, ServingStatus::NotServing).await;
                 }
             }

@@ -15,6 +15,7 @@
 //! (wall time, injectable), `admin` (the admin service), `health` (gRPC health),
 //! `counters` (what the engine counts), `metrics` (the Prometheus exporter), `auth`
 //! (principals, roles, the one auth layer) and `tls` (TLS and mTLS on TCP listeners).
+//! `fleet` is the Redis a fleet of daemons shares (`--store redis://...`).
 //! Bounds: `budget` (the memory one call may pin), `connections` (how many, idle ones,
 //! accept back-off), `oversize` (requests over the message limit) and `logs`
 //! (rate-limited, clipped log lines).
@@ -30,6 +31,7 @@ mod counters;
 pub mod daemon;
 mod engine;
 pub mod error;
+mod fleet;
 mod health;
 mod intake;
 mod logs;

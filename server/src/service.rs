@@ -71,7 +71,7 @@ impl CachebackService {
         let job = self.item(&req.job, &req.args)?;
         access.allow(&job)?;
         if req.peek {
-            return Ok(get_response(self.engine.peek(&job, &req.args)?));
+            return Ok(get_response(self.engine.peek(&job, &req.args).await?));
         }
         let options = GetOptions {
             fetch_on_miss: req.fetch_on_miss,

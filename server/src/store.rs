@@ -190,7 +190,7 @@ fn from_micros(us: u64) -> SystemTime {
 const JOB_RECORD_1: usize = 35;
 const JOB_RECORD: usize = JOB_RECORD_1 + 27;
 
-fn encode_job(config: &JobConfig) -> Vec<u8> {
+pub(crate) fn encode_job(config: &JobConfig) -> Vec<u8> {
     let span = |d: Duration| span_micros(d).to_be_bytes();
     let mut out = Vec::with_capacity(JOB_RECORD);
     let optional = |out: &mut Vec<u8>, value: Option<[u8; 8]>| match value {
@@ -218,7 +218,7 @@ fn encode_job(config: &JobConfig) -> Vec<u8> {
     out
 }
 
-fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
+pub(crate) fn decode_job(bytes: &[u8]) -> Option<JobConfig> {
     match (bytes.first(), bytes.len()) {
         (Some(&JOB_FORMAT_1), JOB_RECORD_1) | (Some(&JOB_FORMAT), JOB_RECORD) => {}
         _ => return None,

@@ -208,6 +208,21 @@ impl Subscriptions {
         self.inner.state.lock().by_item.keys().cloned().collect()
     }
 
+    /// Resets every stream (each gets RESET, its subscriptions forgotten): what they were
+    /// told may have missed a change (the fleet's events were lost).
+    pub(crate) fn reset_all(&self) {
+        let mut state = self.inner.state.lock();
+        let ids: Vec<StreamId> = state.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(stream) = state.streams.get(&id) {
+                stream.outbox.reset();
+            }
+            self.inner.resets.fetch_add(1, Ordering::Relaxed);
+            state.unsubscribe_all(id, &self.inner.count);
+            state.streams.remove(&id);
+        }
+    }
+
     /// Tells the subscribers of every item whose key starts with `prefix` (one job's).
     pub(crate) fn emit_prefix(&self, prefix: &[u8], kind: EventKind, at: SystemTime) {
         if self.count() == 0 {

@@ -10,6 +10,7 @@
 //! writes it. The command line lives in the binary (`src/bin/cachebackd/cli.rs`).
 
 mod file;
+pub mod store_url;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::engine::EngineSettings;
 pub use crate::model::{JobConfig, Limits};
 pub use crate::store::Durability;
 pub use crate::tls::TlsFiles;
+pub use store_url::{StoreConfig, StoreUrl};
 pub use values::{ListenAddr, LogFormat, MetricsListen, SocketMode, Threshold};
 
 /// The daemon's effective settings, every default filled in.
@@ -106,6 +108,9 @@ pub struct Config {
     /// TLS on the TCP listeners (`[tls]`; the `--tls-*` flags in the binary).
     #[serde(skip_serializing_if = "TlsFiles::is_unset")]
     pub tls: TlsFiles,
+    /// Where the items live (`[store]`; `--store` in the binary): sled or a fleet's Redis.
+    #[serde(skip_serializing_if = "StoreConfig::is_unset")]
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -137,6 +142,7 @@ impl Default for Config {
             metrics_listen: None,
             auth: AuthConfig::default(),
             tls: TlsFiles::default(),
+            store: StoreConfig::default(),
         }
     }
 }

@@ -229,10 +229,11 @@ async fn a_tag_mark_makes_older_tagged_items_stale_on_read_and_a_flight_refresh_
         worker.pending().is_empty(),
         "nothing is fetched at the call"
     );
-    let peek = |args: &'static [u8]| rig.engine.peek(&job, args).unwrap();
-    assert_eq!(peek(b"tagged").state, ItemState::Stale);
-    assert_eq!(peek(b"tagged").times.unwrap().expires_at, mark);
-    assert_eq!(peek(b"other").state, ItemState::Fresh);
+    let tagged = rig.engine.peek(&job, b"tagged").await.unwrap();
+    assert_eq!(tagged.state, ItemState::Stale);
+    assert_eq!(tagged.times.unwrap().expires_at, mark);
+    let other = rig.engine.peek(&job, b"other").await.unwrap();
+    assert_eq!(other.state, ItemState::Fresh);
 
     // A fetch in flight for a tagged item may have read old data: one more refresh.
     let get = rig

@@ -38,7 +38,7 @@ pub(super) struct Table {
 }
 
 /// A worker's answer, checked and timed, before it meets the store.
-enum Landed {
+pub(super) enum Landed {
     /// An item to store (data or an absence).
     Item(Item),
     /// Extend the stored item (`NotModified`).
@@ -95,6 +95,22 @@ impl Engine {
         metrics: &Arc<JobMetrics>,
         reason: FetchReason,
     ) -> watch::Receiver<Option<FlightResult>> {
+        self.start_flight_seen(table, key, job, config, metrics, reason, 0)
+    }
+
+    /// [`start_flight`](Engine::start_flight) by a caller who saw the item at `seen`, its
+    /// version in the fleet's store (a fleet's flight fetches only if it has not moved).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_flight_seen(
+        &self,
+        table: &mut Table,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+        seen: u64,
+    ) -> watch::Receiver<Option<FlightResult>> {
         if table.backoff.contains_key(key) {
             metrics.fetches_retried.inc();
         }
@@ -123,12 +139,33 @@ impl Engine {
             tokio::select! {
                 // The guard, dropped here, answers the waiters "shutting down".
                 _ = shutdown.closing() => {}
-                result = engine.drive(&key, &job, &config, &metrics, reason, id) => {
+                result = engine.drive_here_or_fleet(&key, &job, &config, &metrics, reason, id, seen) => {
                     guard.answer(result);
                 }
             }
         });
         rx
+    }
+
+    /// Runs one fetch: through the fleet's lease in fleet mode, else here alone.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive_here_or_fleet(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+        id: u64,
+        seen: u64,
+    ) -> FlightResult {
+        match self.inner.fleet.clone() {
+            Some(fleet) => {
+                self.drive_fleet(&fleet, key, job, config, metrics, reason, id, seen)
+                    .await
+            }
+            None => self.drive(key, job, config, metrics, reason, id).await,
+        }
     }
 
     /// Runs one fetch to its end and records its result.
@@ -192,7 +229,7 @@ impl Engine {
     }
 
     /// Checks a worker's answer against the limits and gives it its times.
-    fn check_fetched(
+    pub(super) fn check_fetched(
         &self,
         fetched: Fetched,
         config: &JobConfig,

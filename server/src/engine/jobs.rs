@@ -23,6 +23,9 @@ pub(crate) struct JobEntry {
     pub invalidated_before: Option<SystemTime>,
     /// The job's counters.
     pub metrics: Arc<JobMetrics>,
+    /// In fleet mode, the job's epoch: part of its items' keys, new after a DeleteJob (0
+    /// on sled).
+    pub epoch: u64,
 }
 
 impl Engine {
@@ -49,6 +52,9 @@ impl Engine {
     }
     /// Makes `config` the job's config (the latest registration wins) and stores it durably.
     pub(crate) async fn register_job(&self, job: &JobName, config: JobConfig) -> Result<(), Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_register(fleet, job, config).await;
+        }
         let max = self.inner.settings.max_jobs;
         {
             let jobs = self.inner.jobs.read();
@@ -69,6 +75,7 @@ impl Engine {
                     config,
                     invalidated_before: None,
                     metrics: self.inner.metrics.job(job),
+                    epoch: 0,
                 };
                 jobs.insert(job.clone(), entry);
             }
@@ -80,6 +87,9 @@ impl Engine {
     /// Fetches in flight may have read old data: each is followed by one more refresh, as
     /// for an Invalidate. Returns the mark.
     pub(crate) async fn invalidate_job(&self, job: &JobName) -> Result<SystemTime, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_invalidate_job(fleet, job).await;
+        }
         self.job_entry(job)?;
         let mark = policy::times_for_new(self.now(), Duration::ZERO).stored_at;
         {
@@ -112,6 +122,9 @@ impl Engine {
             return Err(Error::FailedPrecondition(format!(
                 "job {job:?} has {workers} worker(s) connected: stop them before deleting it"
             )));
+        }
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_delete_job(fleet, job).await;
         }
         {
             let mut tables = self.lock_all();

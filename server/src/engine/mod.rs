@@ -24,6 +24,7 @@
 #[cfg(test)]
 mod additions_tests;
 mod backoff;
+mod fleet;
 mod flights;
 mod jobs;
 mod sweeper;
@@ -155,6 +156,11 @@ struct Inner {
     next_flight: AtomicU64,
     /// The near caches to tell of every change, told under the item's shard lock.
     subscriptions: Subscriptions,
+    /// The fleet's store, in fleet mode (items, jobs and marks then live in Redis).
+    fleet: Option<crate::fleet::Fleet>,
+    /// In fleet mode, the wake-up of each flight that may be waiting for another
+    /// daemon's fetch (see `fleet`).
+    joins: Mutex<HashMap<ItemKey, Arc<tokio::sync::Notify>>>,
 }
 
 impl Engine {
@@ -167,6 +173,25 @@ impl Engine {
         shutdown: Shutdown,
     ) -> Result<Engine, Error> {
         Engine::with_clock(store, settings, metrics, shutdown, Clock::system())
+    }
+
+    /// An engine over the fleet's store: items, jobs and marks in Redis, its changes
+    /// heard from `events` by a task of `shutdown`.
+    pub(crate) fn with_fleet(
+        fleet: crate::fleet::Fleet,
+        events: tokio::sync::mpsc::Receiver<crate::fleet::FleetEvent>,
+        settings: EngineSettings,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Result<Engine, Error> {
+        let store = Arc::new(crate::fleet::FleetShim(fleet.clone()));
+        let mut engine =
+            Engine::with_clock(store, settings, metrics, shutdown.clone(), Clock::system())?;
+        Arc::get_mut(&mut engine.inner)
+            .expect("the engine is not shared yet")
+            .fleet = Some(fleet.clone());
+        shutdown.spawn(engine.clone().follow_fleet(fleet, events));
+        Ok(engine)
     }
 
     /// [`Engine::new`] with the wall time read from `clock`.
@@ -187,6 +212,7 @@ impl Engine {
                     config,
                     invalidated_before: marks.get(&job).copied(),
                     metrics: metrics.job(&job),
+                    epoch: 0,
                 };
                 (job, entry)
             })
@@ -209,6 +235,8 @@ impl Engine {
                 tables: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_flight: AtomicU64::new(0),
                 subscriptions,
+                fleet: None,
+                joins: Mutex::default(),
             }),
         })
     }
@@ -274,6 +302,9 @@ impl Engine {
         args: &[u8],
         options: GetOptions,
     ) -> Result<GetOutcome, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_get(fleet, job, args, options).await;
+        }
         let key = ItemKey::new(job, args);
         let request = GetContext {
             fetch_on_miss_override: options.fetch_on_miss,
@@ -348,6 +379,18 @@ impl Engine {
             };
             (plan, item, wait, remembered)
         };
+        self.answer_get(plan, item, wait, remembered, m).await
+    }
+
+    /// Answers a Get by its plan: counts it, and waits for its flight if it fetches.
+    async fn answer_get(
+        &self,
+        plan: GetPlan,
+        item: Option<Item>,
+        wait: Option<tokio::sync::watch::Receiver<Option<flights::FlightResult>>>,
+        remembered: Option<Error>,
+        m: &crate::counters::JobMetrics,
+    ) -> Result<GetOutcome, Error> {
         m.count_get(match plan {
             GetPlan::ServeFresh(_)
             | GetPlan::FetchSync {
@@ -393,7 +436,10 @@ impl Engine {
 
     /// Reads what is stored and starts nothing (`GetRequest.peek`, django-cacheback's
     /// `raw_get`): no fetch, no refresh, no backoff change, no counters moved.
-    pub(crate) fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
+    pub(crate) async fn peek(&self, job: &JobName, args: &[u8]) -> Result<GetOutcome, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_peek(fleet, job, args).await;
+        }
         let key = ItemKey::new(job, args);
         let jobs = self.inner.jobs.read();
         let entry = jobs
@@ -417,6 +463,16 @@ impl Engine {
         lifetime: Option<Duration>,
         tags: Vec<Tag>,
     ) -> Result<SystemTime, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            let config = self.fleet_entry(fleet, job).await?.config;
+            let times = policy::times_for_new(self.now(), lifetime.unwrap_or(config.lifetime));
+            let item = Item {
+                tags,
+                ..Item::data(times, data)
+            };
+            self.fleet_set(fleet, job, args, item).await?;
+            return Ok(times.expires_at);
+        }
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
         let times = policy::times_for_new(self.now(), lifetime.unwrap_or(config.lifetime));
@@ -439,6 +495,9 @@ impl Engine {
 
     /// Removes an item; whether it was there.
     pub(crate) async fn delete(&self, job: &JobName, args: &[u8]) -> Result<bool, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_delete(fleet, job, args).await;
+        }
         let config = self.job_config(job)?;
         let key = ItemKey::new(job, args);
         let found = {
@@ -462,6 +521,9 @@ impl Engine {
         job: &JobName,
         args: &[u8],
     ) -> Result<InvalidateOutcome, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_invalidate(fleet, job, args).await;
+        }
         let entry = self.job_entry(job)?;
         let config = entry.config;
         let key = ItemKey::new(job, args);

@@ -17,6 +17,9 @@ impl Engine {
     /// stale, touching none of them. Fetches in flight for an item with one of the tags
     /// may have read old data: each is followed by one more refresh. Returns the mark.
     pub(crate) async fn invalidate_tags(&self, tags: &[Tag]) -> Result<SystemTime, Error> {
+        if let Some(fleet) = &self.inner.fleet {
+            return self.fleet_invalidate_tags(fleet, tags).await;
+        }
         let mark = policy::times_for_new(self.now(), Duration::ZERO).stored_at;
         {
             let mut tables = self.lock_all();

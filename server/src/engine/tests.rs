@@ -477,7 +477,10 @@ async fn a_fetch_that_outlives_delete_job_stores_nothing_for_the_job_registered_
     second.answer(&order, b"from before the delete");
     finished(&old_metrics, 1).await;
     assert_eq!(rig.store.count(&job), 0);
-    assert_eq!(rig.engine.peek(&job, b"a").unwrap().state, ItemState::Miss);
+    assert_eq!(
+        rig.engine.peek(&job, b"a").await.unwrap().state,
+        ItemState::Miss
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -509,12 +512,15 @@ async fn peek_starts_nothing_and_counts_nothing() {
     let job = rig.job("j", JobConfig::default()).await;
     let mut worker = rig.worker(&job, 16);
     stale_item(&rig, &job, b"a", b"old").await;
-    let peeked = rig.engine.peek(&job, b"a").unwrap();
+    let peeked = rig.engine.peek(&job, b"a").await.unwrap();
     assert_eq!(
         (peeked.state, peeked.refresh_scheduled),
         (ItemState::Stale, false)
     );
-    assert_eq!(rig.engine.peek(&job, b"b").unwrap().state, ItemState::Miss);
+    assert_eq!(
+        rig.engine.peek(&job, b"b").await.unwrap().state,
+        ItemState::Miss
+    );
     settle().await;
     assert!(worker.pending().is_empty());
     let m = metrics(&rig, &job);

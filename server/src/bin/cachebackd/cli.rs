@@ -16,6 +16,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// A parser that takes one of `names` (listed in `--help`) and reads it with `T`'s
 /// `FromStr`, the one the file uses.
+/// A `--store` URL, refused at once with the parser's words.
+fn store_url(s: &str) -> Result<cachebackd::config::StoreUrl, String> {
+    s.parse()
+}
+
 fn one_of<T>(names: [&'static str; 2]) -> impl TypedValueParser<Value = T>
 where
     T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
@@ -83,6 +88,12 @@ pub(crate) struct SettingsArgs {
     /// Directory of the store (created if missing). [default: ./cachebackd-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Where the items live: `sled` (under --data-dir), or a Redis shared by a fleet of
+    /// daemons: `redis://HOST:PORT[/DB]`, `rediss://...` (TLS),
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]`. [default: sled]
+    #[arg(long, value_name = "URL", value_parser = store_url)]
+    pub store: Option<cachebackd::config::StoreUrl>,
 
     /// When writes reach the disk: `interval` (every --flush-interval) or `always` (before
     /// every write is acknowledged). [default: interval]
@@ -223,6 +234,7 @@ fn apply_args(config: &mut Config, a: &SettingsArgs) {
     }
     set(&mut config.socket_mode, a.socket_mode);
     set(&mut config.data_dir, a.data_dir.clone());
+    set(&mut config.store.url, a.store.clone());
     set(&mut config.durability, a.durability);
     set(&mut config.flush_interval, a.flush_interval);
     set(&mut config.drain_grace, a.drain_grace);
