@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The fleet failover tests run a real redis-server.
+if ! command -v redis-server >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq redis-server
+fi
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

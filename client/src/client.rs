@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::credentials::{is_local, CallCredentials, TlsConfig, Token, TOKEN_ENV};
+use crate::daemons::{is_daemon_down, random_start, split_urls, Daemon, Daemons};
 use crate::near::{NearCache, NearCacheStats};
 use crate::{Error, Job, JobHandle, Result};
 
@@ -24,7 +25,8 @@ pub type Transport = InterceptedService<Channel, CallCredentials>;
 /// `CACHEBACKD_URL` says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
-/// The environment variable read for the default client's URL.
+/// The environment variable read for the default client's URL (or several, separated by
+/// commas: the daemons of a fleet).
 pub const URL_ENV: &str = "CACHEBACKD_URL";
 
 /// The shared client default (16 MiB): a default daemon's largest message, with margin.
@@ -32,6 +34,9 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = cachebackd_proto::wire::CLIENT_MAX_MESSA
 
 /// A connection to cachebackd: cheap to clone (clones share one HTTP/2 connection),
 /// and reconnecting by itself when the daemon restarts.
+///
+/// Given several daemons (a fleet), it uses one at a time, picked at random, and moves
+/// to the next when that one is down; see [`Client::connect_any`].
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), cacheback::Error> {
@@ -41,10 +46,8 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = cachebackd_proto::wire::CLIENT_MAX_MESSA
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    raw: CachebackClient<Transport>,
-    transport: Transport,
+    daemons: Arc<Daemons>,
     timeout: Option<Duration>,
-    url: Arc<str>,
     /// FRESH items served in-process, if the builder asked for it.
     near: Option<Arc<NearCache>>,
 }
@@ -52,7 +55,8 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url)
+            .field("url", &self.url())
+            .field("urls", &self.urls())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -71,6 +75,28 @@ impl Client {
         Client::builder(url).connect().await
     }
 
+    /// Connects to one of several daemons (a fleet sharing one store): it picks one at
+    /// random (so that app servers given the same list spread over the fleet), connects
+    /// to the next in the list if that one cannot be reached, and fails only if none can
+    /// ([`Error::NoDaemon`], naming every URL tried). Later, a call that finds its daemon
+    /// down (connection refused or broken, not a status the daemon answered) moves the
+    /// client to the next daemon and is sent there; every call of a reader (Get, GetMany,
+    /// Set, Invalidate, Delete, InvalidateTags) may be sent twice, as the contract makes
+    /// each of them idempotent. The credentials apply to every URL.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cacheback::Error> {
+    /// let client = cacheback::Client::connect_any(["http://10.0.0.7:7070", "http://10.0.0.8:7070"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_any<I, S>(urls: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ClientBuilder::new_any(urls).connect().await
+    }
+
     /// Like [`Client::connect`], but connects on first use: for an app server that may
     /// start before the daemon. Must be called inside a tokio runtime.
     ///
@@ -84,7 +110,8 @@ impl Client {
         Client::builder(url).connect_lazy()
     }
 
-    /// A builder to tune timeouts, keepalive and message limits.
+    /// A builder to tune timeouts, keepalive and message limits; `url` is one URL or
+    /// several separated by commas (see [`Client::connect_any`]).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), cacheback::Error> {
@@ -133,12 +160,15 @@ impl Client {
         let request = cachebackd_proto::v1::InvalidateTagsRequest {
             tags: tags.iter().map(|t| t.to_string()).collect(),
         };
+        let tags_shown = tags.join(",");
         let response = self
-            .raw()
-            .invalidate_tags(self.request(request))
-            .await
-            .map_err(|status| Error::status_of("InvalidateTags", &tags.join(","), status))?
-            .into_inner();
+            .unary(
+                "InvalidateTags",
+                &tags_shown,
+                request,
+                |mut raw, r| async move { raw.invalidate_tags(r).await },
+            )
+            .await?;
         response
             .invalidated_before
             .and_then(|t| std::time::SystemTime::try_from(t).ok())
@@ -155,8 +185,11 @@ impl Client {
     /// let found = client.raw().delete(request).await?.into_inner().found;
     /// # Ok(()) }
     /// ```
+    ///
+    /// With several daemons this is the one in use now, and calls made on it do not fail
+    /// over.
     pub fn raw(&self) -> CachebackClient<Transport> {
-        self.raw.clone()
+        self.daemon().raw.clone()
     }
 
     /// The channel with this client's credentials, for the clients of other services on
@@ -169,10 +202,11 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn transport(&self) -> Transport {
-        self.transport.clone()
+        self.daemon().transport.clone()
     }
 
-    /// The URL this client connects to.
+    /// The URL of the daemon this client uses now (with several, it changes when the
+    /// client fails over).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -181,7 +215,80 @@ impl Client {
     /// # }
     /// ```
     pub fn url(&self) -> &str {
-        &self.url
+        &self.daemons.get(self.daemons.current()).url
+    }
+
+    /// Every daemon's URL, in the order given.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = cacheback::Client::connect_lazy("http://127.0.0.1:7070,http://127.0.0.1:7071").unwrap();
+    /// assert_eq!(client.urls(), ["http://127.0.0.1:7070", "http://127.0.0.1:7071"]);
+    /// # }
+    /// ```
+    pub fn urls(&self) -> Vec<&str> {
+        self.daemons.all().iter().map(|d| &*d.url).collect()
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemons.get(self.daemons.current())
+    }
+
+    /// Every daemon, for the worker (which registers with each).
+    pub(crate) fn daemons(&self) -> &[Daemon] {
+        self.daemons.all()
+    }
+
+    /// Sends a unary call `rpc` of `job` to the daemon in use; if that daemon is down,
+    /// moves to the next and sends it there, each daemon at most once. Safe for every
+    /// unary call of the contract: each is idempotent (a read; a Set of the same data,
+    /// an Invalidate, a Delete or an InvalidateTags applied twice leave the same state).
+    pub(crate) async fn unary<M, T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        job: &str,
+        message: M,
+        mut call: F,
+    ) -> Result<T>
+    where
+        M: Clone,
+        F: FnMut(CachebackClient<Transport>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let several = self.daemons.all().len() > 1;
+        let mut index = self.daemons.current();
+        let mut tried = Vec::new();
+        loop {
+            let daemon = self.daemons.get(index);
+            let status = match call(daemon.raw.clone(), self.request(message.clone())).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if several && is_daemon_down(&status) => status,
+                Err(status) => return Err(Error::status_of(rpc, job, status)),
+            };
+            tried.push(daemon.url.to_string());
+            index = self.fail_over(index);
+            if tried.len() >= self.daemons.all().len() {
+                return Err(Error::NoDaemon {
+                    rpc,
+                    tried,
+                    reason: format!("{:?}: {}", status.code(), status.message()),
+                    status: Some(Box::new(status)),
+                });
+            }
+        }
+    }
+
+    /// The daemon at `index` is down: moves on (once, however many calls saw it) and
+    /// drops the near cache, whose stream was on that daemon. The index now in use.
+    fn fail_over(&self, index: usize) -> usize {
+        let moved = self.daemons.moved();
+        let now = self.daemons.fail_over(index);
+        if let Some(near) = &self.near {
+            if self.daemons.moved() != moved {
+                near.lost_daemon();
+            }
+        }
+        now
     }
 
     /// The near cache's counters, if this client has one ([`ClientBuilder::near_cache`]).
@@ -233,7 +340,7 @@ impl Client {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    url: String,
+    urls: Vec<String>,
     connect_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
@@ -246,14 +353,35 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Options for `url` (`http://host:port` or `unix:/path`), with the defaults.
+    /// Options for `url` (`http://host:port` or `unix:/path`), with the defaults; several
+    /// URLs separated by commas are the daemons of a fleet (see [`ClientBuilder::new_any`]).
     ///
     /// ```
     /// let builder = cacheback::ClientBuilder::new("http://127.0.0.1:7070");
     /// ```
     pub fn new(url: &str) -> Self {
+        let urls = split_urls(url);
+        ClientBuilder::new_any(if urls.is_empty() {
+            vec![url.to_owned()]
+        } else {
+            urls
+        })
+    }
+
+    /// Options for several daemons (a fleet sharing one store): the client uses one at
+    /// a time, starting on one picked at random, and fails over to the next when it is
+    /// down (see [`Client::connect_any`]). Every option applies to every daemon.
+    ///
+    /// ```
+    /// let builder = cacheback::ClientBuilder::new_any(["http://10.0.0.7:7070", "http://10.0.0.8:7070"]);
+    /// ```
+    pub fn new_any<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         ClientBuilder {
-            url: url.to_owned(),
+            urls: urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
             connect_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
@@ -382,14 +510,50 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<Client> {
-        let endpoint = self.endpoint()?;
-        let credentials = self.credentials()?;
-        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
-            url: self.url.clone(),
-            source,
-        })?;
+        let daemons = self.daemon_options()?;
+        let start = random_start(daemons.len());
+        let mut channels: Vec<Option<Channel>> = vec![None; daemons.len()];
+        let mut tried = Vec::new();
+        let mut reached = None;
+        for step in 0..daemons.len() {
+            let index = (start + step) % daemons.len();
+            let (url, endpoint, _) = &daemons[index];
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    channels[index] = Some(channel);
+                    reached = Some(index);
+                    break;
+                }
+                Err(source) if daemons.len() == 1 => {
+                    return Err(Error::Connect {
+                        url: url.clone(),
+                        source,
+                    })
+                }
+                Err(source) => {
+                    tried.push(url.clone());
+                    tracing::warn!(%url, error = %source, "cannot connect to cachebackd; trying the next");
+                }
+            }
+        }
+        let Some(reached) = reached else {
+            return Err(Error::NoDaemon {
+                rpc: "connect",
+                tried,
+                reason: "connection refused or timed out".to_owned(),
+                status: None,
+            });
+        };
         let connect_timeout = self.connect_timeout;
-        let client = self.client(channel, credentials);
+        let channels = daemons
+            .into_iter()
+            .zip(channels)
+            .map(|((url, endpoint, credentials), channel)| {
+                let channel = channel.unwrap_or_else(|| endpoint.connect_lazy());
+                (url, channel, credentials)
+            })
+            .collect();
+        let client = self.client(channels, reached);
         if let Some(near) = client.near() {
             // Serving locally needs the stream; a daemon that does not open it in time
             // still leaves a working client, whose near cache starts when it opens.
@@ -408,33 +572,51 @@ impl ClientBuilder {
     /// # }
     /// ```
     pub fn connect_lazy(self) -> Result<Client> {
-        let channel = self.endpoint()?.connect_lazy();
-        let credentials = self.credentials()?;
-        Ok(self.client(channel, credentials))
+        let channels = self
+            .daemon_options()?
+            .into_iter()
+            .map(|(url, endpoint, credentials)| (url, endpoint.connect_lazy(), credentials))
+            .collect::<Vec<_>>();
+        let start = random_start(channels.len());
+        Ok(self.client(channels, start))
     }
 
-    fn endpoint(&self) -> Result<Endpoint> {
+    /// Each daemon's URL, endpoint and call credentials; fails on the first bad one.
+    fn daemon_options(&self) -> Result<Vec<(String, Endpoint, CallCredentials)>> {
+        if self.urls.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: String::new(),
+                reason: "no cachebackd URL given".to_owned(),
+            });
+        }
+        self.urls
+            .iter()
+            .map(|url| Ok((url.clone(), self.endpoint(url)?, self.credentials(url)?)))
+            .collect()
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
         let invalid = |reason: &str| Error::InvalidUrl {
-            url: self.url.clone(),
+            url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        if let Some(path) = self.url.strip_prefix("unix:") {
+        if let Some(path) = url.strip_prefix("unix:") {
             if path.trim_start_matches('/').is_empty() {
                 return Err(invalid("a unix: URL needs a socket path"));
             }
-        } else if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+        } else if !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(invalid(
                 "expected http://host:port, https://host:port or unix:/path",
             ));
         }
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| invalid(&e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_keepalive(Some(self.keepalive_interval))
             .http2_keep_alive_interval(self.keepalive_interval)
             .keep_alive_timeout(self.keepalive_timeout)
             .keep_alive_while_idle(true);
-        if self.url.starts_with("https://") {
+        if url.starts_with("https://") {
             let tls = match &self.tls {
                 Some(t) => t.clone(),
                 None => TlsConfig::from_env()?.unwrap_or_default(),
@@ -442,40 +624,48 @@ impl ClientBuilder {
             endpoint = endpoint
                 .tls_config(tls.to_tonic())
                 .map_err(|e| Error::Tls {
-                    reason: format!("{}: {e}", self.url),
+                    reason: format!("{url}: {e}"),
                 })?;
         }
         Ok(endpoint)
     }
 
     /// The call credentials; refuses to send a token in plaintext beyond this machine.
-    fn credentials(&self) -> Result<CallCredentials> {
-        let plaintext = !self.url.starts_with("https://");
-        if self.token.is_some() && plaintext && !is_local(&self.url) && !self.allow_plaintext_token
-        {
+    fn credentials(&self, url: &str) -> Result<CallCredentials> {
+        let plaintext = !url.starts_with("https://");
+        if self.token.is_some() && plaintext && !is_local(url) && !self.allow_plaintext_token {
             return Err(Error::Credentials {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 reason: "a bearer token would travel in plaintext to another machine: use an \
                          https:// URL, or say allow_plaintext_token() if the network is trusted"
                     .into(),
             });
         }
-        CallCredentials::for_url(self.token.as_ref().map(|t| t.0.as_str()), &self.url)
+        CallCredentials::for_url(self.token.as_ref().map(|t| t.0.as_str()), url)
     }
 
-    fn client(self, channel: Channel, credentials: CallCredentials) -> Client {
-        let transport = InterceptedService::new(channel, credentials);
-        let raw = CachebackClient::new(transport.clone())
-            .max_decoding_message_size(self.max_message_size)
-            .max_encoding_message_size(self.max_message_size);
+    fn client(self, channels: Vec<(String, Channel, CallCredentials)>, start: usize) -> Client {
+        let list = channels
+            .into_iter()
+            .map(|(url, channel, credentials)| {
+                let transport = InterceptedService::new(channel, credentials);
+                let raw = CachebackClient::new(transport.clone())
+                    .max_decoding_message_size(self.max_message_size)
+                    .max_encoding_message_size(self.max_message_size);
+                Daemon {
+                    url: url.into(),
+                    raw,
+                    transport,
+                }
+            })
+            .collect();
+        let daemons = Arc::new(Daemons::new(list, start));
         let near = self
             .near_cache
-            .map(|capacity| NearCache::start(raw.clone(), capacity));
+            .map(|capacity| NearCache::start(daemons.clone(), capacity));
         Client {
-            raw,
-            transport,
+            daemons,
             timeout: self.timeout,
-            url: self.url.into(),
             near,
         }
     }
@@ -545,7 +735,7 @@ mod tests {
     #[test]
     fn urls_other_than_http_and_unix_are_refused() {
         for url in ["127.0.0.1:7070", "unix:", "grpc://x"] {
-            let err = ClientBuilder::new(url).endpoint().unwrap_err();
+            let err = ClientBuilder::new(url).endpoint(url).unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
         }
         for url in [
@@ -553,7 +743,7 @@ mod tests {
             "unix:/tmp/cb.sock",
             "unix:///tmp/cb.sock",
         ] {
-            ClientBuilder::new(url).endpoint().unwrap();
+            ClientBuilder::new(url).endpoint(url).unwrap();
         }
     }
 

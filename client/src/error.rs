@@ -60,6 +60,21 @@ pub enum Error {
         source: tonic::transport::Error,
     },
 
+    /// None of several daemons could be reached (each was tried once, in turn): the
+    /// connection refused or broken. Keeps the last transport failure's status, if
+    /// there was a call.
+    #[error("no cachebackd daemon answered {rpc} (tried {}): {reason}", .tried.join(", "))]
+    NoDaemon {
+        /// The RPC (`Get`, ...), or `connect`.
+        rpc: &'static str,
+        /// The URLs tried, in the order tried.
+        tried: Vec<String>,
+        /// The last failure.
+        reason: String,
+        /// The last call's status (its code is `UNAVAILABLE` for a refused connection).
+        status: Option<Box<tonic::Status>>,
+    },
+
     /// The daemon answered the call with a non-OK status (boxed: a `Status` is large).
     #[error("cachebackd refused {rpc} of job {job:?}: {:?}: {}", .status.code(), .status.message())]
     Status {
@@ -140,6 +155,10 @@ impl Error {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Error::Status { status, .. } => Some(status),
+            Error::NoDaemon {
+                status: Some(status),
+                ..
+            } => Some(status),
             _ => None,
         }
     }

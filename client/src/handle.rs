@@ -250,13 +250,11 @@ impl<'j, J: Job> JobHandle<'j, J> {
     }
 
     async fn get_remote(&self, request: v1::GetRequest) -> Result<v1::GetResponse> {
-        Ok(self
-            .client
-            .raw()
-            .get(self.client.request(request))
+        self.client
+            .unary("Get", self.name(), request, |mut raw, r| async move {
+                raw.get(r).await
+            })
             .await
-            .map_err(|status| Error::status_of("Get", self.name(), status))?
-            .into_inner())
     }
 
     fn item_from_near(&self, hit: NearItem) -> Result<Item<J::Output>> {
@@ -307,13 +305,13 @@ impl<'j, J: Job> JobHandle<'j, J> {
                 .iter()
                 .map(|a| self.get_request(a))
                 .collect::<Result<Vec<_>>>()?;
+            let request = v1::GetManyRequest { requests };
             let response = self
                 .client
-                .raw()
-                .get_many(self.client.request(v1::GetManyRequest { requests }))
-                .await
-                .map_err(|status| Error::status_of("GetMany", self.name(), status))?
-                .into_inner();
+                .unary("GetMany", self.name(), request, |mut raw, r| async move {
+                    raw.get_many(r).await
+                })
+                .await?;
             if response.results.len() != chunk.len() {
                 return Err(Error::Protocol(format!(
                     "GetMany of job {:?} answered {} results for {} requests",
@@ -450,11 +448,10 @@ impl<'j, J: Job> JobHandle<'j, J> {
         self.forget_near(&request.args);
         let response = self
             .client
-            .raw()
-            .set(self.client.request(request))
-            .await
-            .map_err(|status| Error::status_of("Set", self.name(), status))?
-            .into_inner();
+            .unary("Set", self.name(), request, |mut raw, r| async move {
+                raw.set(r).await
+            })
+            .await?;
         response
             .expires_at
             .and_then(from_proto_timestamp)
@@ -486,11 +483,13 @@ impl<'j, J: Job> JobHandle<'j, J> {
         self.forget_near(&request.args);
         let response = self
             .client
-            .raw()
-            .invalidate(self.client.request(request))
-            .await
-            .map_err(|status| Error::status_of("Invalidate", self.name(), status))?
-            .into_inner();
+            .unary(
+                "Invalidate",
+                self.name(),
+                request,
+                |mut raw, r| async move { raw.invalidate(r).await },
+            )
+            .await?;
         Ok(Invalidated {
             found: response.found,
             refresh_scheduled: response.refresh_scheduled,
@@ -520,11 +519,10 @@ impl<'j, J: Job> JobHandle<'j, J> {
         self.forget_near(&request.args);
         let response = self
             .client
-            .raw()
-            .delete(self.client.request(request))
-            .await
-            .map_err(|status| Error::status_of("Delete", self.name(), status))?
-            .into_inner();
+            .unary("Delete", self.name(), request, |mut raw, r| async move {
+                raw.delete(r).await
+            })
+            .await?;
         Ok(response.found)
     }
 

@@ -40,6 +40,7 @@
 
 mod client;
 mod credentials;
+mod daemons;
 mod error;
 mod fetched;
 mod handle;

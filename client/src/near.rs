@@ -14,20 +14,24 @@
 //! the event of the very fetch a Get waited for does not spoil its answer), or the
 //! stream was lost in between. Subscriptions outlive the items a little: they are pruned in bulk once there
 //! are more of them than the cache holds, never past the daemon's 100,000 per stream.
+//!
+//! With several daemons the stream is on the one the client uses; when the client fails
+//! over (or the stream finds that daemon down, which moves the client too) everything
+//! held goes, and a new stream opens on the next daemon.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use cachebackd_proto::v1::{self as pb, cacheback_client::CachebackClient};
+use cachebackd_proto::v1 as pb;
 use moka::sync::Cache;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::client::Transport;
+use crate::daemons::{is_daemon_down, Daemons};
 use crate::time::from_proto_timestamp;
 
 /// The most items a near cache may hold: the daemon's limit per stream leaves room for
@@ -149,8 +153,8 @@ fn item_ref(key: &[u8]) -> pb::ItemRef {
 
 impl NearCache {
     /// A near cache of at most `capacity` items, its stream kept by a task on the current
-    /// tokio runtime through `raw`.
-    pub(crate) fn start(raw: CachebackClient<Transport>, capacity: u64) -> Arc<NearCache> {
+    /// tokio runtime, on the daemon the client uses.
+    pub(crate) fn start(daemons: Arc<Daemons>, capacity: u64) -> Arc<NearCache> {
         let capacity = capacity.clamp(1, MAX_NEAR_CACHE_ITEMS);
         let closing = CancellationToken::new();
         let near = Arc::new(NearCache {
@@ -167,7 +171,7 @@ impl NearCache {
             up: watch::Sender::new(false),
             _closing: closing.clone().drop_guard(),
         });
-        let task = keep_stream(Arc::downgrade(&near), raw);
+        let task = keep_stream(Arc::downgrade(&near), daemons);
         tokio::spawn(async move {
             tokio::select! {
                 _ = closing.cancelled() => {}
@@ -305,6 +309,27 @@ impl NearCache {
         }
     }
 
+    /// The client left the daemon the stream is on: everything held goes now (the
+    /// stream's task opens one on the next daemon).
+    pub(crate) fn lost_daemon(&self) {
+        self.drop_all(None);
+    }
+
+    /// A new stream is up, opened after `moves` daemon moves: it replaces everything held,
+    /// unless the client has moved since (then nothing changes; false).
+    fn install(
+        &self,
+        tx: mpsc::UnboundedSender<pb::SubscribeRequest>,
+        moves: u64,
+        now: u64,
+    ) -> bool {
+        if moves != now {
+            return false;
+        }
+        self.drop_all(Some(tx));
+        true
+    }
+
     /// The stream is lost (or a new one is up, `tx`): everything held goes.
     fn drop_all(&self, tx: Option<mpsc::UnboundedSender<pb::SubscribeRequest>>) {
         let mut link = self.link.lock();
@@ -323,21 +348,40 @@ impl NearCache {
     }
 }
 
-/// Keeps one Subscribe stream up while the near cache exists: opens it, applies its
-/// events, and after a loss drops everything and opens a new one (backing off up to 2 s).
-async fn keep_stream(near: Weak<NearCache>, mut raw: CachebackClient<Transport>) {
+/// Keeps one Subscribe stream up while the near cache exists, on the daemon the client
+/// uses: opens it, applies its events, and after a loss drops everything and opens a new
+/// one (backing off up to 2 s). A daemon found down moves the client to the next; a move
+/// made by the client's calls ends the stream at once.
+async fn keep_stream(near: Weak<NearCache>, daemons: Arc<Daemons>) {
     let mut delay = Duration::from_millis(50);
+    let mut moves = daemons.moves();
+    // Daemons found down one after the other: past all of them, back off.
+    let mut down_in_a_row = 0;
     loop {
+        let moved = *moves.borrow_and_update();
+        let index = daemons.current();
+        let mut raw = daemons.get(index).raw.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         match raw.subscribe(UnboundedReceiverStream::new(rx)).await {
             Ok(response) => {
                 let Some(cache) = near.upgrade() else { return };
-                cache.drop_all(Some(tx));
+                if !cache.install(tx, moved, daemons.moved()) {
+                    continue;
+                }
                 drop(cache);
                 delay = Duration::from_millis(50);
+                down_in_a_row = 0;
                 let mut events = response.into_inner();
                 loop {
-                    let event = events.message().await;
+                    let event = tokio::select! {
+                        event = events.message() => event,
+                        _ = moves.changed() => {
+                            // The client moved on (and dropped everything): follow it.
+                            let Some(cache) = near.upgrade() else { return };
+                            cache.drop_all(None);
+                            break;
+                        }
+                    };
                     let Some(cache) = near.upgrade() else { return };
                     match event {
                         Ok(Some(e)) if e.kind() == pb::ItemEventKind::Reset => {
@@ -368,6 +412,14 @@ async fn keep_stream(near: Weak<NearCache>, mut raw: CachebackClient<Transport>)
             }
             Err(status) => {
                 tracing::debug!(%status, "near cache: Subscribe refused; retrying");
+                if daemons.all().len() > 1 && is_daemon_down(&status) {
+                    daemons.fail_over(index);
+                    down_in_a_row += 1;
+                    if down_in_a_row < daemons.all().len() {
+                        continue;
+                    }
+                    down_in_a_row = 0;
+                }
             }
         }
         if near.strong_count() == 0 {

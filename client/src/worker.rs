@@ -1,6 +1,9 @@
 //! The worker runtime: cacheback's Celery/RQ workers, inside the app server.
 //!
-//! One `RegisterJob` stream per served job. Each stream's session registers, then
+//! One `RegisterJob` stream per served job and daemon: given several daemons (a fleet,
+//! each of which dispatches only to the workers registered with it), the worker
+//! registers every job with every one of them, each stream reconnecting on its own.
+//! Each stream's session registers, then
 //! answers the daemon's fetch requests, at most `max_in_flight` at a time, each in its
 //! own task so that an error or a panic becomes a `FetchError` and nothing more. A lost
 //! stream is reopened with exponential backoff and jitter; a stop finishes the fetches
@@ -28,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::daemons::Daemon;
 use crate::{
     decode_args,
     time::{from_proto_timestamp, to_proto_duration},
@@ -72,6 +76,7 @@ pub struct Worker {
     status: watch::Sender<Status>,
 }
 
+#[derive(Clone)]
 struct Served {
     job: Arc<dyn ErasedJob>,
     max_in_flight: Option<u32>,
@@ -80,7 +85,7 @@ struct Served {
 /// What the handles watch.
 #[derive(Debug, Default)]
 struct Status {
-    /// Per served job: registered on a live stream right now.
+    /// Per served job and daemon (job-major): registered on a live stream right now.
     live: Vec<bool>,
     /// `Registered` answers received so far, over all jobs.
     registrations: u64,
@@ -89,7 +94,8 @@ struct Status {
 }
 
 impl Worker {
-    /// A worker with no jobs yet, talking to the daemon through `client`.
+    /// A worker with no jobs yet, talking to the daemon through `client`; a client of
+    /// several daemons has the worker register each job with every one of them.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), cacheback::Error> {
@@ -200,7 +206,9 @@ impl Worker {
 
     fn add(mut self, job: Arc<dyn ErasedJob>, max_in_flight: Option<u32>) -> Self {
         self.jobs.push(Served { job, max_in_flight });
-        self.status.send_modify(|status| status.live.push(false));
+        let daemons = self.client.daemons().len();
+        self.status
+            .send_modify(|status| status.live.extend(std::iter::repeat_n(false, daemons)));
         self
     }
 
@@ -232,8 +240,8 @@ impl Worker {
     /// # Ok(()) }
     /// ```
     pub async fn run(self) -> Result<()> {
+        let daemons = self.client.daemons().to_vec();
         let context = Arc::new(Context {
-            client: self.client,
             worker_name: self.name,
             default_max_in_flight: self.max_in_flight,
             backoff: self.backoff,
@@ -241,8 +249,16 @@ impl Worker {
             status: self.status,
         });
         let mut jobs = JoinSet::new();
-        for (index, served) in self.jobs.into_iter().enumerate() {
-            jobs.spawn(serve_job(context.clone(), index, served));
+        for (j, served) in self.jobs.into_iter().enumerate() {
+            for (d, daemon) in daemons.iter().enumerate() {
+                let index = j * daemons.len() + d;
+                jobs.spawn(serve_job(
+                    context.clone(),
+                    index,
+                    daemon.clone(),
+                    served.clone(),
+                ));
+            }
         }
         let mut result = Ok(());
         while let Some(joined) = jobs.join_next().await {
@@ -308,8 +324,8 @@ impl WorkerHandle {
         self.stop.cancel();
     }
 
-    /// Waits until every served job is registered on a live stream; fails if the worker
-    /// stops first.
+    /// Waits until every served job is registered on a live stream (with several
+    /// daemons: with every one of them); fails if the worker stops first.
     ///
     /// ```no_run
     /// # async fn demo(handle: cacheback::WorkerHandle) -> Result<(), cacheback::Error> {
@@ -365,7 +381,6 @@ impl WorkerHandle {
 
 /// What every job's loop shares.
 struct Context {
-    client: Client,
     worker_name: String,
     default_max_in_flight: u32,
     backoff: ExponentialBuilder,
@@ -390,12 +405,18 @@ enum SessionEnd {
     Lost { registered: bool, reason: String },
 }
 
-/// Keeps one job registered until the worker stops: session after session.
-async fn serve_job(context: Arc<Context>, index: usize, served: Served) -> Result<()> {
+/// Keeps one job registered with one daemon until the worker stops: session after
+/// session.
+async fn serve_job(
+    context: Arc<Context>,
+    index: usize,
+    daemon: Daemon,
+    served: Served,
+) -> Result<()> {
     let job_name = served.job.name().to_owned();
     let mut backoff = context.backoff.build();
     loop {
-        let end = session(&context, index, &served).await;
+        let end = session(&context, index, &daemon, &served).await;
         context
             .status
             .send_modify(|status| status.live[index] = false);
@@ -409,7 +430,7 @@ async fn serve_job(context: Arc<Context>, index: usize, served: Served) -> Resul
             }
         };
         let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-        warn!(job = %job_name, %reason, ?delay, "stream to cachebackd lost; reconnecting");
+        warn!(job = %job_name, url = %daemon.url, %reason, ?delay, "stream to cachebackd lost; reconnecting");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = context.stop.cancelled() => return Ok(()),
@@ -419,7 +440,12 @@ async fn serve_job(context: Arc<Context>, index: usize, served: Served) -> Resul
 
 /// One `RegisterJob` stream: register, then serve fetches until the stream is lost or
 /// the worker stops. `Err` only for a refusal that retrying cannot fix.
-async fn session(context: &Context, index: usize, served: &Served) -> Result<SessionEnd> {
+async fn session(
+    context: &Context,
+    index: usize,
+    daemon: &Daemon,
+    served: &Served,
+) -> Result<SessionEnd> {
     let job = &served.job;
     let max_in_flight = served
         .max_in_flight
@@ -438,7 +464,7 @@ async fn session(context: &Context, index: usize, served: &Served) -> Result<Ses
         })
         .expect("a new channel has room for the first message");
 
-    let mut raw = context.client.raw();
+    let mut raw = daemon.raw.clone();
     let call = raw.register_job(ReceiverStream::new(outbound));
     let response = tokio::select! {
         response = call => response,
@@ -457,7 +483,7 @@ async fn session(context: &Context, index: usize, served: &Served) -> Result<Ses
             kind: Some(daemon_message::Kind::Registered(registered)),
         })) => {
             let config = registered.config.map(JobConfig::from_proto);
-            info!(job = job.name(), worker_id = %registered.worker_id, ?config, "registered");
+            info!(job = job.name(), url = %daemon.url, worker_id = %registered.worker_id, ?config, "registered");
             context.set_live(index, true);
         }
         Ok(Some(other)) => {

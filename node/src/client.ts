@@ -8,7 +8,8 @@
 
 import * as grpc from "@grpc/grpc-js";
 
-import { CachebackError, FetchFailed } from "./errors";
+import { CachebackError, FetchFailed, NoDaemonError, daemonDown } from "./errors";
+import { NearCache, keyOf, nearItem, type NearCacheStats } from "./near";
 import {
   cachebackV1,
   type CachebackClient,
@@ -25,7 +26,8 @@ import { channelSecurity, checkPlaintextToken, tlsFromEnv, type TlsOptions } fro
 import { fromTimestamp, toDuration } from "./time";
 import { CLIENT_MAX_MESSAGE_BYTES, MAX_GET_MANY } from "./wire";
 
-/** The environment variable a `Client` without a URL reads (the Rust and Python clients' too). */
+/** The environment variable a `Client` without a URL reads (the Rust and Python clients'
+ * too); several URLs separated by commas are the daemons of a fleet. */
 export const URL_ENV = "CACHEBACKD_URL";
 /** The bearer token a `Client` without one sends (PROTOCOL.md, "Security"), as the Python client. */
 export const TOKEN_ENV = "CACHEBACKD_TOKEN";
@@ -105,6 +107,12 @@ export interface ClientOptions {
   tls?: TlsOptions | boolean;
   /** grpc-js channel options, over ours. */
   channelOptions?: grpc.ChannelOptions;
+  /** Keep up to this many items the daemon answered FRESH in this process (at most
+   * 90,000) and serve them from `get` without a call while they are fresh and the daemon
+   * has told of no change to them (its Subscribe stream); a lost stream drops them all.
+   * Reads served locally are not seen by the daemon (no early refresh):
+   * `nearCacheStats()` counts them. Default: off. */
+  nearCache?: number;
 }
 
 /** Per-call settings. */
@@ -123,6 +131,17 @@ export function resolveTarget(url: string | undefined): { target: string; https:
     }
   }
   return { target: given, https: false };
+}
+
+/** The URLs in `urls` (one, several separated by commas, or a list), else in
+ * `$CACHEBACKD_URL`, else the default. */
+export function resolveUrls(urls: string | readonly string[] | undefined): string[] {
+  const given = typeof urls === "string" ? [urls] : urls ?? [];
+  const split = given.flatMap((u) => u.split(",")).map((u) => u.trim()).filter((u) => u !== "");
+  if (split.length > 0) return split;
+  if (urls !== undefined && typeof urls !== "string" && urls.length > 0) throw new RangeError("no cachebackd URL given");
+  const fromEnv = (process.env[URL_ENV] ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
+  return fromEnv.length > 0 ? fromEnv : [DEFAULT_URL];
 }
 
 /** How one Get may read: the job's policy overridden, or a peek. */
@@ -181,50 +200,128 @@ type Unary<Res> = (
   callback: grpc.requestCallback<Res>,
 ) => grpc.ClientUnaryCall;
 
+/** One daemon of a client: its URL's grpc-js target and the stub on its channel. */
+interface Daemon {
+  readonly url: string;
+  readonly target: string;
+  readonly stub: CachebackClient;
+  readonly credentials: grpc.ChannelCredentials;
+}
+
 /**
  * A connection to cachebackd.
  *
  * `url` is `http://host:port`, `host:port` or `unix:/path/to.sock`; without one,
  * `$CACHEBACKD_URL`, else `http://127.0.0.1:7070`. The channel connects on first use and
  * reconnects by itself; share one client per process (jobs and workers take it).
+ *
+ * Several URLs (a list, or separated by commas, in the argument or the variable) are the
+ * daemons of a fleet: the client uses one, picked at random (app servers given the same
+ * list spread over the fleet), and when a call finds it down (connection refused or
+ * broken, or the daemon draining; never a status the daemon answered, such as a failed
+ * fetch's UNAVAILABLE) it moves to the next and sends the call there, each daemon at most
+ * once: every call of a reader is idempotent (a read; a Set of the same data, an
+ * Invalidate, a Delete or an InvalidateTags applied twice leave the same state). With all
+ * of them down it throws NoDaemonError naming every URL tried. The token and TLS settings
+ * apply to every URL; a Worker registers with every daemon.
  */
 export class Client {
-  /** What the channel dials (grpc-js's form of the URL). */
-  readonly target: string;
-  /** The generated stub, for the RPCs this class does not wrap. */
-  readonly stub: CachebackClient;
   readonly timeout: number | undefined;
   private readonly token: string | undefined;
-  private readonly credentials: grpc.ChannelCredentials;
+  private readonly daemons: readonly Daemon[];
+  private currentIndex: number;
+  private moves = 0;
+  private readonly near: NearCache | undefined;
 
-  constructor(url?: string, options: ClientOptions = {}) {
-    const { target, https } = resolveTarget(url);
-    this.target = target;
+  constructor(url?: string | readonly string[], options: ClientOptions = {}) {
     this.timeout = options.timeout;
     this.token = options.token || process.env[TOKEN_ENV] || undefined;
-    const fromEnv = options.tls === true || (options.tls === undefined && https);
-    const tls = typeof options.tls === "object" ? options.tls : fromEnv ? tlsFromEnv() : undefined;
-    checkPlaintextToken(target, this.token, tls !== undefined, options.allowPlaintextToken ?? false);
-    const security = channelSecurity(tls);
-    this.credentials = security.credentials;
     const Cacheback = cachebackV1().Cacheback;
-    this.stub = new Cacheback(this.target, this.credentials, {
-      ...CHANNEL_OPTIONS,
-      ...security.options,
-      ...options.channelOptions,
+    this.daemons = resolveUrls(url).map((given) => {
+      const { target, https } = resolveTarget(given);
+      const fromEnv = options.tls === true || (options.tls === undefined && https);
+      const tls = typeof options.tls === "object" ? options.tls : fromEnv ? tlsFromEnv() : undefined;
+      checkPlaintextToken(target, this.token, tls !== undefined, options.allowPlaintextToken ?? false);
+      const security = channelSecurity(tls);
+      const stub = new Cacheback(target, security.credentials, {
+        ...CHANNEL_OPTIONS,
+        ...security.options,
+        ...options.channelOptions,
+      });
+      return { url: given, target, stub, credentials: security.credentials };
     });
+    this.currentIndex = Math.floor(Math.random() * this.daemons.length);
+    this.near =
+      options.nearCache === undefined
+        ? undefined
+        : new NearCache(
+            {
+              current: () => ({ index: this.currentIndex, moves: this.moves }),
+              count: this.daemons.length,
+              subscribe: (index) => {
+                const { metadata, options: call } = this.callOptions(undefined);
+                return this.daemons[index]!.stub.Subscribe(metadata, call);
+              },
+              failOver: (index) => void this.failOver(index),
+              isDown: daemonDown,
+            },
+            options.nearCache,
+          );
   }
 
-  /** Closes the channel; calls in flight fail with CANCELLED. */
+  /** What the channel of the daemon in use dials (grpc-js's form of its URL). */
+  get target(): string {
+    return this.daemon().target;
+  }
+
+  /** Every daemon's grpc-js target, in the order given. */
+  get targets(): string[] {
+    return this.daemons.map((d) => d.target);
+  }
+
+  /** The generated stub of the daemon in use, for the RPCs this class does not wrap
+   * (calls on it do not fail over). */
+  get stub(): CachebackClient {
+    return this.daemon().stub;
+  }
+
+  /** @internal Every daemon's stub, for the worker (which registers with each). */
+  get stubs(): { target: string; stub: CachebackClient }[] {
+    return this.daemons.map((d) => ({ target: d.target, stub: d.stub }));
+  }
+
+  private daemon(): Daemon {
+    return this.daemons[this.currentIndex]!;
+  }
+
+  /** The daemon at `index` is down: if it is still the one in use, the next one is from
+   * now on, and the near cache (whose stream was there) drops everything. */
+  private failOver(index: number): void {
+    if (this.currentIndex !== index) return;
+    this.currentIndex = (index + 1) % this.daemons.length;
+    this.moves++;
+    this.near?.lostDaemon();
+  }
+
+  /** Closes the channels; calls in flight fail with CANCELLED. */
   close(): void {
-    this.stub.close();
+    this.near?.close();
+    for (const d of this.daemons) d.stub.close();
   }
 
-  /** Resolves once the channel is connected; rejects after `timeout` seconds. */
-  waitForReady(timeout: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.stub.waitForReady(Date.now() + timeout * 1000, (error) => (error ? reject(error) : resolve()));
+  /** Resolves once the channel of the daemon in use is connected and, with a near cache,
+   * its stream is up; rejects after `timeout` seconds. */
+  async waitForReady(timeout: number): Promise<void> {
+    const stub = this.stub;
+    await new Promise<void>((resolve, reject) => {
+      stub.waitForReady(Date.now() + timeout * 1000, (error) => (error ? reject(error) : resolve()));
     });
+    await this.near?.ready(timeout);
+  }
+
+  /** The near cache's counters (hits, misses, items, resets); undefined without one. */
+  nearCacheStats(): NearCacheStats | undefined {
+    return this.near?.stats();
   }
 
   /** Metadata and call options of one call (the worker's stream uses them too). */
@@ -236,21 +333,49 @@ export class Client {
     return { metadata, options };
   }
 
-  private call<Res>(method: Unary<Res>, options: CallOptions): Promise<Res> {
-    const { metadata, options: call } = this.callOptions("timeout" in options ? options.timeout : this.timeout);
-    return new Promise((resolve, reject) => {
-      method(metadata, call, (error, reply) => {
-        if (error || reply === undefined) reject(CachebackError.from(error));
-        else resolve(reply);
+  /** Calls `rpc` on the daemon in use; if it is down, moves on and sends it to the next,
+   * each daemon at most once. */
+  private async call<Res>(rpc: string, method: (daemon: Daemon) => Unary<Res>, options: CallOptions): Promise<Res> {
+    let index = this.currentIndex;
+    const tried: string[] = [];
+    for (;;) {
+      const daemon = this.daemons[index]!;
+      const { metadata, options: call } = this.callOptions("timeout" in options ? options.timeout : this.timeout);
+      const outcome = await new Promise<{ reply?: Res; error?: grpc.ServiceError }>((resolve) => {
+        method(daemon)(metadata, call, (error, reply) => resolve(error || reply === undefined ? { error: error ?? undefined } : { reply }));
       });
-    });
+      if (outcome.reply !== undefined) return outcome.reply;
+      const error = outcome.error;
+      if (this.daemons.length === 1 || error === undefined || !daemonDown(error)) throw CachebackError.from(error);
+      tried.push(daemon.url);
+      this.failOver(index);
+      if (tried.length >= this.daemons.length) throw new NoDaemonError(rpc, tried, error.code, error.details);
+      index = this.currentIndex;
+    }
   }
 
   /** Reads an item; on a miss or a stale hit the daemon refreshes it as the job says
    * (unless `peek`). */
   async get(job: string, args: Uint8Array, options: CallOptions & ReadOptions = {}): Promise<Item<Buffer>> {
     const request = getRequest(job, args, options);
-    const reply = await this.call<GetResponse__Output>((m, o, cb) => this.stub.Get(request, m, o, cb), options);
+    const get = (d: Daemon): Unary<GetResponse__Output> => (m, o, cb) => d.stub.Get(request, m, o, cb);
+    const near = options.peek || options.maxAge !== undefined ? undefined : this.near;
+    if (near === undefined) return itemFromReply(await this.call("Get", get, options));
+    const key = keyOf(job, args);
+    const hit = near.lookup(key);
+    if (hit !== undefined) {
+      const item = itemFromReply(hit.reply);
+      return new Item(item.state, item.data, item.storedAt, item.expiresAt, false, false, item.absent, item.tags);
+    }
+    const ticket = near.begin(key);
+    let reply: GetResponse__Output;
+    try {
+      reply = await this.call("Get", get, options);
+    } catch (error) {
+      if (ticket) near.finish(ticket, undefined);
+      throw error;
+    }
+    if (ticket) near.finish(ticket, nearItem(reply));
     return itemFromReply(reply);
   }
 
@@ -271,7 +396,11 @@ export class Client {
       const requests = args
         .slice(start, start + GET_MANY_LIMIT)
         .map((a, i) => getRequest(job, a, { fetchOnMiss: overrides[start + i] }));
-      const reply = await this.call<GetManyResponse__Output>((m, o, cb) => this.stub.GetMany({ requests }, m, o, cb), options);
+      const reply = await this.call<GetManyResponse__Output>(
+        "GetMany",
+        (d) => (m, o, cb) => d.stub.GetMany({ requests }, m, o, cb),
+        options,
+      );
       for (const result of reply.results) {
         if (result.response) results.push(itemFromReply(result.response));
         else results.push(itemError(result.error?.code ?? grpc.status.UNKNOWN, result.error?.message ?? ""));
@@ -295,13 +424,19 @@ export class Client {
       tags: [...(options.tags ?? [])],
       ...(options.lifetime === undefined ? {} : { lifetime: toDuration(options.lifetime, "lifetime") }),
     };
-    const reply = await this.call<SetResponse__Output>((m, o, cb) => this.stub.Set(request, m, o, cb), options);
+    this.near?.forget(keyOf(job, args));
+    const reply = await this.call<SetResponse__Output>("Set", (d) => (m, o, cb) => d.stub.Set(request, m, o, cb), options);
     return fromTimestamp(reply.expiresAt) ?? new Date(0);
   }
 
   /** Marks an item stale now and schedules a refresh; the stale data is served meanwhile. */
   async invalidate(job: string, args: Uint8Array, options: CallOptions = {}): Promise<Invalidated> {
-    const reply = await this.call<InvalidateResponse__Output>((m, o, cb) => this.stub.Invalidate({ job, args }, m, o, cb), options);
+    this.near?.forget(keyOf(job, args));
+    const reply = await this.call<InvalidateResponse__Output>(
+      "Invalidate",
+      (d) => (m, o, cb) => d.stub.Invalidate({ job, args }, m, o, cb),
+      options,
+    );
     return { found: reply.found, refreshScheduled: reply.refreshScheduled };
   }
 
@@ -311,7 +446,8 @@ export class Client {
   async invalidateTags(tags: readonly string[], options: CallOptions = {}): Promise<Date> {
     const request = { tags: [...tags] };
     const reply = await this.call<InvalidateTagsResponse__Output>(
-      (m, o, cb) => this.stub.InvalidateTags(request, m, o, cb),
+      "InvalidateTags",
+      (d) => (m, o, cb) => d.stub.InvalidateTags(request, m, o, cb),
       options,
     );
     return fromTimestamp(reply.invalidatedBefore) ?? new Date(0);
@@ -321,14 +457,15 @@ export class Client {
    * (CachebackAdmin.ListJobs, on this client's channel). */
   async workers(options: CallOptions = {}): Promise<Map<string, number>> {
     const Admin = cachebackV1().CachebackAdmin;
-    const admin = new Admin(this.target, this.credentials, { channelOverride: this.stub.getChannel() });
-    const reply = await this.call<ListJobsResponse__Output>((m, o, cb) => admin.ListJobs({}, m, o, cb), options);
+    const admin = (d: Daemon) => new Admin(d.target, d.credentials, { channelOverride: d.stub.getChannel() });
+    const reply = await this.call<ListJobsResponse__Output>("ListJobs", (d) => (m, o, cb) => admin(d).ListJobs({}, m, o, cb), options);
     return new Map(reply.jobs.map((job) => [job.name, job.workers]));
   }
 
   /** Removes an item, so that the next Get is a miss; resolves to whether it existed. */
   async delete(job: string, args: Uint8Array, options: CallOptions = {}): Promise<boolean> {
-    const reply = await this.call<DeleteResponse__Output>((m, o, cb) => this.stub.Delete({ job, args }, m, o, cb), options);
+    this.near?.forget(keyOf(job, args));
+    const reply = await this.call<DeleteResponse__Output>("Delete", (d) => (m, o, cb) => d.stub.Delete({ job, args }, m, o, cb), options);
     return reply.found;
   }
 }

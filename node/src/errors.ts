@@ -1,6 +1,21 @@
 /** The one error the client throws for a failed call, keeping the gRPC status. */
 
-import { status as Status, type ServiceError } from "@grpc/grpc-js";
+import { status as Status, type Metadata, type ServiceError } from "@grpc/grpc-js";
+
+/** What the daemon says while it drains: UNAVAILABLE, but no fetch failed. */
+export const SHUTTING_DOWN = "cachebackd is shutting down";
+
+/** Whether a status came from the daemon: its answers carry headers (at least `date`); a
+ * status that grpc-js made up for a connection that failed or broke carries none. */
+export function answeredByDaemon(status: { metadata?: Metadata }): boolean {
+  return status.metadata !== undefined && Object.keys(status.metadata.getMap()).length > 0;
+}
+
+/** Whether a failed call found its daemon down (the connection refused or broken, or the
+ * daemon draining) rather than refused by it: then another daemon of a fleet may serve it. */
+export function daemonDown(status: { code?: number; details?: string; metadata?: Metadata }): boolean {
+  return status.code === Status.UNAVAILABLE && (status.details === SHUTTING_DOWN || !answeredByDaemon(status));
+}
 
 /**
  * A call to the daemon failed.
@@ -32,10 +47,9 @@ export class CachebackError extends Error {
     const e = error as Partial<ServiceError>;
     if (typeof e.code === "number") {
       const details = e.details ?? e.message ?? "";
-      // The daemon's own answers carry headers (at least `date`); a status that grpc-js
-      // made up for a connection that failed or broke carries none.
-      const fromDaemon = e.metadata !== undefined && Object.keys(e.metadata.getMap()).length > 0;
-      if (e.code === Status.UNAVAILABLE && fromDaemon) return new FetchFailed(details);
+      if (e.code === Status.UNAVAILABLE && answeredByDaemon(e) && details !== SHUTTING_DOWN) {
+        return new FetchFailed(details);
+      }
       return new CachebackError(e.code, details);
     }
     return new CachebackError(Status.UNKNOWN, error instanceof Error ? error.message : String(error));
@@ -50,5 +64,20 @@ export class FetchFailed extends CachebackError {
 
   constructor(details: string) {
     super(Status.UNAVAILABLE, details);
+  }
+}
+
+/** None of several daemons could be reached: each was tried once, in turn (the connection
+ * refused or broken). `tried` holds their URLs in that order; `code` is UNAVAILABLE. */
+export class NoDaemonError extends CachebackError {
+  override readonly name = "NoDaemonError";
+
+  constructor(
+    readonly rpc: string,
+    readonly tried: readonly string[],
+    code: Status,
+    lastDetails: string,
+  ) {
+    super(code, `no cachebackd daemon answered ${rpc} (tried ${tried.join(", ")}): ${lastDetails}`);
   }
 }

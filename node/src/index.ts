@@ -17,7 +17,7 @@
  * ```
  *
  * The daemon is found at `$CACHEBACKD_URL` (`http://host:port`, `host:port` or
- * `unix:/path`), else `http://127.0.0.1:7070`.
+ * `unix:/path`; several separated by commas for a fleet), else `http://127.0.0.1:7070`.
  */
 
 export {
@@ -30,6 +30,7 @@ export {
   URL_ENV,
   defaultClient,
   resolveTarget,
+  resolveUrls,
   setDefaultClient,
   type CallOptions,
   type ClientOptions,
@@ -38,7 +39,8 @@ export {
   type ReadOptions,
 } from "./client";
 export { decodeArgs, decodeJson, encodeArgs, encodeJson } from "./codec";
-export { CachebackError, FetchFailed } from "./errors";
+export { CachebackError, FetchFailed, NoDaemonError } from "./errors";
+export { MAX_NEAR_CACHE_ITEMS, type NearCacheStats } from "./near";
 export { TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV, isLocal, tlsFromEnv, type TlsOptions } from "./security";
 export {
   FunctionJob,

@@ -22,7 +22,7 @@ import { Client, defaultClient } from "./client";
 import { decodeArgs } from "./codec";
 import { Job, type CachedFunction } from "./job";
 import { Absent, Fetched, NotModified, withFetchContext, type FetchReason } from "./outcomes";
-import type { DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
+import type { CachebackClient, DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
 import { fromTimestamp, toDuration } from "./time";
 import { RECONNECT_MAX_MILLIS, RECONNECT_MIN_MILLIS } from "./wire";
 
@@ -115,7 +115,9 @@ export class Worker {
   private readonly reconnectMax: number;
   private readonly stopGrace: number;
   readonly logger: Logger;
-  private readonly streams = new Map<string, JobStream>();
+  /** Per job, one stream per daemon of the client (each daemon of a fleet dispatches only
+   * to the workers registered with it). */
+  private readonly streams = new Map<string, JobStream[]>();
   private readonly stopping = new AbortController();
   /** Emits "change" whenever a registration, a fetch's end or a stream's end happens. */
   private readonly changes = new EventEmitter();
@@ -140,9 +142,9 @@ export class Worker {
     const limit = options.maxInFlight ?? job.maxInFlight;
     if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`maxInFlight must be a positive integer, got ${limit}`);
     if (this.streams.has(job.name)) throw new Error(`job ${job.name} is already served by this worker`);
-    const stream = new JobStream(this, job, limit);
-    this.streams.set(job.name, stream);
-    if (this.started) this.loops.push(stream.run());
+    const streams = this.client.stubs.map(({ target, stub }) => new JobStream(this, job, limit, target, stub));
+    this.streams.set(job.name, streams);
+    if (this.started) this.loops.push(...streams.map((s) => s.run()));
     return this;
   }
 
@@ -156,9 +158,13 @@ export class Worker {
     return this.registrationCount;
   }
 
-  /** The job's config as the daemon last confirmed it, defaults filled in. */
+  /** The job's config as a daemon last confirmed it, defaults filled in. */
   effectiveConfig(job: string): JobConfig__Output | null {
-    return this.streams.get(job)?.config ?? null;
+    return this.streams.get(job)?.find((s) => s.config !== null)?.config ?? null;
+  }
+
+  private allStreams(): JobStream[] {
+    return [...this.streams.values()].flat();
   }
 
   /** Opens the streams and returns at once. */
@@ -166,19 +172,20 @@ export class Worker {
     if (this.stopping.signal.aborted) throw new Error("a stopped worker cannot be started again");
     if (!this.started) {
       this.started = true;
-      this.loops = [...this.streams.values()].map((s) => s.run());
+      this.loops = this.allStreams().map((s) => s.run());
     }
     return this;
   }
 
-  /** Resolves once every job is registered on a live stream, or, with `count`, once
+  /** Resolves once every job is registered on a live stream (with several daemons: with
+   * every one), or, with `count`, once
    * `registrations` reaches it (to wait for a reconnection). Rejects after `timeout` seconds. */
   ready(options: { timeout?: number; count?: number } = {}): Promise<void> {
     const { count } = options;
     return this.until(
       () =>
         count === undefined
-          ? this.streams.size > 0 && [...this.streams.values()].every((s) => s.registered)
+          ? this.streams.size > 0 && this.allStreams().every((s) => s.registered)
           : this.registrationCount >= count,
       options.timeout ?? 30,
       "registration",
@@ -205,7 +212,7 @@ export class Worker {
     const deadline = Date.now() + grace * 1000;
     const left = () => Math.max(deadline - Date.now(), 0) / 1000;
     this.stopping.abort();
-    const streams = [...this.streams.values()];
+    const streams = this.allStreams();
     await this.until(() => streams.every((s) => s.inFlight === 0), left(), "fetches in flight").catch(() => {});
     for (const stream of streams) stream.halfClose();
     await this.until(() => streams.every((s) => s.call === undefined), left(), "streams to end").catch(() => {});
@@ -250,7 +257,7 @@ export class Worker {
   }
 }
 
-/** One job's RegisterJob stream, reconnected until the worker stops. */
+/** One job's RegisterJob stream to one daemon, reconnected until the worker stops. */
 class JobStream {
   registered = false;
   config: JobConfig__Output | null = null;
@@ -261,6 +268,8 @@ class JobStream {
     private readonly worker: Worker,
     private readonly job: Job<any, any>,
     private readonly maxInFlight: number,
+    private readonly target: string,
+    private readonly stub: CachebackClient,
   ) {}
 
   async run(): Promise<void> {
@@ -272,7 +281,7 @@ class JobStream {
       if (signal.aborted) break;
       if (registered) delay = initial;
       const pause = delay / 2 + (Math.random() * delay) / 2;
-      this.worker.logger.info(`job ${this.job.name}: stream ended; reconnecting in ${pause.toFixed(2)}s`);
+      this.worker.logger.info(`job ${this.job.name} at ${this.target}: stream ended; reconnecting in ${pause.toFixed(2)}s`);
       await sleep(pause * 1000, undefined, { signal }).catch(() => {});
       delay = Math.min(delay * 2, max);
     }
@@ -286,7 +295,7 @@ class JobStream {
   /** One RegisterJob call, until it ends; resolves to whether it got registered. */
   private session(): Promise<boolean> {
     const { metadata, options } = this.worker.client.callOptions(undefined);
-    const call = this.worker.client.stub.RegisterJob(metadata, options);
+    const call = this.stub.RegisterJob(metadata, options);
     this.call = call;
     let registered = false;
     return new Promise((resolve) => {

@@ -62,6 +62,8 @@ export async function freePort(): Promise<number> {
 export class Daemon {
   private proc: ChildProcess | undefined;
   private exited: Promise<number> | undefined;
+  /** Killed by the test (SIGKILL): not expected to exit cleanly. */
+  private killed = false;
 
   private constructor(
     readonly listen: string,
@@ -121,6 +123,20 @@ export class Daemon {
     return code;
   }
 
+  /** SIGKILL by pid and wait for the exit: a daemon that dies. */
+  async kill(): Promise<void> {
+    if (this.proc === undefined || this.exited === undefined) return;
+    this.killed = true;
+    this.proc.kill("SIGKILL");
+    await this.exited;
+  }
+
+  /** Starts again on the same address and data dir after `kill`. */
+  async startAgain(): Promise<void> {
+    this.killed = false;
+    await this.spawn();
+  }
+
   async restart(): Promise<void> {
     const code = await this.stop();
     if (code !== 0) throw new Error(`cachebackd exited with ${code}; log:\n${this.log}`);
@@ -130,7 +146,7 @@ export class Daemon {
   /** Stops the daemon, requires exit 0, and removes its directory. */
   async close(): Promise<void> {
     const code = await this.stop();
-    if (code !== 0) throw new Error(`cachebackd exited with ${code}; log:\n${this.log}`);
+    if (code !== 0 && !this.killed) throw new Error(`cachebackd exited with ${code}; log:\n${this.log}`);
     rmSync(this.dir, { recursive: true, force: true });
   }
 

@@ -62,6 +62,8 @@ class Daemon:
         self.log = log
         self.args = args
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        #: Killed by the test (SIGKILL): not expected to exit cleanly.
+        self.killed = False
 
     @property
     def target(self) -> str:
@@ -102,6 +104,13 @@ class Daemon:
                 self.proc.wait()
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL by pid and wait: a daemon that dies."""
+        assert self.proc is not None
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
     def restart(self) -> "Daemon":
         code = self.stop()
         assert code == 0, f"cachebackd exited with {code}; log:\n{self.log.read_text()}"
@@ -131,6 +140,8 @@ def make_daemon(cachebackd_bin: Path, tmp_path: Path) -> Iterator[Callable[..., 
 
     yield make
     for daemon in daemons:
+        if daemon.killed:
+            continue
         code = daemon.stop()
         assert code == 0, f"cachebackd exited with {code}; log:\n{daemon.log.read_text()}"
 

@@ -12,6 +12,7 @@ mod bounds_support;
 
 mod client_additions;
 mod client_attribute;
+mod client_failover;
 mod client_interop;
 mod client_jobs;
 mod client_near_cache;

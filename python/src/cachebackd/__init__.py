@@ -34,7 +34,7 @@ from .client import (
     default_client,
     set_default_client,
 )
-from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed
+from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed, NoDaemonError
 from .job import Call, CachedFunction, FunctionJob, Job, cacheback, validate_name
 from .outcomes import Absent, FetchContext, Fetched, NotModified, fetch_context
 from .worker import Worker
@@ -60,6 +60,7 @@ __all__ = [
     "TOKEN_ENV",
     "URL_ENV",
     "CachebackError",
+    "NoDaemonError",
     "CachebackdWarning",
     "CachedFunction",
     "Call",

@@ -9,7 +9,10 @@
   unless an event told of a change after that data was stored (a CHANGED event is at its
   data's `stored_at`, so the event of the fetch a Get waited for does not spoil it);
 - subscriptions are pruned in bulk once they outnumber what is held, never past the
-  daemon's 100,000 per stream.
+  daemon's 100,000 per stream;
+- with several daemons the stream is on the one the client uses; when the client fails
+  over (or the stream finds that daemon down, which moves the client too) everything held
+  goes, and a new stream opens on the next daemon.
 
 The bound is a plain LRU (an OrderedDict under one lock): small enough to own, and it
 needs nothing from PyPI.
@@ -26,6 +29,7 @@ from typing import Any, Iterator, Optional
 
 import grpc
 
+from ._daemons import Daemons, daemon_down
 from ._proto import cacheback_pb2 as pb
 
 #: The most items a near cache may hold (room is left for reads in flight under the
@@ -111,11 +115,12 @@ _CLOSE = object()
 class NearCache:
     """The near cache of one `Client`; its stream runs on a daemon thread."""
 
-    def __init__(self, stub: Any, metadata: Any, capacity: int) -> None:
+    def __init__(self, stubs: list[Any], daemons: Daemons, metadata: Any, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("near_cache needs a capacity of at least 1")
         self.capacity = min(int(capacity), MAX_NEAR_CACHE_ITEMS)
-        self._stub = stub
+        self._stubs = stubs
+        self._daemons = daemons
         self._metadata = metadata
         self._lock = threading.Lock()
         self._items: OrderedDict[bytes, NearItem] = OrderedDict()
@@ -200,6 +205,15 @@ class NearCache:
         """Wait for the stream to be up; whether it is."""
         return self._up.wait(timeout)
 
+    def lost_daemon(self) -> None:
+        """The client left the daemon the stream is on: everything held goes now, and the
+        stream's thread opens one on the next daemon."""
+        with self._lock:
+            call = self._call
+        self._drop_all(None)
+        if call is not None:
+            call.cancel()
+
     def close(self) -> None:
         self._closed.set()
         with self._lock:
@@ -218,8 +232,15 @@ class NearCache:
         if gone:
             requests.put(pb.SubscribeRequest(remove=[_item_ref(k) for k in gone]))
 
-    def _drop_all(self, requests: "Optional[queue.SimpleQueue[Any]]") -> None:
+    def _drop_all(
+        self, requests: "Optional[queue.SimpleQueue[Any]]", moves: Optional[int] = None
+    ) -> bool:
+        """The stream is lost (None), or a new one is up, opened after `moves` daemon
+        moves: everything held goes. A new stream on a daemon the client has left since
+        is not used (False)."""
         with self._lock:
+            if requests is not None and moves != self._daemons.moves:
+                return False
             if self._requests is not None:
                 self.resets += 1
             self._generation += 1
@@ -230,6 +251,7 @@ class NearCache:
             self._up.clear()
         else:
             self._up.set()
+        return True
 
     def _on_event(self, event: pb.ItemEvent) -> None:
         key = key_of(event.item.job, event.item.args)
@@ -251,6 +273,7 @@ class NearCache:
 
     def _keep_stream(self) -> None:
         delay = 0.05
+        down_in_a_row = 0
         while not self._closed.is_set():
             requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -261,7 +284,9 @@ class NearCache:
                         return
                     yield message
 
-            call = self._stub.Subscribe(outbound(), metadata=self._metadata)
+            moves = self._daemons.moves
+            index = self._daemons.current
+            call = self._stubs[index].Subscribe(outbound(), metadata=self._metadata)
             with self._lock:
                 self._call = call
             try:
@@ -269,9 +294,18 @@ class NearCache:
                 # stream is up.
                 call.initial_metadata()
                 if call.done() and call.code() is not grpc.StatusCode.OK:
+                    if len(self._daemons) > 1 and daemon_down(call):
+                        # A daemon found down moves the client on; past all, back off.
+                        self._daemons.fail_over(index)
+                        down_in_a_row += 1
+                        if down_in_a_row < len(self._daemons):
+                            continue
+                        down_in_a_row = 0
                     raise grpc.RpcError()
-                self._drop_all(requests)
+                if not self._drop_all(requests, moves):
+                    continue
                 delay = 0.05
+                down_in_a_row = 0
                 for event in call:
                     if event.kind == pb.ITEM_EVENT_KIND_RESET:
                         break

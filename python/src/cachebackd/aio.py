@@ -21,11 +21,13 @@ import grpc
 import grpc.aio
 
 from ._codec import Seconds, encode_args, from_timestamp
+from ._daemons import Daemons, daemon_down
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackStub
 from ._security import TlsConfig
 from .client import (
     Connection,
+    Targets,
     Invalidated,
     Item,
     ItemState,
@@ -33,21 +35,22 @@ from .client import (
     item_from_reply,
     set_request,
 )
-from .errors import CachebackError
+from .errors import CachebackError, NoDaemonError
 from .job import Call, Job
 
 _DEFAULT: Any = object()
 
 
 class AsyncClient:
-    """`Client` for asyncio code: the same target, credentials, timeout and methods, awaited.
+    """`Client` for asyncio code: the same target(s), credentials, timeout and methods,
+    awaited; with several targets it fails over as `Client` does.
 
     Make it inside the running event loop (grpc.aio channels belong to one loop).
     """
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: Optional[Targets] = None,
         *,
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
@@ -55,15 +58,31 @@ class AsyncClient:
         tls: Union[TlsConfig, bool, None] = None,
         allow_plaintext_token: bool = False,
     ) -> None:
-        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
-        self.target = connection.target
+        connections = Connection.resolve_all(target, options, token, tls, allow_plaintext_token)
+        self.targets = [c.target for c in connections]
         self.timeout = timeout
-        self.metadata = connection.metadata
-        self.channel = connection.aio_channel()
-        self.stub = CachebackStub(self.channel)
+        self.metadata = connections[0].metadata
+        self.channels = [c.aio_channel() for c in connections]
+        self.stubs = [CachebackStub(channel) for channel in self.channels]
+        self.daemons = Daemons(self.targets)
+
+    @property
+    def target(self) -> str:
+        """The target of the daemon in use."""
+        return self.targets[self.daemons.current]
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel of the daemon in use."""
+        return self.channels[self.daemons.current]
+
+    @property
+    def stub(self) -> CachebackStub:
+        """The stub of the daemon in use (calls on it do not fail over)."""
+        return self.stubs[self.daemons.current]
 
     def __repr__(self) -> str:
-        return f"AsyncClient({self.target!r}, timeout={self.timeout!r})"
+        return f"AsyncClient({','.join(self.targets)!r}, timeout={self.timeout!r})"
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -72,17 +91,29 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: Any) -> Any:
-        try:
-            return await method(
-                request,
-                timeout=self.timeout if timeout is _DEFAULT else timeout,
-                metadata=self.metadata,
-            )
-        except grpc.RpcError as error:
-            raise CachebackError.from_rpc_error(error) from None
+    async def _call(self, rpc: str, request: Any, timeout: Any) -> Any:
+        """See `Client._call`."""
+        index = self.daemons.current
+        tried: list[str] = []
+        while True:
+            try:
+                return await getattr(self.stubs[index], rpc)(
+                    request,
+                    timeout=self.timeout if timeout is _DEFAULT else timeout,
+                    metadata=self.metadata,
+                )
+            except grpc.RpcError as error:
+                if len(self.daemons) == 1 or not daemon_down(error):
+                    raise CachebackError.from_rpc_error(error) from None
+                tried.append(self.targets[index])
+                self.daemons.fail_over(index)
+                if len(tried) >= len(self.daemons):
+                    last = CachebackError.from_rpc_error(error)
+                    raise NoDaemonError(rpc, tried, last.code, last.details) from None
+                index = self.daemons.current
 
     async def get(
         self,
@@ -95,13 +126,13 @@ class AsyncClient:
     ) -> Item:
         """See `Client.get`."""
         request = get_request(job, args, fetch_on_miss, max_age=max_age)
-        reply = await self._call(self.stub.Get, request, timeout)
+        reply = await self._call("Get", request, timeout)
         return item_from_reply(reply)
 
     async def peek(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Item:
         """See `Client.peek`."""
         request = get_request(job, args, None, peek=True)
-        return item_from_reply(await self._call(self.stub.Get, request, timeout))
+        return item_from_reply(await self._call("Get", request, timeout))
 
     async def set(
         self,
@@ -115,24 +146,24 @@ class AsyncClient:
     ) -> datetime:
         """See `Client.set`."""
         request = set_request(job, args, data, lifetime, tags)
-        reply = await self._call(self.stub.Set, request, timeout)
+        reply = await self._call("Set", request, timeout)
         return from_timestamp(reply.expires_at)
 
     async def invalidate_tags(self, tags: Sequence[str], *, timeout: Any = _DEFAULT) -> datetime:
         """See `Client.invalidate_tags`."""
         request = pb.InvalidateTagsRequest(tags=list(tags))
-        reply = await self._call(self.stub.InvalidateTags, request, timeout)
+        reply = await self._call("InvalidateTags", request, timeout)
         return from_timestamp(reply.invalidated_before)
 
     async def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """See `Client.invalidate`."""
         request = pb.InvalidateRequest(job=job, args=args)
-        reply = await self._call(self.stub.Invalidate, request, timeout)
+        reply = await self._call("Invalidate", request, timeout)
         return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
 
     async def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
         """See `Client.delete`."""
-        reply = await self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
+        reply = await self._call("Delete", pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 
     def job(self, job: Job) -> "AsyncJob":

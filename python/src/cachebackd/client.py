@@ -17,17 +17,19 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import grpc
 
 from . import _wire
+from ._daemons import Daemons, daemon_down, split_targets
 from ._codec import Seconds, from_timestamp, to_duration
 from ._near import NearCache, NearCacheStats, key_of, near_item
 from ._proto import cacheback_pb2 as pb
 from ._proto.cacheback_pb2_grpc import CachebackAdminStub, CachebackStub
 from ._security import TlsConfig, check_plaintext_token, choose_tls, split_scheme
-from .errors import CachebackError, of_status
+from .errors import CachebackError, NoDaemonError, of_status
 
 #: The environment variable a `Client()` without a target reads.
 TARGET_ENV = "CACHEBACKD_TARGET"
 #: The Rust client's variable (`http://host:port` or `unix:/path`), read when TARGET_ENV
-#: is unset, so that one setting serves an app's Rust and Python parts.
+#: is unset, so that one setting serves an app's Rust and Python parts. Either may hold
+#: several targets separated by commas: the daemons of a fleet.
 URL_ENV = "CACHEBACKD_URL"
 #: The bearer token a `Client()` without one sends (PROTOCOL.md, "Security").
 TOKEN_ENV = "CACHEBACKD_TOKEN"
@@ -118,6 +120,10 @@ class Invalidated:
     refresh_scheduled: bool
 
 
+#: One target, several separated by commas, or a sequence of them.
+Targets = Union[str, Sequence[str]]
+
+
 def resolve_target(target: Optional[str]) -> str:
     """The target to dial: `target`, else CACHEBACKD_TARGET, else CACHEBACKD_URL, else
     the default; `http://host:port` is accepted for `host:port` (and `https://host:port`,
@@ -125,6 +131,16 @@ def resolve_target(target: Optional[str]) -> str:
     return _normalise_target(
         target or os.environ.get(TARGET_ENV) or os.environ.get(URL_ENV) or DEFAULT_TARGET
     )
+
+
+def resolve_targets(targets: Optional[Targets]) -> list[str]:
+    """Every target to dial, as `resolve_target` finds them, split at commas."""
+    if targets is not None and not isinstance(targets, str):
+        found = [t for entry in targets for t in split_targets(entry)]
+        if not found:
+            raise ValueError("no cachebackd target given")
+        return found
+    return split_targets(resolve_target(targets)) or [DEFAULT_TARGET]
 
 
 @dataclass(frozen=True)
@@ -136,6 +152,22 @@ class Connection:
     options: list[tuple[str, Any]]
     tls: Optional[TlsConfig]
     metadata: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def resolve_all(
+        cls,
+        targets: Optional[Targets],
+        options: Sequence[tuple[str, Any]],
+        token: Optional[str],
+        tls: Union[TlsConfig, bool, None],
+        allow_plaintext_token: bool,
+    ) -> list["Connection"]:
+        """One connection per target (see `resolve_targets`), each as `resolve` makes it:
+        the token and TLS settings apply to every one."""
+        return [
+            cls.resolve(t, options, token, tls, allow_plaintext_token)
+            for t in resolve_targets(targets)
+        ]
 
     @classmethod
     def resolve(
@@ -253,7 +285,12 @@ class Client:
 
     `target` is `host:port` or `unix:/path/to.sock` (or the Rust client's
     `http://host:port`); without one, the environment variable CACHEBACKD_TARGET, else
-    CACHEBACKD_URL (the Rust client's), else 127.0.0.1:7070. `timeout` is the deadline of every
+    CACHEBACKD_URL (the Rust client's), else 127.0.0.1:7070. Several targets (a list, or
+    separated by commas, in the argument or the variable) are the daemons of a fleet: the
+    client uses one, picked at random, and when a call finds it down (connection refused or
+    broken, or the daemon draining) moves to the next and sends the call there, each daemon
+    at most once (every call of a reader is idempotent); with all of them down it raises
+    NoDaemonError naming every target tried. `timeout` is the deadline of every
     call in seconds; None (the default) sets none, and a synchronous fetch is then bounded
     by the job's `refresh_timeout` on the daemon's side. `token` (default: the environment
     variable CACHEBACKD_TOKEN) is sent with every call as `authorization: Bearer <token>`.
@@ -274,7 +311,7 @@ class Client:
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: Optional[Targets] = None,
         *,
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
@@ -283,18 +320,36 @@ class Client:
         tls: Union[TlsConfig, bool, None] = None,
         allow_plaintext_token: bool = False,
     ) -> None:
-        connection = Connection.resolve(target, options, token, tls, allow_plaintext_token)
-        self.target = connection.target
+        connections = Connection.resolve_all(target, options, token, tls, allow_plaintext_token)
+        self.targets = [c.target for c in connections]
         self.timeout = timeout
-        self.metadata = connection.metadata
-        self.channel = connection.channel()
-        self.stub = CachebackStub(self.channel)
+        self.metadata = connections[0].metadata
+        self.channels = [c.channel() for c in connections]
+        self.stubs = [CachebackStub(channel) for channel in self.channels]
+        self.daemons = Daemons(self.targets)
         self.near: Optional[NearCache] = (
-            NearCache(self.stub, self.metadata, near_cache) if near_cache is not None else None
+            NearCache(self.stubs, self.daemons, self.metadata, near_cache)
+            if near_cache is not None
+            else None
         )
 
+    @property
+    def target(self) -> str:
+        """The target of the daemon in use (it changes when the client fails over)."""
+        return self.targets[self.daemons.current]
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel of the daemon in use."""
+        return self.channels[self.daemons.current]
+
+    @property
+    def stub(self) -> CachebackStub:
+        """The Cacheback stub of the daemon in use (calls on it do not fail over)."""
+        return self.stubs[self.daemons.current]
+
     def __repr__(self) -> str:
-        return f"Client({self.target!r}, timeout={self.timeout!r})"
+        return f"Client({','.join(self.targets)!r}, timeout={self.timeout!r})"
 
     def __enter__(self) -> "Client":
         return self
@@ -303,14 +358,15 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls in flight fail with CANCELLED."""
+        """Close the channels; calls in flight fail with CANCELLED."""
         if self.near is not None:
             self.near.close()
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def wait_until_ready(self, timeout: Optional[float] = None) -> None:
-        """Block until the channel is connected and, with a near cache, its stream is up
-        (raises grpc.FutureTimeoutError)."""
+        """Block until the channel of the daemon in use is connected and, with a near
+        cache, its stream is up (raises grpc.FutureTimeoutError)."""
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
         if self.near is not None and not self.near.wait_until_up(timeout):
             raise grpc.FutureTimeoutError()
@@ -319,15 +375,29 @@ class Client:
         """The near cache's counters (hits, misses, items, resets); None without one."""
         return self.near.stats() if self.near is not None else None
 
-    def _call(self, method: Any, request: Any, timeout: Any) -> Any:
-        try:
-            return method(
-                request,
-                timeout=self.timeout if timeout is _DEFAULT else timeout,
-                metadata=self.metadata,
-            )
-        except grpc.RpcError as error:
-            raise CachebackError.from_rpc_error(error) from None
+    def _call(self, rpc: str, request: Any, timeout: Any, *, admin: bool = False) -> Any:
+        """Calls `rpc` on the daemon in use; if it is down, moves on and sends it to the
+        next, each daemon at most once (see `_daemons`)."""
+        index = self.daemons.current
+        tried: list[str] = []
+        while True:
+            stub = CachebackAdminStub(self.channels[index]) if admin else self.stubs[index]
+            try:
+                return getattr(stub, rpc)(
+                    request,
+                    timeout=self.timeout if timeout is _DEFAULT else timeout,
+                    metadata=self.metadata,
+                )
+            except grpc.RpcError as error:
+                if len(self.daemons) == 1 or not daemon_down(error):
+                    raise CachebackError.from_rpc_error(error) from None
+                tried.append(self.targets[index])
+                if self.daemons.fail_over(index) and self.near is not None:
+                    self.near.lost_daemon()
+                if len(tried) >= len(self.daemons):
+                    last = CachebackError.from_rpc_error(error)
+                    raise NoDaemonError(rpc, tried, last.code, last.details) from None
+                index = self.daemons.current
 
     def get(
         self,
@@ -347,14 +417,14 @@ class Client:
         request = get_request(job, args, fetch_on_miss, max_age=max_age)
         near = self.near if max_age is None else None
         if near is None:
-            return item_from_reply(self._call(self.stub.Get, request, timeout))
+            return item_from_reply(self._call("Get", request, timeout))
         key = key_of(job, args)
         hit = near.lookup(key)
         if hit is not None:
             return replace(item_from_reply(hit.reply), refresh_scheduled=False, fetched=False)
         ticket = near.begin(key)
         try:
-            reply = self._call(self.stub.Get, request, timeout)
+            reply = self._call("Get", request, timeout)
         except BaseException:
             if ticket is not None:
                 near.finish(ticket, None)
@@ -371,7 +441,7 @@ class Client:
         """Read what is stored for an item and start nothing: no fetch, no refresh
         (GetRequest.peek). FRESH or STALE with the data, or MISS."""
         request = get_request(job, args, None, peek=True)
-        return item_from_reply(self._call(self.stub.Get, request, timeout))
+        return item_from_reply(self._call("Get", request, timeout))
 
     def get_many(
         self,
@@ -399,7 +469,7 @@ class Client:
                     overrides[start : start + _wire.MAX_GET_MANY],
                 )
             ]
-            reply = self._call(self.stub.GetMany, pb.GetManyRequest(requests=requests), timeout)
+            reply = self._call("GetMany", pb.GetManyRequest(requests=requests), timeout)
             for result in reply.results:
                 if result.HasField("response"):
                     results.append(item_from_reply(result.response))
@@ -425,7 +495,7 @@ class Client:
         """
         self._forget_near(job, args)
         request = set_request(job, args, data, lifetime, tags)
-        reply = self._call(self.stub.Set, request, timeout)
+        reply = self._call("Set", request, timeout)
         return from_timestamp(reply.expires_at)
 
     def invalidate_tags(self, tags: Sequence[str], *, timeout: Any = _DEFAULT) -> datetime:
@@ -434,26 +504,25 @@ class Client:
         items causes no stampede. 1 to 100 tags. Returns the mark (items stored at or
         before it are stale)."""
         request = pb.InvalidateTagsRequest(tags=list(tags))
-        reply = self._call(self.stub.InvalidateTags, request, timeout)
+        reply = self._call("InvalidateTags", request, timeout)
         return from_timestamp(reply.invalidated_before)
 
     def invalidate(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> Invalidated:
         """Mark an item stale now and schedule a refresh; the stale data is served meanwhile."""
         self._forget_near(job, args)
-        reply = self._call(self.stub.Invalidate, pb.InvalidateRequest(job=job, args=args), timeout)
+        reply = self._call("Invalidate", pb.InvalidateRequest(job=job, args=args), timeout)
         return Invalidated(found=reply.found, refresh_scheduled=reply.refresh_scheduled)
 
     def delete(self, job: str, args: bytes, *, timeout: Any = _DEFAULT) -> bool:
         """Remove an item, so that the next Get is a miss; returns whether it existed."""
         self._forget_near(job, args)
-        reply = self._call(self.stub.Delete, pb.DeleteRequest(job=job, args=args), timeout)
+        reply = self._call("Delete", pb.DeleteRequest(job=job, args=args), timeout)
         return bool(reply.found)
 
     def workers(self, *, timeout: Any = _DEFAULT) -> dict[str, int]:
         """Every job the daemon knows, with how many worker streams serve it now
         (CachebackAdmin.ListJobs)."""
-        admin = CachebackAdminStub(self.channel)
-        reply = self._call(admin.ListJobs, pb.ListJobsRequest(), timeout)
+        reply = self._call("ListJobs", pb.ListJobsRequest(), timeout, admin=True)
         return {job.name: int(job.workers) for job in reply.jobs}
 
 
@@ -485,7 +554,7 @@ def set_default_client(client: Optional[Client]) -> None:
 
 
 def configure_default_client(
-    target: Optional[str] = None, *, token: Optional[str] = None, timeout: Optional[float] = None
+    target: Optional[Targets] = None, *, token: Optional[str] = None, timeout: Optional[float] = None
 ) -> None:
     """What the process-wide client is made with on its next first use (None: from the
     environment); drops the current one. Django's app config calls it with CACHEBACKD."""

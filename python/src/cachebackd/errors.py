@@ -57,12 +57,12 @@ class CachebackError(Exception):
         """
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = (error.details() if hasattr(error, "details") else str(error)) or ""
-        if code == grpc.StatusCode.UNAVAILABLE and _answered_by_daemon(error):
+        if code == grpc.StatusCode.UNAVAILABLE and answered_by_daemon(error):
             return of_status(code, details)
         return cls(code, details)
 
 
-def _answered_by_daemon(error: grpc.RpcError) -> bool:
+def answered_by_daemon(error: grpc.RpcError) -> bool:
     """Whether the status came from the daemon (its response carries headers: at least
     `date`), not from gRPC for a connection that failed or broke (no headers at all)."""
     for read in ("trailing_metadata", "initial_metadata"):
@@ -70,6 +70,19 @@ def _answered_by_daemon(error: grpc.RpcError) -> bool:
         if metadata is not None and metadata():
             return True
     return False
+
+
+class NoDaemonError(CachebackError):
+    """None of several daemons could be reached: each was tried once, in turn (the
+    connection refused or broken). `tried` holds their targets in that order; `code` is
+    the last failure's (UNAVAILABLE)."""
+
+    def __init__(self, rpc: str, tried: list[str], code: grpc.StatusCode, details: str) -> None:
+        CachebackError.__init__(
+            self, code, f"no cachebackd daemon answered {rpc} (tried {', '.join(tried)}): {details}"
+        )
+        self.rpc = rpc
+        self.tried = tried
 
 
 class FetchFailed(CachebackError):

@@ -102,7 +102,10 @@ class Worker:
         ...
         worker.stop()
 
-    `client` defaults to the process-wide client (CACHEBACKD_TARGET). `name` is reported
+    `client` defaults to the process-wide client (CACHEBACKD_TARGET). A client of several
+    daemons (a fleet, where each daemon dispatches only to the workers registered with it)
+    has every job registered with every one of them, each stream reconnecting on its own.
+    `name` is reported
     to the daemon. Reconnection waits `reconnect_initial` seconds, doubling up to
     `reconnect_max`, each wait drawn between half and all of that (jitter). Also a
     context manager: `with Worker().serve(job):` starts it and stops it.
@@ -125,7 +128,8 @@ class Worker:
         # Guards every stream's registered/in_flight/outbox/call and the counter below;
         # never held while talking to the network or running a fetch.
         self._cond = threading.Condition()
-        self._streams: dict[str, _JobStream] = {}
+        #: Per job, one stream per daemon of the client.
+        self._streams: dict[str, list[_JobStream]] = {}
         self._registrations = 0
         self._started = False
         self._stopping = threading.Event()
@@ -146,11 +150,15 @@ class Worker:
         with self._cond:
             if instance.name in self._streams:
                 raise ValueError(f"job {instance.name!r} is already served by this worker")
-            stream = _JobStream(self, instance, limit)
-            self._streams[instance.name] = stream
+            streams = [
+                _JobStream(self, instance, limit, target, stub)
+                for target, stub in zip(self.client.targets, self.client.stubs)
+            ]
+            self._streams[instance.name] = streams
             started = self._started
         if started:
-            stream.thread.start()
+            for stream in streams:
+                stream.thread.start()
         return self
 
     @property
@@ -165,9 +173,13 @@ class Worker:
             return self._registrations
 
     def effective_config(self, job: str) -> Optional[pb.JobConfig]:
-        """The job's config as the daemon last confirmed it, defaults filled in."""
+        """The job's config as a daemon last confirmed it, defaults filled in."""
         with self._cond:
-            return self._streams[job].config
+            configs = [s.config for s in self._streams[job] if s.config is not None]
+            return configs[0] if configs else None
+
+    def _all_streams(self) -> list["_JobStream"]:
+        return [s for streams in self._streams.values() for s in streams]
 
     def start(self) -> "Worker":
         """Open the streams in background threads and return at once."""
@@ -177,7 +189,7 @@ class Worker:
             if self._stopping.is_set():
                 raise RuntimeError("a stopped worker cannot be started again")
             self._started = True
-            streams = list(self._streams.values())
+            streams = self._all_streams()
         for stream in streams:
             stream.thread.start()
         return self
@@ -194,13 +206,13 @@ class Worker:
     def wait_until_registered(
         self, timeout: Optional[float] = None, *, count: Optional[int] = None
     ) -> bool:
-        """Block until every job is registered on a live stream, or, with `count`, until
-        `registrations` reaches it (to wait for a reconnection). False on timeout."""
+        """Block until every job is registered on a live stream (with several daemons:
+        with every one), or, with `count`, until `registrations` reaches it (to wait for
+        a reconnection). False on timeout."""
         with self._cond:
             if count is None:
                 return self._cond.wait_for(
-                    lambda: bool(self._streams)
-                    and all(s.registered for s in self._streams.values()),
+                    lambda: bool(self._streams) and all(s.registered for s in self._all_streams()),
                     timeout,
                 )
             return self._cond.wait_for(lambda: self._registrations >= count, timeout)
@@ -216,7 +228,7 @@ class Worker:
         with self._cond:
             # Set under the lock, so that no fetch starts and no stream opens unseen.
             self._stopping.set()
-            streams = list(self._streams.values())
+            streams = self._all_streams()
             self._cond.wait_for(lambda: all(s.in_flight == 0 for s in streams), left())
             outboxes = [s.outbox for s in streams if s.outbox is not None]
         # Half-close each stream after the results already queued; the daemon then ends it.
@@ -242,12 +254,14 @@ class Worker:
 
 
 class _JobStream:
-    """One job's RegisterJob stream, reconnected until the worker stops."""
+    """One job's RegisterJob stream to one daemon, reconnected until the worker stops."""
 
-    def __init__(self, worker: Worker, job: Job, max_in_flight: int) -> None:
+    def __init__(self, worker: Worker, job: Job, max_in_flight: int, target: str, stub: Any) -> None:
         self.worker = worker
         self.job = job
         self.max_in_flight = max_in_flight
+        self.target = target
+        self.stub = stub
         self.executor = ThreadPoolExecutor(
             max_workers=max_in_flight, thread_name_prefix=f"cachebackd-fetch-{job.name}"
         )
@@ -271,7 +285,9 @@ class _JobStream:
             if registered:
                 delay = worker.reconnect_initial
             pause = random.uniform(delay / 2, delay)
-            log.info("job %s: stream ended; reconnecting in %.2fs", self.job.name, pause)
+            log.info(
+                "job %s at %s: stream ended; reconnecting in %.2fs", self.job.name, self.target, pause
+            )
             worker._stopping.wait(pause)
             delay = min(delay * 2, worker.reconnect_max)
 
@@ -292,7 +308,7 @@ class _JobStream:
             if worker._stopping.is_set():
                 return False
             self.outbox = outbox  # from now on stop() half-closes it
-        call = worker.client.stub.RegisterJob(_outgoing(outbox), metadata=worker.client.metadata)
+        call = self.stub.RegisterJob(_outgoing(outbox), metadata=worker.client.metadata)
         with worker._cond:
             self.call = call
         try:
