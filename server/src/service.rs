@@ -352,7 +352,7 @@ impl Cacheback for CachebackService {
             self.engine.clone(),
             self.shutdown.clone(),
             access,
-            req.into_inner(),
+            crate::intake::take(&req)?,
         );
         Ok(Response::new(stream))
     }

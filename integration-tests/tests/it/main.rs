@@ -6,6 +6,7 @@ mod harness;
 
 mod bounds_calls;
 mod bounds_connections;
+mod bounds_memory;
 mod bounds_store;
 mod bounds_support;
 
@@ -35,6 +36,7 @@ mod policy_early;
 mod policy_reading;
 mod policy_support;
 mod policy_tags;
+mod raw_grpc;
 mod reads;
 mod registration;
 mod restart_count;
