@@ -1,7 +1,9 @@
 //! Memory and disk: a daemon of its own, on an empty data dir, is sent N items of 1 KiB;
 //! its RSS (VmRSS) before and after, the store's size on disk once it has stopped (and
 //! flushed), and the time from starting it again to the first Get it serves with those
-//! items on disk — next to the same time on an empty store.
+//! items on disk — next to the same time on an empty store — then the same after that
+//! daemon is killed with SIGKILL (a crash: no saved counts), with the time until its
+//! ListJobs counts every item again.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,8 +43,12 @@ pub struct Memory {
     pub sets: Throughput,
     /// Start to first Get served, empty store.
     pub first_get_empty: Duration,
-    /// Start to first Get served, with the items on disk.
+    /// Start to first Get served, with the items on disk, after a clean stop.
     pub first_get_loaded: Duration,
+    /// Start to first Get served, with the items on disk, after a SIGKILL.
+    pub first_get_crashed: Duration,
+    /// Start to ListJobs counting every item, after that SIGKILL.
+    pub counted_crashed: Duration,
 }
 
 impl Memory {
@@ -79,6 +85,8 @@ impl Memory {
             "sets": self.sets.to_json(),
             "first_get_empty_ms": self.first_get_empty.as_secs_f64() * 1e3,
             "first_get_loaded_ms": self.first_get_loaded.as_secs_f64() * 1e3,
+            "first_get_after_sigkill_ms": self.first_get_crashed.as_secs_f64() * 1e3,
+            "counted_after_sigkill_ms": self.counted_crashed.as_secs_f64() * 1e3,
         })
     }
 }
@@ -110,9 +118,16 @@ pub async fn run(bin: &Path, dir: &Path, items: u64) -> Result<Memory, String> {
     stop(proc).await?;
     let disk = procs::dir_size(&data_dir);
 
-    let (proc, _, first_get_loaded) =
+    let (proc, addr, first_get_loaded) =
         start_timed(bin, &data_dir, log("restart"), Some(items - 1)).await?;
     let rss_restarted = proc.rss_bytes().unwrap_or(0);
+    // Let it finish its own start (a count in the background, if any), then crash it.
+    counted(&proc, addr, items).await?;
+    proc.kill().await?;
+
+    let (proc, addr, first_get_crashed) =
+        start_timed(bin, &data_dir, log("crashed"), Some(items - 1)).await?;
+    let counted_crashed = counted(&proc, addr, items).await?;
     stop(proc).await?;
 
     Ok(Memory {
@@ -126,7 +141,33 @@ pub async fn run(bin: &Path, dir: &Path, items: u64) -> Result<Memory, String> {
         sets,
         first_get_empty,
         first_get_loaded,
+        first_get_crashed,
+        counted_crashed,
     })
+}
+
+/// Time from `proc`'s start until ListJobs counts `items` items of the job.
+async fn counted(proc: &Proc, addr: SocketAddr, items: u64) -> Result<Duration, String> {
+    let channel = rpc::channels(addr, 1).await?.remove(0);
+    let mut admin = pb::cacheback_admin_client::CachebackAdminClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let jobs = admin
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map_err(|s| format!("ListJobs: {s}"))?
+            .into_inner()
+            .jobs;
+        if jobs.iter().any(|j| j.name == JOB && j.items == items) {
+            return Ok(proc.started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "ListJobs did not count {items} items within 10 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Starts the daemon and polls until a Get is served: any answer from the service on an

@@ -84,6 +84,18 @@ impl Proc {
         }
     }
 
+    /// SIGKILL (a crash), and wait for it to exit.
+    pub async fn kill(mut self) -> Result<(), String> {
+        self.child
+            .start_kill()
+            .map_err(|e| format!("cannot kill {}: {e}", self.name))?;
+        self.child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for {}: {e}", self.name))?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait for it to exit (SIGKILL after `grace`).
     pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus, String> {
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.

@@ -220,6 +220,21 @@ impl Report {
                 String::new(),
             ]);
             rows.push([
+                "start to first Get".into(),
+                format!("{setting} on disk, after SIGKILL"),
+                format!(
+                    "{} (every item counted after {})",
+                    duration_s(m.first_get_crashed.as_secs_f64()),
+                    duration_s(m.counted_crashed.as_secs_f64())
+                ),
+                format!(
+                    "{} after a clean stop",
+                    duration_s(m.first_get_loaded.as_secs_f64())
+                ),
+                String::new(),
+                String::new(),
+            ]);
+            rows.push([
                 "Set (loading those items)".into(),
                 "1 KiB, c=64, 4 ch".into(),
                 throughput(&m.sets, 1),

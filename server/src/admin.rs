@@ -68,6 +68,7 @@ fn job_info(engine: &Engine, name: &JobName, entry: &JobEntry, usage: Usage) -> 
         bytes: usage.bytes,
         invalidated_before: entry.invalidated_before.map(Into::into),
         counters: Some(convert::job_counters(&entry.metrics)),
+        counting: engine.store().counting(),
     }
 }
 
@@ -123,6 +124,7 @@ impl CachebackAdmin for AdminService {
             corrupt_records: self.engine.store().corrupt_records(),
             store_moved_aside: self.store_moved_aside,
             totals: Some(totals),
+            counting: self.engine.store().counting(),
         }))
     }
 

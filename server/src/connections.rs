@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::budget::WritePool;
 use crate::logs::RateLimit;
 
 /// Most calls (HTTP/2 streams) open at once on one connection (MAX_CONCURRENT_STREAMS).
@@ -91,11 +92,13 @@ pub(crate) fn register_metrics(
     );
 }
 
-/// The calls open on one connection, and since when it has had none.
+/// The calls open on one connection, since when it has had none, and the response bytes
+/// it has been handed and not yet written (see `unsent`).
 #[derive(Debug)]
 struct Calls {
     open: AtomicUsize,
     idle_since: Mutex<Instant>,
+    unwritten: Arc<WritePool>,
 }
 
 impl Connections {
@@ -124,6 +127,14 @@ impl Connections {
         }
     }
 
+    /// The pool of bytes handed to the TCP connection a request came on and not yet written
+    /// (none for a Unix connection).
+    pub(crate) fn write_pool(&self, ext: &http::Extensions) -> Option<Arc<WritePool>> {
+        self.shared
+            .calls_of(ext)
+            .map(|calls| calls.unwritten.clone())
+    }
+
     /// The connections of a TCP listener, bounded.
     pub(crate) fn tcp(
         &self,
@@ -143,6 +154,7 @@ impl Connections {
                                 let calls = Arc::new(Calls {
                                     open: AtomicUsize::new(0),
                                     idle_since: Mutex::new(Instant::now()),
+                                    unwritten: Arc::default(),
                                 });
                                 shared.open.lock().insert((local, peer), calls.clone());
                                 ((local, peer), calls)
@@ -183,6 +195,18 @@ impl Connections {
 }
 
 impl Shared {
+    /// The open connection a request came on, by its addresses (TCP or TLS).
+    fn calls_of(&self, ext: &http::Extensions) -> Option<Arc<Calls>> {
+        let key = ext
+            .get::<TcpConnectInfo>()
+            .and_then(|i| Some((i.local_addr?, i.remote_addr?)))
+            .or_else(|| {
+                let tls = ext.get::<crate::tls::TlsPeer>()?;
+                Some((tls.local?, tls.remote?))
+            })?;
+        self.open.lock().get(&key).cloned()
+    }
+
     /// A place for one more connection, waiting (logged, counted) when all are taken.
     async fn permit(&self) -> OwnedSemaphorePermit {
         static FULL: RateLimit = RateLimit::new(Duration::from_secs(10));
@@ -316,13 +340,24 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Bounded<IO> {
     }
 }
 
+impl<IO> Bounded<IO> {
+    /// `written` bytes went to the socket: the responses' budget they held is given back.
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if let (Poll::Ready(Ok(n)), Some((_, calls))) = (written, &self.calls) {
+            calls.unwritten.written(*n);
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Bounded<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -338,7 +373,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Bounded<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -405,16 +442,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        let guard = ext
-            .get::<TcpConnectInfo>()
-            .and_then(|i| Some((i.local_addr?, i.remote_addr?)))
-            .or_else(|| {
-                let tls = ext.get::<crate::tls::TlsPeer>()?;
-                Some((tls.local?, tls.remote?))
-            })
-            .and_then(|key| self.shared.open.lock().get(&key).cloned())
-            .map(CallGuard::new);
+        let guard = self.shared.calls_of(req.extensions()).map(CallGuard::new);
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;

@@ -19,16 +19,19 @@ use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::auth::Auth;
+use crate::budget::ByteBudget;
 use crate::config::{Config, ListenAddr};
 use crate::connections::{self, Connections};
 use crate::counters::Metrics;
 use crate::engine::Engine;
+use crate::intake::IntakeLayer;
 use crate::oversize::OversizeLayer;
 use crate::security::Reloader;
 use crate::service::CachebackService;
 use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store};
 use crate::systemd::{self, PassedSocket};
+use crate::unsent::UnsentLayer;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,8 @@ pub async fn run_with_reload(
     }
     let metrics = Metrics::new();
     let (engine, store_moved_aside) = open_engine(&config, &metrics, &shutdown)?;
+    // The daemon serves at once; what a start counts of the items is counted meanwhile.
+    engine.store().clone().count_in_background();
 
     let (bound, metrics_listener, serving_on) = bind_all(&config, passed).await?;
 
@@ -175,6 +180,8 @@ pub async fn run_with_reload(
     };
     crate::health::set_all(&health, ready).await;
     let connections = Connections::new(config.max_connections, config.idle_timeout);
+    let answers = ByteBudget::new(config.max_answer_bytes);
+    let unsent = ByteBudget::new(config.max_unsent_bytes);
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
@@ -182,10 +189,18 @@ pub async fn run_with_reload(
             .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
             .layer(connections.layer())
+            .layer(UnsentLayer {
+                budget: unsent.clone(),
+                connections: connections.clone(),
+            })
             .layer(OversizeLayer {
                 max_data_bytes: config.max_data_bytes,
             })
             .layer(auth.layer())
+            .layer(IntakeLayer {
+                budget: answers.clone(),
+                max_message: max,
+            })
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -217,6 +232,8 @@ pub async fn run_with_reload(
     if let Some(l) = metrics_listener {
         let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         connections::register_metrics(&mut registry, connections.stats());
+        crate::intake::register_metrics(&mut registry, &answers);
+        crate::unsent::register_metrics(&mut registry, &unsent);
         auth.register_metrics(&mut registry);
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));
     }

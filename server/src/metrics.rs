@@ -176,6 +176,13 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             started.as_secs_f64(),
         )?;
+        gauge(
+            &mut encoder,
+            "store_counting",
+            "1 while the items stored at start are still being counted (in the background): the per-job item and byte figures are what is counted so far",
+            None,
+            f64::from(u8::from(store.counting())),
+        )?;
         counter(
             &mut encoder,
             "corrupt_records",

@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::auth::Access;
 use crate::budget::{Planned, ResponseBudget};
 use crate::convert::{self, get_response};
-use crate::engine::{Engine, GetOptions};
+use crate::engine::{Engine, GetOptions, HitCandidate};
 use crate::error::Error;
 use crate::model::{ItemKey, JobName, Tag};
 use crate::shutdown::Shutdown;
@@ -131,34 +131,107 @@ impl Cacheback for CachebackService {
         };
         let error_size = entry(&too_large);
         let budget = self.engine.limits().max_message_bytes();
-        let known: Vec<_> = requests
+        // Each item's job is parsed once (once for a run of items of one job, the usual
+        // GetMany) and its key built once, for the plan and the first pass alike.
+        let mut names: Vec<JobName> = Vec::new();
+        let job_of: Vec<Option<usize>> = requests
             .iter()
-            .map(|r| match JobName::parse(&r.job, self.engine.limits()) {
+            .map(|r| {
+                if names.last().is_some_and(|n| n.as_str() == r.job) {
+                    return Some(names.len() - 1);
+                }
+                let job = JobName::parse(&r.job, self.engine.limits()).ok()?;
+                names.push(job);
+                Some(names.len() - 1)
+            })
+            .collect();
+        let readable: Vec<bool> = names.iter().map(|job| access.permits(job)).collect();
+        let keys: Vec<Option<ItemKey>> = requests
+            .iter()
+            .zip(&job_of)
+            .map(|(r, job)| {
                 // An item the caller may not read is not planned by its size: its Get is
                 // refused before anything about it is told.
-                Ok(job) if access.permits(&job) => {
-                    self.engine.store().data_len(&ItemKey::new(&job, &r.args))
-                }
-                _ => None,
+                let job = job.filter(|&j| readable[j])?;
+                Some(ItemKey::new(&names[job], &r.args))
             })
+            .collect();
+        let known: Vec<_> = keys
+            .iter()
+            .map(|key| key.as_ref().and_then(|k| self.engine.store().data_len(k)))
             .collect();
         let (plan, response_budget) = ResponseBudget::plan(budget, error_size, &known);
         let too_large_status = || Status::resource_exhausted(too_large_message(&too_large));
-        let outcomes = join_all(requests.iter().zip(plan).map(|(r, planned)| {
-            let (response_budget, access) = (&response_budget, &access);
-            async move {
-                let Planned::Read(planned) = planned else {
-                    return Err(too_large_status());
-                };
-                let response = self.get_one(access, r, deadline).await?;
-                if response_budget.admit(planned, response.data.len()) {
-                    Ok(response)
-                } else {
-                    Err(too_large_status())
-                }
+        let admit = |planned: usize, response: pb::GetResponse| {
+            if response_budget.admit(planned, response.data.len()) {
+                Ok(response)
+            } else {
+                Err(too_large_status())
             }
-        }))
+        };
+
+        // The first pass: the items a plain read answers (fresh hits starting nothing), all
+        // at once (`Engine::get_fresh_many`); every other item is a Get of its own.
+        let mut first: Vec<usize> = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let (Some(key), Some(job), Planned::Read(_)) = (&keys[i], job_of[i], plan[i]) else {
+                continue;
+            };
+            let max_age = match r.max_age {
+                Some(d) => match convert::span("GetRequest.max_age", d, true) {
+                    Ok(d) => Some(d),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            if r.peek || self.engine.limits().check_args(&r.args).is_err() {
+                continue;
+            }
+            first.push(i);
+            candidates.push(HitCandidate {
+                job: &names[job],
+                key,
+                options: GetOptions {
+                    fetch_on_miss: r.fetch_on_miss,
+                    max_age,
+                },
+            });
+        }
+        let mut outcomes: Vec<Option<Result<pb::GetResponse, Status>>> =
+            (0..requests.len()).map(|_| None).collect();
+        for (i, hit) in first
+            .into_iter()
+            .zip(self.engine.get_fresh_many(&candidates))
+        {
+            if let (Some(outcome), Planned::Read(planned)) = (hit, plan[i]) {
+                outcomes[i] = Some(admit(planned, get_response(outcome)));
+            }
+        }
+        drop(candidates);
+        let rest = join_all(
+            requests
+                .iter()
+                .zip(&plan)
+                .zip(&outcomes)
+                .filter(|(_, done)| done.is_none())
+                .map(|((r, &planned), _)| {
+                    let access = &access;
+                    let admit = &admit;
+                    async move {
+                        let Planned::Read(planned) = planned else {
+                            return Err(too_large_status());
+                        };
+                        admit(planned, self.get_one(access, r, deadline).await?)
+                    }
+                }),
+        )
         .await;
+        let mut rest = rest.into_iter();
+        let outcomes: Vec<Result<pb::GetResponse, Status>> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| rest.next().expect("one answer per item left")))
+            .collect();
         let mut used = 0;
         let count = outcomes.len();
         let results = outcomes
@@ -279,7 +352,7 @@ impl Cacheback for CachebackService {
             self.engine.clone(),
             self.shutdown.clone(),
             access,
-            req.into_inner(),
+            crate::intake::take(&req)?,
         );
         Ok(Response::new(stream))
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::model::{Beta, ItemKey, JobConfig, JobName, Tag};
 use crate::policy::{self, Times};
 
+mod census;
 mod open;
 mod recency;
 mod salvage;
@@ -326,6 +327,10 @@ impl From<Usage> for Counts {
 pub(crate) trait Store: Send + Sync + 'static {
     /// Reads an item. A record that fails to decode is removed, counted and reported absent.
     fn get(&self, key: &ItemKey) -> Result<Option<Item>, Error>;
+    /// Reads several items in one pass (GetMany), each as [`Store::get`] would.
+    fn get_many(&self, keys: &[&ItemKey]) -> Vec<Result<Option<Item>, Error>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Writes an item.
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error>;
     /// Removes an item; whether it was there.
@@ -358,6 +363,15 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn close(&self) -> Result<(), Error>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> Result<u64, Error>;
+    /// Counts what a start must count of the stored items (usage, the order of eviction)
+    /// in the background, while the store serves (see `store::census`); the daemon calls
+    /// it once, after the engine is set up. A store that keeps no such counts need not.
+    fn count_in_background(self: Arc<Self>) {}
+    /// Whether the usage counts are still being counted since the start (then `usage`
+    /// tells what is counted so far).
+    fn counting(&self) -> bool {
+        false
+    }
     /// Tells `listener` of every item the store removes by itself (the sweep, eviction),
     /// as it removes it, so that the near caches holding it hear of it. Set once, by the
     /// engine; a store that removes nothing by itself need not keep it.
@@ -408,6 +422,10 @@ pub(crate) struct SledStore {
     removals: OnceLock<RemovalListener>,
     /// The recency order, for `max_bytes`.
     recency: recency::Recency,
+    /// The count at start, run in the background (`census`).
+    census: census::Census,
+    /// Where the store lives (`DATA_DIR`).
+    data_dir: std::path::PathBuf,
     /// Refuses writes while the disk is full.
     space: space::SpaceGuard,
 }
@@ -421,23 +439,41 @@ impl SledStore {
         data_dir: &Path,
         flush_interval: Duration,
     ) -> Result<(SledStore, OpenReport), Error> {
-        SledStore::open_bounded(data_dir, flush_interval, u64::MAX)
+        // Read through and counted before it is used, as a start once did.
+        let (store, report) = SledStore::open_with(data_dir, flush_interval, u64::MAX, true)?;
+        store.count();
+        Ok((store, report))
     }
 
     /// As [`SledStore::open`], holding at most `max_bytes` of items (keys and records):
-    /// past it the least recently used are evicted, at once if the store is over it now.
+    /// past it the least recently used are evicted. The items are counted (usage, the
+    /// recency order) only once [`Store::count_in_background`] runs, while the store
+    /// serves; until it is done the usage reads as counted so far, and nothing is evicted.
     pub(crate) fn open_bounded(
         data_dir: &Path,
         flush_interval: Duration,
         max_bytes: u64,
     ) -> Result<(SledStore, OpenReport), Error> {
-        let (db, report) = open::open_db(data_dir, flush_interval)?;
+        SledStore::open_with(data_dir, flush_interval, max_bytes, false)
+    }
+
+    /// `read_items`: every item is read through for damage before the store is used
+    /// (else the count at start does it, see `open`).
+    fn open_with(
+        data_dir: &Path,
+        flush_interval: Duration,
+        max_bytes: u64,
+        read_items: bool,
+    ) -> Result<(SledStore, OpenReport), Error> {
+        let (db, report) = open::open_db(data_dir, flush_interval, read_items)?;
         let items = db.open_tree("items")?;
         let jobs = db.open_tree("jobs")?;
         let invalidated = db.open_tree("invalidated")?;
         let tag_marks = db.open_tree("tag_marks")?;
         let meta = db.open_tree("meta")?;
-        let usage = load_usage(&db, &meta, &items)?;
+        let saved = load_usage(&db, &meta)?;
+        let census = census::Census::new(saved.is_none());
+        let usage = saved.unwrap_or_default();
         let recency = recency::Recency::new(max_bytes);
         let store = SledStore {
             db,
@@ -447,49 +483,25 @@ impl SledStore {
             tag_marks,
             meta,
             corrupt: AtomicU64::new(0),
-            usage: RwLock::new(
-                usage
-                    .into_iter()
-                    .map(|(job, u)| (job, Counts::from(u)))
-                    .collect(),
-            ),
+            usage: RwLock::new(usage),
             closed: AtomicBool::new(false),
             removals: OnceLock::new(),
             recency,
+            census,
+            data_dir: data_dir.to_path_buf(),
             space: space::SpaceGuard::new(data_dir.to_path_buf()),
         };
-        store.load_recency()?;
         Ok((store, report))
-    }
-
-    /// Fills the recency order from the stored items, oldest stored first (the order of
-    /// use before a restart is not kept), and evicts what is over the bound.
-    fn load_recency(&self) -> Result<(), Error> {
-        let mut all = Vec::new();
-        for kv in self.items.iter() {
-            // Read through once already when the store opened.
-            let Ok((k, v)) = kv else {
-                tracing::error!("the store's items could not all be read into the recency order");
-                break;
-            };
-            let stored = Item::decode_times(&v).map(|t| t.stored_at);
-            let size = (k.len() + v.len()) as u64;
-            all.push((stored, k, size));
-        }
-        all.sort_by_key(|(stored, _, _)| *stored);
-        for (_, key, size) in all {
-            let victims = self.recency.insert(&key, size);
-            self.evict(victims);
-        }
-        Ok(())
     }
 
     /// Removes items the recency order gave up, counting them per job.
     fn evict(&self, victims: Vec<Box<[u8]>>) {
         for key in victims {
+            let mut pass = self.census.during();
             match self.items.remove(&*key) {
                 Ok(Some(old)) => {
-                    self.account(&key, Some(data_len(&old)), None);
+                    self.counted(pass.as_mut(), &key, Some(data_len(&old)), None);
+                    drop(pass);
                     let job = key.split(|&b| b == 0).next().unwrap_or_default();
                     if let Some(c) = self.usage.read().get(job) {
                         c.evicted.fetch_add(1, Ordering::Relaxed);
@@ -511,21 +523,32 @@ impl SledStore {
         e
     }
 
+    /// Counts a change of `key` from `old` to `new` (their data lengths), made while
+    /// `pass`, the count's hold, was held if the count at start runs: unless the count
+    /// is still to reach `key` (then it counts what it finds there).
+    fn counted(
+        &self,
+        pass: Option<&mut census::Pass<'_>>,
+        key: &[u8],
+        old: Option<usize>,
+        new: Option<usize>,
+    ) {
+        if let Some(pass) = pass {
+            pass.touched(key);
+            if !pass.write_counts(key) {
+                return;
+            }
+        }
+        self.account(key, old, new);
+    }
+
     /// Counts a write of `key` that replaced `old` with `new` (their data lengths). A
     /// read lock and two atomic adds: every write goes through here.
     fn account(&self, key: &[u8], old: Option<usize>, new: Option<usize>) {
         let job = key.split(|&b| b == 0).next().unwrap_or_default();
         let data = |len: Option<usize>| len.map_or(0, |l| l as i64);
         let items = i64::from(new.is_some()) - i64::from(old.is_some());
-        let bytes = data(new) - data(old);
-        let apply = |c: &Counts| {
-            c.items.fetch_add(items, Ordering::Relaxed);
-            c.bytes.fetch_add(bytes, Ordering::Relaxed);
-        };
-        let known = self.usage.read().get(job).map(apply).is_some();
-        if !known {
-            apply(self.usage.write().entry(job.to_vec()).or_default());
-        }
+        self.add_usage(job, items, data(new) - data(old));
         if self.closed.load(Ordering::Relaxed) {
             // Written after the counts were saved: let the next start count again.
             if let Err(e) = self.meta.remove(USAGE_SAVED) {
@@ -534,12 +557,25 @@ impl SledStore {
         }
     }
 
+    /// Adds to a job's counts.
+    fn add_usage(&self, job: &[u8], items: i64, bytes: i64) {
+        let apply = |c: &Counts| {
+            c.items.fetch_add(items, Ordering::Relaxed);
+            c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        };
+        let known = self.usage.read().get(job).map(apply).is_some();
+        if !known {
+            apply(self.usage.write().entry(job.to_vec()).or_default());
+        }
+    }
+
     fn drop_corrupt(&self, key: &[u8], what: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::error!(key = ?String::from_utf8_lossy(key), "dropping a {what} record that does not decode");
+        let mut pass = self.census.during();
         self.recency.remove(key);
         match self.items.remove(key) {
-            Ok(old) => self.account(key, old.map(|v| data_len(&v)), None),
+            Ok(old) => self.counted(pass.as_mut(), key, old.map(|v| data_len(&v)), None),
             Err(e) => tracing::error!(error = %e, "cannot remove a corrupt record"),
         }
     }
@@ -551,15 +587,13 @@ const FORMAT_KEY: &[u8] = b"format";
 const USAGE_SAVED: &[u8] = b"usage-saved";
 const USAGE_PREFIX: &[u8] = b"usage:";
 
-/// The usage counts at start: the ones a clean stop saved, else counted from the items.
-/// The saved ones are dropped at once, durably, so that a crash from here on counts again.
-fn load_usage(
-    db: &sled::Db,
-    meta: &sled::Tree,
-    items: &sled::Tree,
-) -> Result<HashMap<Vec<u8>, Usage>, Error> {
-    let mut usage: HashMap<Vec<u8>, Usage> = HashMap::new();
+/// The usage counts a clean stop saved, if it did (else they are to be counted from the
+/// items, `census`). The saved ones are dropped at once, durably, so that a crash from
+/// here on counts again.
+fn load_usage(db: &sled::Db, meta: &sled::Tree) -> Result<Option<HashMap<Vec<u8>, Counts>>, Error> {
+    let mut usage: Option<HashMap<Vec<u8>, Counts>> = None;
     if meta.remove(USAGE_SAVED)?.is_some() {
+        let usage = usage.get_or_insert_with(HashMap::new);
         for kv in meta.scan_prefix(USAGE_PREFIX) {
             let (k, v) = kv?;
             let counts = <[u8; 16]>::try_from(v.as_ref()).ok();
@@ -568,20 +602,12 @@ fn load_usage(
                 let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
                 usage.insert(
                     k[USAGE_PREFIX.len()..].to_vec(),
-                    Usage {
+                    Counts::from(Usage {
                         items: word(items),
                         bytes: word(bytes),
-                    },
+                    }),
                 );
             }
-        }
-    } else {
-        for kv in items.iter() {
-            let (k, v) = kv?;
-            let job = k.split(|&b| b == 0).next().unwrap_or_default();
-            let u = usage.entry(job.to_vec()).or_default();
-            u.items += 1;
-            u.bytes += data_len(&v) as u64;
         }
     }
     clear_saved_usage(meta)?;
@@ -614,31 +640,68 @@ impl Store for SledStore {
         }
     }
 
+    fn get_many(&self, keys: &[&ItemKey]) -> Vec<Result<Option<Item>, Error>> {
+        let read: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let Some(bytes) = self.items.get(key.as_bytes())? else {
+                    return Ok(None);
+                };
+                match Item::decode(&bytes) {
+                    Some(item) => Ok(Some(item)),
+                    None => {
+                        self.drop_corrupt(key.as_bytes(), "item");
+                        Ok(None)
+                    }
+                }
+            })
+            .collect();
+        // Every item found counts as used, under one lock of the order.
+        let found = keys
+            .iter()
+            .zip(&read)
+            .filter(|(_, r)| matches!(r, Ok(Some(_))));
+        self.recency.touch_all(found.map(|(k, _)| k.as_bytes()));
+        read
+    }
+
     fn put(&self, key: &ItemKey, item: &Item) -> Result<(), Error> {
         self.space.admit()?;
         let record = item.encode();
-        let len = record.len();
+        let size = (key.as_bytes().len() + record.len()) as u64;
+        let mut pass = self.census.during();
         let old = self
             .items
             .insert(key.as_bytes(), record)
             .map_err(|e| self.failed(e))?;
-        self.account(
+        self.counted(
+            pass.as_mut(),
             key.as_bytes(),
             old.map(|v| data_len(&v)),
             Some(item.data.len()),
         );
-        let victims = self
-            .recency
-            .insert(key.as_bytes(), (key.as_bytes().len() + len) as u64);
-        self.evict(victims);
+        match pass {
+            // Nothing is evicted before the count has placed every item.
+            Some(_) => self.recency.place(key.as_bytes(), size),
+            None => {
+                let victims = self.recency.insert(key.as_bytes(), size);
+                self.evict(victims);
+            }
+        }
         Ok(())
     }
 
     fn remove(&self, key: &ItemKey) -> Result<bool, Error> {
+        let mut pass = self.census.during();
         self.recency.remove(key.as_bytes());
         let old = self.items.remove(key.as_bytes())?;
         let found = old.is_some();
-        self.account(key.as_bytes(), old.map(|v| data_len(&v)), None);
+        self.counted(
+            pass.as_mut(),
+            key.as_bytes(),
+            old.map(|v| data_len(&v)),
+            None,
+        );
         Ok(found)
     }
 
@@ -688,13 +751,15 @@ impl Store for SledStore {
                 }
             }
             // Only remove the record we looked at: a write since then wins.
+            let mut pass = self.census.during();
             if self
                 .items
                 .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
                 .is_ok()
             {
                 self.recency.remove(&k);
-                self.account(&k, Some(data_len(&v)), None);
+                self.counted(pass.as_mut(), &k, Some(data_len(&v)), None);
+                drop(pass);
                 if let Some(listener) = self.removals.get() {
                     listener(&k);
                 }
@@ -744,9 +809,10 @@ impl Store for SledStore {
         let mut removed = 0;
         for k in self.items.scan_prefix(ItemKey::job_prefix(job)).keys() {
             let k = k?;
+            let mut pass = self.census.during();
             self.recency.remove(&k);
             if let Some(old) = self.items.remove(&k)? {
-                self.account(&k, Some(data_len(&old)), None);
+                self.counted(pass.as_mut(), &k, Some(data_len(&old)), None);
                 removed += 1;
             }
         }
@@ -762,6 +828,14 @@ impl Store for SledStore {
     }
 
     fn close(&self) -> Result<(), Error> {
+        self.census.stop();
+        if self.census.counting() {
+            tracing::info!(
+                "the store's items were not all counted yet: the next start counts them again"
+            );
+            self.db.flush()?;
+            return Ok(());
+        }
         // The write lock keeps new jobs out while the counts are saved; writes to known
         // jobs that land meanwhile drop the saved counts again (`account`).
         let usage = self.usage.write();
@@ -781,6 +855,14 @@ impl Store for SledStore {
         drop(usage);
         self.db.flush()?;
         Ok(())
+    }
+
+    fn count_in_background(self: Arc<Self>) {
+        census::Census::start(self);
+    }
+
+    fn counting(&self) -> bool {
+        self.census.counting()
     }
 
     fn watch_removals(&self, listener: RemovalListener) {

@@ -11,13 +11,14 @@ use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Code, Status, Streaming};
+use tonic::Status;
 use uuid::Uuid;
 
 use crate::auth::Access;
 use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::intake::{Inbound, IntakeError, Received, Refusal};
 use crate::logs::{clip, RateLimit};
 use crate::model::{JobConfig, JobName};
 use crate::shutdown::Shutdown;
@@ -34,7 +35,7 @@ pub(crate) fn open(
     engine: Engine,
     shutdown: Shutdown,
     access: Access,
-    mut inbound: Streaming<pb::WorkerMessage>,
+    mut inbound: Inbound,
 ) -> DaemonStream {
     // Room for every fetch the worker may hold, plus Registered and a closing error.
     let (tx, rx) = mpsc::channel::<Outbound>(MAX_MAX_IN_FLIGHT as usize + 2);
@@ -70,7 +71,7 @@ struct WorkerStream {
 impl WorkerStream {
     async fn run(
         self,
-        inbound: &mut Streaming<pb::WorkerMessage>,
+        inbound: &mut Inbound,
         reg_tx: mpsc::Sender<Result<pb::DaemonMessage, Status>>,
     ) {
         let first = tokio::select! {
@@ -78,9 +79,12 @@ impl WorkerStream {
             m = inbound.message() => m,
         };
         let register = match first {
-            Ok(Some(pb::WorkerMessage {
-                kind: Some(worker_message::Kind::Register(r)),
-            })) => r,
+            Ok(Some(Received::Message(
+                pb::WorkerMessage {
+                    kind: Some(worker_message::Kind::Register(r)),
+                },
+                _,
+            ))) => r,
             Ok(Some(_)) => {
                 let _ = reg_tx
                     .send(Err(Status::failed_precondition(
@@ -89,7 +93,21 @@ impl WorkerStream {
                     .await;
                 return;
             }
-            Ok(None) | Err(_) => return,
+            Err(
+                e @ (IntakeError::TooLarge { .. }
+                | IntakeError::Compressed(_)
+                | IntakeError::Truncated
+                | IntakeError::Decode(_)),
+            ) => {
+                let _ = reg_tx
+                    .send(Err(Status::invalid_argument(format!(
+                        "the first message on this stream cannot be read: {}",
+                        clip(&e.to_string())
+                    ))))
+                    .await;
+                return;
+            }
+            Ok(None) | Err(IntakeError::Broken(_)) => return,
         };
         let max_batch = register.max_batch.clamp(1, MAX_MAX_IN_FLIGHT) as usize;
         let (job, config, worker_id, max_in_flight) = match self.register(register).await {
@@ -157,7 +175,7 @@ impl WorkerStream {
     /// Takes the worker's answers until its stream ends (`None`) or misbehaves (`Some`).
     async fn serve(
         &self,
-        inbound: &mut Streaming<pb::WorkerMessage>,
+        inbound: &mut Inbound,
         job: &JobName,
         worker: WorkerId,
         refresh_timeout: Duration,
@@ -182,41 +200,38 @@ impl WorkerStream {
                     }
                 }
             };
-            let result = match message {
-                Ok(Some(pb::WorkerMessage {
-                    kind: Some(worker_message::Kind::Result(result)),
-                })) => result,
-                Ok(Some(pb::WorkerMessage {
-                    kind: Some(worker_message::Kind::Register(_)),
-                })) => {
-                    return Some(Error::FailedPrecondition(
-                        "this stream is registered already: a second Register is not allowed"
-                            .into(),
-                    ))
-                }
-                Ok(Some(pb::WorkerMessage { kind: None })) => {
-                    return Some(Error::InvalidArgument(
-                        "a WorkerMessage must hold Register or FetchResult".into(),
-                    ))
+            let (result, _held) = match message {
+                Ok(Some(Received::Message(message, held))) => match message.kind {
+                    Some(worker_message::Kind::Result(result)) => (result, held),
+                    Some(worker_message::Kind::Register(_)) => {
+                        return Some(Error::FailedPrecondition(
+                            "this stream is registered already: a second Register is not allowed"
+                                .into(),
+                        ))
+                    }
+                    None => {
+                        return Some(Error::InvalidArgument(
+                            "a WorkerMessage must hold Register or FetchResult".into(),
+                        ))
+                    }
+                },
+                Ok(Some(Received::Refused(refusal))) => {
+                    self.refuse(job, worker, refusal);
+                    continue;
                 }
                 Ok(None) => return None,
+                Err(IntakeError::Broken(status)) => {
+                    tracing::info!(%job, %worker, status = %clip(&status.to_string()), "worker stream broke");
+                    return None;
+                }
                 // A message that cannot be read (over the size limit, not protobuf): its
                 // request id is unknown, so no fetch can be failed for it; the worker is
                 // told, and its fetches go to another worker.
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::OutOfRange | Code::Internal | Code::InvalidArgument
-                    ) =>
-                {
+                Err(e) => {
                     return Some(Error::InvalidArgument(format!(
                         "a message from this worker cannot be read: {}",
-                        clip(status.message())
+                        clip(&e.to_string())
                     )));
-                }
-                Err(status) => {
-                    tracing::info!(%job, %worker, status = %clip(&status.to_string()), "worker stream broke");
-                    return None;
                 }
             };
             let outcome = convert::fetch_outcome(result.outcome, self.engine.limits());
@@ -238,6 +253,21 @@ impl WorkerStream {
                     }
                 }
             }
+        }
+    }
+    /// An answer the budget of answer bytes could not take: its fetch fails with a message
+    /// saying why (callers see it), nothing is stored, and the stream stays open.
+    fn refuse(&self, job: &JobName, worker: WorkerId, refusal: Refusal) {
+        static REFUSED: RateLimit = RateLimit::new(Duration::from_secs(10));
+        let why = format!(
+            "the daemon refused this worker's answer of {} bytes: answers being received from workers already hold its budget of {} bytes (max_answer_bytes)",
+            refusal.len, refusal.budget
+        );
+        if let Some(suppressed) = REFUSED.allow() {
+            tracing::warn!(%job, %worker, bytes = refusal.len, budget = refusal.budget, request_id = %clip(refusal.request_id.as_deref().unwrap_or("")), more_since_last_line = suppressed, "answer refused: the budget of answer bytes is spent");
+        }
+        if let Some(id) = refusal.request_id.as_deref().and_then(RequestId::parse) {
+            self.engine.workers().answer(job, worker, id, Err(why));
         }
     }
 }

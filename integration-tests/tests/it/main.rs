@@ -6,6 +6,7 @@ mod harness;
 
 mod bounds_calls;
 mod bounds_connections;
+mod bounds_memory;
 mod bounds_store;
 mod bounds_support;
 
@@ -38,8 +39,10 @@ mod policy_early;
 mod policy_reading;
 mod policy_support;
 mod policy_tags;
+mod raw_grpc;
 mod reads;
 mod registration;
+mod restart_count;
 mod security_auth;
 mod security_support;
 mod security_tls;

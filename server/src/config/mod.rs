@@ -74,6 +74,14 @@ pub struct Config {
     /// How long a TCP connection may hold no call before it is closed.
     #[serde(with = "file::positive")]
     pub idle_timeout: Duration,
+    /// Bytes of workers' answers the daemon holds at once, across every worker stream:
+    /// an answer past it is refused as a failed fetch (`crate::intake`).
+    #[serde(with = "file::size")]
+    pub max_answer_bytes: u64,
+    /// Bytes of Get and GetMany responses not yet taken by their clients, across every
+    /// connection: a response past it answers RESOURCE_EXHAUSTED (`crate::unsent`).
+    #[serde(with = "file::size")]
+    pub max_unsent_bytes: u64,
     /// Longest job name, in bytes.
     #[serde(with = "file::count")]
     pub max_job_name_bytes: usize,
@@ -123,6 +131,8 @@ impl Default for Config {
             max_queued_fetches: 100_000,
             max_connections: 4096,
             idle_timeout: Duration::from_secs(300),
+            max_answer_bytes: 256 << 20,
+            max_unsent_bytes: 512 << 20,
             max_job_name_bytes: limits.max_job_name_bytes,
             max_args_bytes: limits.max_args_bytes,
             max_data_bytes: limits.max_data_bytes,

@@ -27,6 +27,7 @@ mod backoff;
 mod fleet;
 mod flights;
 mod jobs;
+mod many;
 mod sweeper;
 mod tags;
 #[cfg(test)]
@@ -43,6 +44,7 @@ use parking_lot::{Mutex, RwLock};
 
 use flights::{wait_flight, Table, SHARDS};
 pub(crate) use jobs::JobEntry;
+pub(crate) use many::HitCandidate;
 
 use crate::clock::Clock;
 use crate::counters::{Found, Metrics};

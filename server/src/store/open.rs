@@ -13,6 +13,13 @@
 //! - **damaged**: sled reports corruption, panics, or opens files that fail the format
 //!   check. Only then is it quarantined to `store.corrupt-<unix seconds>[-N]`, and every
 //!   record that can still be read is salvaged into the fresh store ([`super::salvage`]).
+//!
+//! sled reports some damage only when a page is read. The small trees (jobs, invalidation
+//! marks) are read through here; the items, which take seconds to read on a large store,
+//! are read by the count at start, in the background while the daemon serves
+//! ([`super::census`]). Damage found there marks the store suspect (`store.suspect` in the
+//! data dir), and the next start reads every item before serving, as here, so that it is
+//! moved aside and salvaged.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -50,6 +57,7 @@ pub(super) enum OpenError {
 pub(super) fn open_db(
     data_dir: &Path,
     flush_interval: Duration,
+    read_items: bool,
 ) -> Result<(sled::Db, OpenReport), Error> {
     std::fs::create_dir_all(data_dir).map_err(|e| {
         Error::Store(format!(
@@ -58,9 +66,16 @@ pub(super) fn open_db(
         ))
     })?;
     let path = data_dir.join("store");
+    let suspect = data_dir.join(SUSPECT);
+    let read_items = read_items || suspect.exists();
     let mut report = OpenReport::default();
-    let reason = match try_open(data_dir, &path, flush_interval) {
-        Ok(db) => return Ok((db, report)),
+    let reason = match try_open(data_dir, &path, flush_interval, read_items) {
+        Ok(db) => {
+            if read_items {
+                cleared(&suspect);
+            }
+            return Ok((db, report));
+        }
         Err(OpenError::Unusable(msg)) => return Err(Error::Store(msg)),
         Err(OpenError::Damaged(reason)) => reason,
     };
@@ -71,7 +86,8 @@ pub(super) fn open_db(
             path.display()
         ))
     })?;
-    let db = try_open(data_dir, &path, flush_interval).map_err(|e| {
+    cleared(&suspect);
+    let db = try_open(data_dir, &path, flush_interval, true).map_err(|e| {
         let (OpenError::Unusable(m) | OpenError::Damaged(m)) = e;
         Error::Store(format!("cannot create a fresh store: {m}"))
     })?;
@@ -79,6 +95,25 @@ pub(super) fn open_db(
     report.moved_aside = Some(aside);
     report.reason = Some(reason);
     Ok((db, report))
+}
+
+/// In the data dir: the count at start found damage in the items; the next start reads
+/// every item before serving.
+const SUSPECT: &str = "store.suspect";
+
+/// Marks the store under `data_dir` suspect: the next start reads it all through first.
+pub(super) fn mark_suspect(data_dir: &Path) {
+    if let Err(e) = std::fs::write(data_dir.join(SUSPECT), b"") {
+        tracing::error!(error = %e, "cannot mark the store suspect");
+    }
+}
+
+fn cleared(suspect: &Path) {
+    match std::fs::remove_file(suspect) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(error = %e, "cannot remove {}", suspect.display()),
+    }
 }
 
 /// A name for the quarantined store that no earlier quarantine took (two failed starts
@@ -132,11 +167,13 @@ fn locked(data_dir: &Path) -> OpenError {
     ))
 }
 
-/// Opens the store at `path` and checks its format.
+/// Opens the store at `path` and checks its format; `read_items`: reads every item
+/// through too.
 pub(super) fn try_open(
     data_dir: &Path,
     path: &Path,
     flush_interval: Duration,
+    read_items: bool,
 ) -> Result<sled::Db, OpenError> {
     if held_by_another(path)? {
         return Err(locked(data_dir));
@@ -175,7 +212,12 @@ pub(super) fn try_open(
             }
         }
         // Every record is read once: sled reports some damage only when a page is read.
-        for name in ["jobs", "invalidated", "items"] {
+        // The items are read by the count at start, unless asked for here.
+        let trees: &[&str] = match read_items {
+            true => &["jobs", "invalidated", "items"],
+            false => &["jobs", "invalidated"],
+        };
+        for &name in trees {
             let tree = db.open_tree(name).map_err(io)?;
             tree.iter().try_for_each(|kv| kv.map(|_| ()).map_err(io))?;
         }

@@ -10,6 +10,31 @@
 use lru::LruCache;
 use parking_lot::Mutex;
 
+impl Order {
+    fn place(&mut self, key: &[u8], size: u64) {
+        let old = match self.items.get_mut(key) {
+            Some(s) => Some(std::mem::replace(s, size)),
+            None => self.items.push(key.into(), size).map(|(_, s)| s),
+        };
+        self.items.promote(key);
+        self.total = self.total + size - old.unwrap_or(0);
+    }
+
+    /// Pops the least recently used until the order is within `max_bytes`, keeping the
+    /// most recent item even if it alone is over.
+    fn trim(&mut self, max_bytes: u64) -> Vec<Box<[u8]>> {
+        let mut victims = Vec::new();
+        while self.total > max_bytes && self.items.len() > 1 {
+            let Some((victim, s)) = self.items.pop_lru() else {
+                break;
+            };
+            self.total -= s;
+            victims.push(victim);
+        }
+        victims
+    }
+}
+
 /// The recency order and the bytes it covers.
 pub(super) struct Recency {
     max_bytes: u64,
@@ -38,26 +63,43 @@ impl Recency {
         self.inner.lock().items.promote(key);
     }
 
+    /// Gets found `keys`: each becomes the most recently used, in order (one lock).
+    pub(super) fn touch_all<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut order = self.inner.lock();
+        for key in keys {
+            order.items.promote(key);
+        }
+    }
+
     /// `key` now takes `size` bytes and is the most recently used. Returns the keys to
     /// evict (already out of the order, least recently used first) to get back under the
     /// bound; never `key` itself, so a write is never undone for space.
     pub(super) fn insert(&self, key: &[u8], size: u64) -> Vec<Box<[u8]>> {
         let mut order = self.inner.lock();
-        let old = match order.items.get_mut(key) {
-            Some(s) => Some(std::mem::replace(s, size)),
-            None => order.items.push(key.into(), size).map(|(_, s)| s),
-        };
-        order.items.promote(key);
-        order.total = order.total + size - old.unwrap_or(0);
-        let mut victims = Vec::new();
-        while order.total > self.max_bytes && order.items.len() > 1 {
-            let Some((victim, s)) = order.items.pop_lru() else {
-                break;
-            };
-            order.total -= s;
-            victims.push(victim);
+        order.place(key, size);
+        order.trim(self.max_bytes)
+    }
+
+    /// As [`Recency::insert`], evicting nothing: while the count at start has not placed
+    /// every stored item, the order holds only the ones written since, the most recent.
+    pub(super) fn place(&self, key: &[u8], size: u64) {
+        self.inner.lock().place(key, size);
+    }
+
+    /// Places `key` as the least recently used, unless it is in the order already.
+    pub(super) fn place_oldest(&self, key: &[u8], size: u64) {
+        let mut order = self.inner.lock();
+        if order.items.contains(key) {
+            return;
         }
-        victims
+        order.items.push(key.into(), size);
+        order.items.demote(key);
+        order.total += size;
+    }
+
+    /// The keys to evict (already out of the order) to get back under the bound.
+    pub(super) fn trim(&self) -> Vec<Box<[u8]>> {
+        self.inner.lock().trim(self.max_bytes)
     }
 
     /// `key` is gone from the store.

@@ -337,7 +337,7 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("name", "config", "workers", "items", "bytes", "invalidated_before", "counters")
+    __slots__ = ("name", "config", "workers", "items", "bytes", "invalidated_before", "counters", "counting")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +345,7 @@ class JobInfo(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     INVALIDATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    COUNTING_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: JobConfig
     workers: int
@@ -352,7 +353,8 @@ class JobInfo(_message.Message):
     bytes: int
     invalidated_before: _timestamp_pb2.Timestamp
     counters: JobCounters
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., invalidated_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[JobCounters, _Mapping]] = ...) -> None: ...
+    counting: bool
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., invalidated_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[JobCounters, _Mapping]] = ..., counting: _Optional[bool] = ...) -> None: ...
 
 class JobCounters(_message.Message):
     __slots__ = ("gets_fresh", "gets_stale", "gets_miss", "sync_fetches", "refreshes_scheduled", "fetches_succeeded", "fetches_failed", "fetches_retried", "fetches_in_flight")
@@ -381,7 +383,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("version", "started_at", "uptime", "store_bytes", "jobs", "workers", "items", "corrupt_records", "store_moved_aside", "totals")
+    __slots__ = ("version", "started_at", "uptime", "store_bytes", "jobs", "workers", "items", "corrupt_records", "store_moved_aside", "totals", "counting")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +394,7 @@ class StatsResponse(_message.Message):
     CORRUPT_RECORDS_FIELD_NUMBER: _ClassVar[int]
     STORE_MOVED_ASIDE_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
+    COUNTING_FIELD_NUMBER: _ClassVar[int]
     version: str
     started_at: _timestamp_pb2.Timestamp
     uptime: _duration_pb2.Duration
@@ -402,7 +405,8 @@ class StatsResponse(_message.Message):
     corrupt_records: int
     store_moved_aside: bool
     totals: JobCounters
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., store_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., corrupt_records: _Optional[int] = ..., store_moved_aside: _Optional[bool] = ..., totals: _Optional[_Union[JobCounters, _Mapping]] = ...) -> None: ...
+    counting: bool
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., store_bytes: _Optional[int] = ..., jobs: _Optional[int] = ..., workers: _Optional[int] = ..., items: _Optional[int] = ..., corrupt_records: _Optional[int] = ..., store_moved_aside: _Optional[bool] = ..., totals: _Optional[_Union[JobCounters, _Mapping]] = ..., counting: _Optional[bool] = ...) -> None: ...
 
 class InvalidateJobRequest(_message.Message):
     __slots__ = ("job",)

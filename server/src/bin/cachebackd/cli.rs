@@ -147,6 +147,16 @@ pub(crate) struct SettingsArgs {
     #[arg(long, value_name = "DUR", value_parser = positive)]
     pub idle_timeout: Option<Duration>,
 
+    /// Bytes of workers' answers held at once, across every worker: an answer past it is
+    /// refused as a failed fetch. A size. [default: 256MiB]
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_answer_bytes: Option<u64>,
+
+    /// Bytes of Get and GetMany responses not yet taken by their clients, across every
+    /// connection: a response past it answers RESOURCE_EXHAUSTED. A size. [default: 512MiB]
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_unsent_bytes: Option<u64>,
+
     /// Longest job name accepted, in bytes. [default: 128]
     #[arg(long, value_name = "N", value_parser = count)]
     pub max_job_name_bytes: Option<usize>,
@@ -236,6 +246,8 @@ fn apply_args(config: &mut Config, a: &SettingsArgs) {
     set(&mut config.max_queued_fetches, a.max_queued_fetches);
     set(&mut config.max_connections, a.max_connections);
     set(&mut config.idle_timeout, a.idle_timeout);
+    set(&mut config.max_answer_bytes, a.max_answer_bytes);
+    set(&mut config.max_unsent_bytes, a.max_unsent_bytes);
     set(&mut config.max_job_name_bytes, a.max_job_name_bytes);
     set(&mut config.max_args_bytes, a.max_args_bytes);
     set(&mut config.max_data_bytes, a.max_data_bytes);

@@ -386,6 +386,9 @@ async fn run(args: &CtlArgs) -> Result<Output, String> {
                     j.name, j.workers, j.items, j.bytes, lifetime, hit
                 );
             }
+            if r.jobs.iter().any(|j| j.counting) {
+                text += "(still counting the items stored at start: items and bytes so far)\n";
+            }
             Ok(Output {
                 text,
                 json: json!({ "jobs": jobs }),
@@ -521,6 +524,7 @@ fn job_json(j: &pb::JobInfo) -> Value {
         "workers": j.workers,
         "items": j.items,
         "bytes": j.bytes,
+        "counting": j.counting,
         "invalidated_before": j.invalidated_before.map(|t| rfc3339(t.try_into().ok())),
         "counters": counters_json(&j.counters.unwrap_or_default()),
     })
