@@ -521,9 +521,19 @@ pub mod rules {
             .expect("DeleteJob on A")
             .into_inner();
         assert!(deleted.found, "{deleted:?}");
-        let e = try_peek(&mut cb, &job, b"[1]")
-            .await
-            .expect_err("a deleted job");
+        // DeleteJob reaches the other daemons with its event (PROTOCOL.md names Invalidate,
+        // InvalidateJob, InvalidateTags and Delete as seen at once, not DeleteJob): poll.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let e = loop {
+            match try_peek(&mut cb, &job, b"[1]").await {
+                Err(e) => break e,
+                Ok(r) => {
+                    assert_eq!(r.state(), ItemState::Fresh, "before the event: as it was");
+                    assert!(std::time::Instant::now() < deadline, "B never heard of the DeleteJob");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
         let _w = TestWorker::register(&b, &job, sync_config(30.0)).await;
