@@ -529,7 +529,10 @@ pub mod rules {
                 Err(e) => break e,
                 Ok(r) => {
                     assert_eq!(r.state(), ItemState::Fresh, "before the event: as it was");
-                    assert!(std::time::Instant::now() < deadline, "B never heard of the DeleteJob");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "B never heard of the DeleteJob"
+                    );
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             }
