@@ -248,64 +248,9 @@ async fn the_near_cache_drops_everything_when_its_daemon_is_killed_and_serves_fr
     worker.stop().await.unwrap();
 }
 
-/// A `redis-server` on a free loopback port, without persistence, killed by pid on drop;
-/// installed from Debian first if the machine lacks it.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = free_port();
-        let spawn = || {
-            std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-        };
-        let child = match spawn() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let installed = std::process::Command::new("sh")
-                    .args([
-                        "-c",
-                        "apt-get update -qq && apt-get install -y -qq redis-server",
-                    ])
-                    .status()
-                    .expect("apt-get");
-                assert!(installed.success(), "apt-get install redis-server failed");
-                spawn()
-            }
-            other => other,
-        }
-        .expect("start redis-server");
-        let redis = Redis { child, port };
-        eventually(WAIT, || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn in_a_fleet_a_failed_over_client_reads_what_it_wrote_through_the_dead_daemon() {
-    let redis = Redis::start().await;
+    let redis = crate::fleet_support::RedisServer::standalone();
     let fleet_daemon = || {
         Daemon::builder()
             .args(["--store", redis.url().as_str()])

@@ -25,13 +25,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::flights::{FlightResult, Landed};
+use super::flights::{count_result, renewed, FlightResult, Landed};
 use super::jobs::JobEntry;
 use super::{seen, served, Engine, GetOptions, GetOutcome, InvalidateOutcome};
 use crate::counters::JobMetrics;
 use crate::error::Error;
 use crate::fleet::{self, Fleet, FleetEvent, ItemChange, Lease, Stored};
-use crate::logs::{clip, RateLimit};
+use crate::logs::clip;
 use crate::model::{FetchReason, ItemKey, ItemState, JobConfig, JobName, Tag};
 use crate::policy::{self, Freshness, GetContext, GetPlan, Refresh};
 use crate::store::Item;
@@ -395,10 +395,7 @@ impl Engine {
         lease: Lease,
         current: Option<Item>,
     ) -> Result<(Item, Option<u64>), Error> {
-        let timeout = config.refresh_timeout;
-        let started = Instant::now();
         let started_wall = self.now();
-        metrics.fetches_in_flight.inc();
         if lease.failures > 0 {
             metrics.fetches_retried.inc();
         }
@@ -406,50 +403,23 @@ impl Engine {
             (FetchReason::Miss, _) | (_, None) => Arc::from(Vec::new()),
             (_, Some(item)) => Arc::from(item.validator.clone()),
         };
-        let outcome = self
-            .inner
-            .workers
-            .fetch(
-                job,
-                Arc::from(key.args()),
-                validator,
-                reason,
-                Instant::now() + timeout,
-                self.now() + timeout,
-                timeout,
-            )
-            .await;
-        let took = started.elapsed();
-        let landed = outcome.and_then(|f| self.check_fetched(f, config, took));
-        metrics.fetches_in_flight.dec();
-        metrics.fetch_duration.observe(took.as_secs_f64());
-        let landed = match landed {
+        let landed = match self
+            .ask_worker(key, job, config, metrics, reason, validator)
+            .await
+        {
             Ok(Landed::Item(item)) => Ok(item),
             Ok(Landed::NotModified {
                 lifetime,
                 fetch_took,
             }) => {
-                metrics.not_modified.inc();
                 let stored = fleet.read(key, epoch).await?.item;
-                let now = self.now();
-                let stored =
-                    stored.filter(|i| !policy::is_past_ttl(i.times.stored_at, config, now));
-                match policy::not_modified(stored.as_ref().map(|i| i.times), now, lifetime) {
-                    Some(times) => Ok(Item {
-                        times,
-                        fetch_took,
-                        ..stored.expect("times come from a stored item")
-                    }),
-                    None => Err(Error::FetchFailed(
-                        "the worker answered not_modified but no stored data".into(),
-                    )),
-                }
+                renewed(stored, config, self.now(), lifetime, fetch_took)
             }
             Err(e) => Err(e),
         };
+        count_result(job, reason, metrics, &landed);
         match landed {
             Ok(item) => {
-                metrics.fetches_succeeded.inc();
                 let reinvalidated = self
                     .shard(key)
                     .lock()
@@ -484,11 +454,6 @@ impl Engine {
                     // A full queue says nothing of the origin: no backoff for it.
                     fleet.release(key, epoch, &lease).await
                 } else {
-                    static FAILED: RateLimit = RateLimit::new(Duration::from_secs(10));
-                    if let Some(suppressed) = FAILED.allow() {
-                        tracing::warn!(%job, ?reason, error = %clip(&e.to_string()), more_since_last_line = suppressed, "fetch failed");
-                    }
-                    metrics.fetches_failed.inc();
                     let delay = policy::backoff_delay(
                         lease.failures + 1,
                         self.inner.settings.retry_base,

@@ -178,9 +178,6 @@ impl Engine {
         reason: FetchReason,
         id: u64,
     ) -> FlightResult {
-        let timeout = config.refresh_timeout;
-        let started = Instant::now();
-        metrics.fetches_in_flight.inc();
         // A refresh sends the stored validator, so that the worker may answer NotModified.
         let validator: Arc<[u8]> = match reason {
             FetchReason::Miss => Arc::from(Vec::new()),
@@ -189,6 +186,33 @@ impl Engine {
                 _ => Arc::from(Vec::new()),
             },
         };
+        let landed = self
+            .ask_worker(key, job, config, metrics, reason, validator)
+            .await;
+        let (result, stored) = self.finish_flight(key, job, config, metrics, id, landed);
+        count_result(job, reason, metrics, &result);
+        if stored {
+            if let Err(e) = self.flush_if_always().await {
+                tracing::error!(error = %e, "flush after a fetch failed");
+            }
+        }
+        Arc::new(result)
+    }
+
+    /// Sends the fetch to one of this daemon's workers (within the job's refresh_timeout)
+    /// and checks its answer, counting the fetch in flight, its duration and a NotModified.
+    pub(super) async fn ask_worker(
+        &self,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+        validator: Arc<[u8]>,
+    ) -> Result<Landed, Error> {
+        let timeout = config.refresh_timeout;
+        let started = Instant::now();
+        metrics.fetches_in_flight.inc();
         let outcome = self
             .inner
             .workers
@@ -209,23 +233,7 @@ impl Engine {
         if matches!(landed, Ok(Landed::NotModified { .. })) {
             metrics.not_modified.inc();
         }
-        let (result, stored) = self.finish_flight(key, job, config, metrics, id, landed);
-        match &result {
-            Ok(_) => metrics.fetches_succeeded.inc(),
-            Err(e) => {
-                static FAILED: RateLimit = RateLimit::new(std::time::Duration::from_secs(10));
-                if let Some(suppressed) = FAILED.allow() {
-                    tracing::warn!(%job, ?reason, error = %clip(&e.to_string()), more_since_last_line = suppressed, "fetch failed");
-                }
-                metrics.fetches_failed.inc()
-            }
-        };
-        if stored {
-            if let Err(e) = self.flush_if_always().await {
-                tracing::error!(error = %e, "flush after a fetch failed");
-            }
-        }
-        Arc::new(result)
+        landed
     }
 
     /// Checks a worker's answer against the limits and gives it its times.
@@ -293,22 +301,8 @@ impl Engine {
         lifetime: Duration,
         fetch_took: Duration,
     ) -> Result<Item, Error> {
-        let now = self.now();
-        let stored = self
-            .inner
-            .store
-            .get(key)?
-            .filter(|i| !policy::is_past_ttl(i.times.stored_at, config, now));
-        match policy::not_modified(stored.as_ref().map(|i| i.times), now, lifetime) {
-            Some(times) => Ok(Item {
-                times,
-                fetch_took,
-                ..stored.expect("times come from a stored item")
-            }),
-            None => Err(Error::FetchFailed(
-                "the worker answered not_modified but no stored data".into(),
-            )),
-        }
+        let stored = self.inner.store.get(key)?;
+        renewed(stored, config, self.now(), lifetime, fetch_took)
     }
 
     /// Stores the flight's result unless a write superseded it, keeps the backoff (and,
@@ -388,6 +382,47 @@ impl Engine {
         }
         (result, stored)
     }
+}
+
+/// A NotModified resolved against the item `stored` now: it, with its times renewed, or a
+/// failed fetch if nothing (alive) is stored.
+pub(super) fn renewed(
+    stored: Option<Item>,
+    config: &JobConfig,
+    now: std::time::SystemTime,
+    lifetime: Duration,
+    fetch_took: Duration,
+) -> Result<Item, Error> {
+    let stored = stored.filter(|i| !policy::is_past_ttl(i.times.stored_at, config, now));
+    match policy::not_modified(stored.as_ref().map(|i| i.times), now, lifetime) {
+        Some(times) => Ok(Item {
+            times,
+            fetch_took,
+            ..stored.expect("times come from a stored item")
+        }),
+        None => Err(Error::FetchFailed(
+            "the worker answered not_modified but no stored data".into(),
+        )),
+    }
+}
+
+/// Counts a fetch's end, with a rate-limited line for a failure.
+pub(super) fn count_result<T>(
+    job: &JobName,
+    reason: FetchReason,
+    metrics: &JobMetrics,
+    result: &Result<T, Error>,
+) {
+    match result {
+        Ok(_) => metrics.fetches_succeeded.inc(),
+        Err(e) => {
+            static FAILED: RateLimit = RateLimit::new(std::time::Duration::from_secs(10));
+            if let Some(suppressed) = FAILED.allow() {
+                tracing::warn!(%job, ?reason, error = %clip(&e.to_string()), more_since_last_line = suppressed, "fetch failed");
+            }
+            metrics.fetches_failed.inc()
+        }
+    };
 }
 
 /// Owns a flight from its start to its answer, as moka's `WaiterGuard` does: whatever ends
