@@ -82,6 +82,9 @@ pub struct Refresh {
     pub secs: f64,
     /// CPU seconds the server process spent in that time.
     pub server_cpu: Option<f64>,
+    /// Driven mode: the same Gets of the same items once they are fresh again (Gets, seconds):
+    /// the Get-hit rate the refreshes are measured against (the "≥ 0.9×").
+    pub fresh_gets: Option<(u64, f64)>,
 }
 
 impl Refresh {
@@ -96,8 +99,18 @@ impl Refresh {
         (self.answered > 0).then(|| cpu * 1e6 / self.answered as f64)
     }
 
+    /// Driven mode: Gets per second of the same items once fresh.
+    pub fn fresh_gets_per_sec(&self) -> Option<f64> {
+        self.fresh_gets
+            .map(|(gets, secs)| gets as f64 / secs.max(f64::MIN_POSITIVE))
+    }
+
     /// Adds another round of the same run.
     pub fn merge(&mut self, other: &Refresh) {
+        self.fresh_gets = self
+            .fresh_gets
+            .zip(other.fresh_gets)
+            .map(|(a, b)| (a.0 + b.0, a.1 + b.1));
         self.server_cpu = self.server_cpu.zip(other.server_cpu).map(|(a, b)| a + b);
         self.items += other.items;
         self.answered += other.answered;
@@ -120,6 +133,7 @@ impl Refresh {
             "per_sec": self.per_sec(),
             "server_cpu_secs": self.server_cpu,
             "server_cpu_per_answer_us": self.cpu_per_answer_us(),
+            "fresh_gets_per_sec": self.fresh_gets_per_sec(),
         })
     }
 }
@@ -208,6 +222,19 @@ pub async fn against_daemon(
     let server_cpu = cpu_start.zip(process_cpu(pid)).map(|(a, b)| b - a);
     let label = format!("refresh {} {} cachebackd", mode.label(), shape.label());
     marks::mark(&label, mark_start, marks::now());
+    // The same Gets again, now that every item is fresh: what the refreshes cost on top of
+    // the Gets that asked for them is the ratio of the two rates.
+    let fresh_gets = match mode {
+        Mode::Driven => {
+            let start = Instant::now();
+            let mark_start = marks::now();
+            trigger(clients, &job, items, false, &permits).await?;
+            let label = format!("refresh {} {} fresh Gets", mode.label(), shape.label());
+            marks::mark(&label, mark_start, marks::now());
+            Some((items, start.elapsed().as_secs_f64()))
+        }
+        Mode::Queued => None,
+    };
     drop(workers);
     Ok(Refresh {
         shape,
@@ -218,6 +245,7 @@ pub async fn against_daemon(
         not_scheduled,
         secs,
         server_cpu,
+        fresh_gets,
     })
 }
 
@@ -316,6 +344,7 @@ pub async fn ping_pong(
         not_scheduled: 0,
         secs,
         server_cpu,
+        fresh_gets: None,
     })
 }
 

@@ -149,11 +149,18 @@ impl Report {
                     daemon.shape.label()
                 ),
                 format!(
-                    "{}/s ({} items, {} fetches){}",
+                    "{}/s ({} items, {} fetches){}{}",
                     thousands(daemon.per_sec()),
                     daemon.items,
                     daemon.fetches,
-                    cpu_note(daemon.cpu_per_answer_us(), "refresh")
+                    cpu_note(daemon.cpu_per_answer_us(), "refresh"),
+                    daemon
+                        .fresh_gets_per_sec()
+                        .map_or_else(String::new, |hits| format!(
+                            " · the same Gets once fresh {}/s: **{:.2}×** of them",
+                            thousands(hits),
+                            daemon.per_sec() / hits.max(f64::MIN_POSITIVE)
+                        ))
                 ),
                 format!(
                     "{}/s bidi ping-pong{}",
