@@ -150,6 +150,9 @@ async fn bad_tags_in_invalidate_tags_or_set_are_invalid_argument_and_nothing_cha
         .expect("32 tags are allowed");
 }
 
+/// What a case is, its data, validator and tags, and the message its callers get.
+type BadAnswer<'a> = (&'a str, &'a [u8], &'a [u8], &'a [&'a str], &'a str);
+
 #[tokio::test]
 async fn bad_fields_in_a_worker_answer_are_a_failed_fetch_the_worker_is_told_and_the_stream_stays_open(
 ) {
@@ -163,7 +166,7 @@ async fn bad_fields_in_a_worker_answer_are_a_failed_fetch_the_worker_is_told_and
     let thirty_three: Vec<&str> = thirty_three.iter().map(String::as_str).collect();
     let long = vec![b'v'; 257];
     let over = vec![b'1'; 1001];
-    let bad: [(&str, &[u8], &[u8], &[&str], &str); 4] = [
+    let bad: [BadAnswer; 4] = [
         (
             "a 257-byte validator",
             b"\"data\"",
