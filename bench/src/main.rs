@@ -33,6 +33,12 @@ use serde_json::json;
 
 use crate::report::Report;
 
+/// The daemon's allocator, so that the no-op baseline (this program's `serve-noop`) and the
+/// clients pay for their allocations what the daemon pays: a ratio measures the daemon's
+/// own work, not a difference of allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks cachebackd against a no-op tonic server (and Redis, when redis-server is on
 /// PATH) in one run, and prints one table.
 #[derive(Debug, Parser)]

@@ -37,6 +37,14 @@ pub(super) struct Table {
     pub(super) errors: HashMap<ItemKey, Remembered>,
 }
 
+/// How a flight starts: what its driver needs beyond the item and the job.
+enum Start {
+    /// On this daemon's store, sending this validator with a refresh.
+    Here { validator: Arc<[u8]> },
+    /// Through the fleet's lease, by a caller who saw the item at version `seen`.
+    Fleet { seen: u64 },
+}
+
 /// A worker's answer, checked and timed, before it meets the store.
 pub(super) enum Landed {
     /// An item to store (data or an absence).
@@ -86,6 +94,9 @@ impl Engine {
         self.inner.tables.iter().map(|t| t.lock()).collect()
     }
     /// Starts the one fetch of `key` (the caller checked none is in flight) in its own task.
+    /// `stored` is the item the caller read under the shard's lock (`None`: nothing stored):
+    /// a refresh sends its validator, so the store is not read again for it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_flight(
         &self,
         table: &mut Table,
@@ -94,8 +105,21 @@ impl Engine {
         config: &JobConfig,
         metrics: &Arc<JobMetrics>,
         reason: FetchReason,
+        stored: Option<&Item>,
     ) -> watch::Receiver<Option<FlightResult>> {
-        self.start_flight_seen(table, key, job, config, metrics, reason, 0)
+        let validator = match (reason, stored) {
+            (FetchReason::Miss, _) | (_, None) => Arc::from(Vec::new()),
+            (_, Some(item)) => Arc::from(item.validator.as_slice()),
+        };
+        self.launch(
+            table,
+            key,
+            job,
+            config,
+            metrics,
+            reason,
+            Start::Here { validator },
+        )
     }
 
     /// [`start_flight`](Engine::start_flight) by a caller who saw the item at `seen`, its
@@ -110,6 +134,29 @@ impl Engine {
         metrics: &Arc<JobMetrics>,
         reason: FetchReason,
         seen: u64,
+    ) -> watch::Receiver<Option<FlightResult>> {
+        self.launch(
+            table,
+            key,
+            job,
+            config,
+            metrics,
+            reason,
+            Start::Fleet { seen },
+        )
+    }
+
+    /// Puts the flight in the table and spawns its driver.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        table: &mut Table,
+        key: &ItemKey,
+        job: &JobName,
+        config: &JobConfig,
+        metrics: &Arc<JobMetrics>,
+        reason: FetchReason,
+        start: Start,
     ) -> watch::Receiver<Option<FlightResult>> {
         if table.backoff.contains_key(key) {
             metrics.fetches_retried.inc();
@@ -139,7 +186,7 @@ impl Engine {
             tokio::select! {
                 // The guard, dropped here, answers the waiters "shutting down".
                 _ = shutdown.closing() => {}
-                result = engine.drive_here_or_fleet(&key, &job, &config, &metrics, reason, id, seen) => {
+                result = engine.drive_here_or_fleet(&key, &job, &config, &metrics, reason, id, start) => {
                     guard.answer(result);
                 }
             }
@@ -157,18 +204,33 @@ impl Engine {
         metrics: &Arc<JobMetrics>,
         reason: FetchReason,
         id: u64,
-        seen: u64,
+        start: Start,
     ) -> FlightResult {
-        match self.inner.fleet.clone() {
-            Some(fleet) => {
+        match (self.inner.fleet.clone(), start) {
+            (Some(fleet), Start::Fleet { seen }) => {
                 self.drive_fleet(&fleet, key, job, config, metrics, reason, id, seen)
                     .await
             }
-            None => self.drive(key, job, config, metrics, reason, id).await,
+            // A flight started by the sled path in fleet mode cannot happen (every item
+            // call goes the fleet's way there); if it did, it saw version 0.
+            (Some(fleet), Start::Here { .. }) => {
+                self.drive_fleet(&fleet, key, job, config, metrics, reason, id, 0)
+                    .await
+            }
+            (None, Start::Here { validator }) => {
+                self.drive(key, job, config, metrics, reason, id, validator)
+                    .await
+            }
+            (None, Start::Fleet { .. }) => {
+                self.drive(key, job, config, metrics, reason, id, Arc::from(Vec::new()))
+                    .await
+            }
         }
     }
 
-    /// Runs one fetch to its end and records its result.
+    /// Runs one fetch to its end and records its result. A refresh sends `validator`, the
+    /// stored one, so that the worker may answer NotModified.
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         key: &ItemKey,
@@ -177,15 +239,8 @@ impl Engine {
         metrics: &Arc<JobMetrics>,
         reason: FetchReason,
         id: u64,
+        validator: Arc<[u8]>,
     ) -> FlightResult {
-        // A refresh sends the stored validator, so that the worker may answer NotModified.
-        let validator: Arc<[u8]> = match reason {
-            FetchReason::Miss => Arc::from(Vec::new()),
-            _ => match self.inner.store.get(key) {
-                Ok(Some(item)) => Arc::from(item.validator),
-                _ => Arc::from(Vec::new()),
-            },
-        };
         let landed = self
             .ask_worker(key, job, config, metrics, reason, validator)
             .await;
@@ -337,12 +392,20 @@ impl Engine {
                 table.backoff.remove(key);
                 table.errors.remove(key);
                 if !superseded && self.still_known(job).is_ok() {
-                    let mut item = item.clone();
-                    if reinvalidate {
+                    let stale;
+                    let item = if reinvalidate {
                         // Based on data from before the Invalidate: stale until the follow-up.
-                        item.times.expires_at = item.times.stored_at;
-                    }
-                    match self.inner.store.put(key, &item) {
+                        let mut times = item.times;
+                        times.expires_at = times.stored_at;
+                        stale = Item {
+                            times,
+                            ..item.clone()
+                        };
+                        &stale
+                    } else {
+                        item
+                    };
+                    match self.inner.store.put(key, item) {
                         Ok(()) => {
                             stored = true;
                             self.inner.subscriptions.emit(
@@ -371,6 +434,7 @@ impl Engine {
         table.flights.remove(key);
         if reinvalidate && !superseded && !table.backed_off(key) {
             metrics.refreshes_scheduled.inc();
+            let stored_item = if stored { result.as_ref().ok() } else { None };
             self.start_flight(
                 &mut table,
                 key,
@@ -378,6 +442,7 @@ impl Engine {
                 config,
                 metrics,
                 FetchReason::Invalidated,
+                stored_item,
             );
         }
         (result, stored)

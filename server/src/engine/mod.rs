@@ -367,14 +367,14 @@ impl Engine {
                     if reason == FetchReason::Early {
                         m.early_refreshes.inc();
                     }
-                    self.start_flight(&mut table, &key, job, &config, m, reason);
+                    self.start_flight(&mut table, &key, job, &config, m, reason, item.as_ref());
                     None
                 }
                 GetPlan::FetchSync { reason, .. } => Some(match table.flights.get(&key) {
                     Some(flight) => flight.done.clone(),
                     None => {
                         m.sync_fetches.inc();
-                        self.start_flight(&mut table, &key, job, &config, m, reason)
+                        self.start_flight(&mut table, &key, job, &config, m, reason, item.as_ref())
                     }
                 }),
                 _ => None,
@@ -560,6 +560,7 @@ impl Engine {
                     &config,
                     &entry.metrics,
                     FetchReason::Invalidated,
+                    Some(&item),
                 );
                 true
             };

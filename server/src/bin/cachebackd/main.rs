@@ -19,6 +19,12 @@ use tokio::signal::unix::{signal, SignalKind};
 /// in `RestartPreventExitStatus=`, so a bad config is not restarted in a loop.
 const EX_CONFIG: u8 = 78;
 
+/// mimalloc rather than glibc's malloc: the runtime's threads allocate and free each other's
+/// buffers on every call, which glibc serves from contended arenas (see docs/BENCHMARKS.md,
+/// "Refresh").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
