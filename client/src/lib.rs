@@ -68,7 +68,7 @@ pub use fetched::{FetchContext, FetchReason, Fetched};
 pub use handle::{Invalidated, Item, ItemState, JobHandle, Read};
 pub use job::{BoxError, Job, JobConfig};
 pub use near::{NearCacheStats, MAX_NEAR_CACHE_ITEMS};
-pub use worker::{Worker, WorkerHandle};
+pub use worker::{AnswerRefused, Worker, WorkerHandle};
 
 /// Whether `name` is a valid job name: 1 to 128 bytes of `[A-Za-z0-9_.:-]`. A `const
 /// fn`, so that `#[cacheback]` checks its generated names at compile time.

@@ -7,7 +7,9 @@
 //! answers the daemon's fetch requests, at most `max_in_flight` at a time, each in its
 //! own task so that an error or a panic becomes a `FetchError` and nothing more. A lost
 //! stream is reopened with exponential backoff and jitter; a stop finishes the fetches
-//! in flight, sends their results, then closes the streams.
+//! in flight, sends their results, then closes the streams. An answer the daemon refuses
+//! (too large for its budget, a field out of bounds) is logged, counted and handed to the
+//! app's [`Worker::on_refused`] callback; the stream goes on.
 
 use std::{
     any::Any,
@@ -74,7 +76,31 @@ pub struct Worker {
     jobs: Vec<Served>,
     stop: CancellationToken,
     status: watch::Sender<Status>,
+    on_refused: Option<OnRefused>,
 }
+
+/// The app's callback for refused answers.
+type OnRefused = Arc<dyn Fn(&AnswerRefused) + Send + Sync>;
+
+/// The daemon refused one of this worker's answers and said why: its fetch failed (the
+/// callers waiting for it got `code` with `reason`) and nothing was stored. The stream
+/// stays open. It happens when answers being received at once are past the daemon's
+/// `max_answer_bytes`, or when the answer breaks a limit (data over `max_data_bytes`, a
+/// validator over 256 bytes, a bad tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerRefused {
+    /// The job the answer was for.
+    pub job: String,
+    /// The `FetchRequest` the answer was for; empty if the daemon could not read it.
+    pub request_id: String,
+    /// The status the fetch failed with for its callers (UNAVAILABLE).
+    pub code: tonic::Code,
+    /// Why, in the daemon's words (naming the limit).
+    pub reason: String,
+}
+
+/// The longest refusal reason written to the log, in characters.
+const LOGGED_REASON: usize = 512;
 
 #[derive(Clone)]
 struct Served {
@@ -89,6 +115,8 @@ struct Status {
     live: Vec<bool>,
     /// `Registered` answers received so far, over all jobs.
     registrations: u64,
+    /// Answers the daemon refused so far, over all jobs and daemons.
+    refused: u64,
     /// `run` has returned.
     finished: bool,
 }
@@ -120,7 +148,23 @@ impl Worker {
             jobs: Vec::new(),
             stop: CancellationToken::new(),
             status: watch::Sender::new(Status::default()),
+            on_refused: None,
         }
+    }
+
+    /// Calls `f` with every answer the daemon refuses (see [`AnswerRefused`]), from the
+    /// task reading the stream: keep it short. Each refusal is also logged as a WARN line
+    /// and counted in [`WorkerHandle::answers_refused`].
+    ///
+    /// ```no_run
+    /// # fn demo(client: cacheback::Client) {
+    /// let worker = cacheback::Worker::new(client)
+    ///     .on_refused(|r| eprintln!("{}: answer to {} refused: {}", r.job, r.request_id, r.reason));
+    /// # }
+    /// ```
+    pub fn on_refused(mut self, f: impl Fn(&AnswerRefused) + Send + Sync + 'static) -> Self {
+        self.on_refused = Some(Arc::new(f));
+        self
     }
 
     /// The name the daemon shows for this worker (default: program name and pid).
@@ -247,6 +291,7 @@ impl Worker {
             backoff: self.backoff,
             stop: self.stop,
             status: self.status,
+            on_refused: self.on_refused,
         });
         let mut jobs = JoinSet::new();
         for (j, served) in self.jobs.into_iter().enumerate() {
@@ -356,6 +401,18 @@ impl WorkerHandle {
         self.status.borrow().registrations
     }
 
+    /// How many of this worker's answers the daemon has refused (see [`AnswerRefused`]),
+    /// over all jobs and daemons.
+    ///
+    /// ```no_run
+    /// # fn demo(handle: cacheback::WorkerHandle) {
+    /// println!("{} answers refused", handle.answers_refused());
+    /// # }
+    /// ```
+    pub fn answers_refused(&self) -> u64 {
+        self.status.borrow().refused
+    }
+
     /// Waits until [`registrations`](Self::registrations) reaches `count`: after a
     /// daemon restart, `registrations() + jobs` means every job is back.
     ///
@@ -386,9 +443,26 @@ struct Context {
     backoff: ExponentialBuilder,
     stop: CancellationToken,
     status: watch::Sender<Status>,
+    on_refused: Option<OnRefused>,
 }
 
 impl Context {
+    /// The daemon refused an answer of `job`'s: logged, counted, handed to the app.
+    fn refused(&self, job: &str, refused: v1::AnswerRefused) {
+        let refused = AnswerRefused {
+            job: job.to_owned(),
+            request_id: refused.request_id,
+            code: tonic::Code::from_i32(refused.code),
+            reason: refused.reason,
+        };
+        let reason: String = refused.reason.chars().take(LOGGED_REASON).collect();
+        warn!(job, request_id = %refused.request_id, code = ?refused.code, %reason, "the daemon refused an answer: its fetch failed");
+        self.status.send_modify(|status| status.refused += 1);
+        if let Some(f) = &self.on_refused {
+            f(&refused);
+        }
+    }
+
     fn set_live(&self, index: usize, live: bool) {
         self.status.send_modify(|status| {
             status.live[index] = live;
@@ -540,6 +614,13 @@ async fn session(
                         () = context.stop.cancelled() => break None,
                     };
                     fetches.spawn(answer_batch(job.clone(), batch.fetches, results.clone(), permits));
+                }
+                Ok(Some(DaemonMessage { kind: Some(daemon_message::Kind::Refused(refused)) })) => {
+                    context.refused(job.name(), refused);
+                }
+                // A kind this worker does not know (a newer daemon's): nothing to do.
+                Ok(Some(DaemonMessage { kind: None })) => {
+                    debug!(job = job.name(), "a message of a kind this worker does not know ignored");
                 }
                 Ok(Some(other)) => warn!(job = job.name(), ?other, "unexpected message ignored"),
                 Ok(None) => break Some(SessionEnd::Lost {

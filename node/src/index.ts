@@ -54,6 +54,6 @@ export {
   type JobReader,
   type JobReadOptions,
 } from "./job";
-export { ABANDONED, Worker, type Logger, type Servable, type WorkerOptions } from "./worker";
+export { ABANDONED, Worker, type AnswerRefused, type Logger, type Servable, type WorkerOptions } from "./worker";
 export * as wire from "./wire";
 export { Absent, Fetched, NotModified, fetchContext, type FetchContext, type FetchReason, type FetchedOptions } from "./outcomes";

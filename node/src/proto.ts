@@ -11,6 +11,7 @@ import { join } from "node:path";
 
 import type { ProtoGrpcType } from "./generated/cacheback";
 
+export type { AnswerRefused__Output } from "./generated/cacheback/v1/AnswerRefused";
 export type { CachebackClient } from "./generated/cacheback/v1/Cacheback";
 export type { DaemonMessage__Output } from "./generated/cacheback/v1/DaemonMessage";
 export type { DeleteResponse__Output } from "./generated/cacheback/v1/DeleteResponse";

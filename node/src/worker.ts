@@ -9,7 +9,9 @@
  * of app servers does not reconnect in lockstep. `stop()` lets the fetches already
  * running finish and deliver their results, then half-closes the streams; requests that
  * arrive after that are left unanswered, and the daemon hands them to another worker
- * when the stream ends.
+ * when the stream ends. An answer the daemon refuses (too large for its budget of answers
+ * in flight, a field out of bounds) is logged as a warning, counted in `refused` and passed
+ * to the `onRefused` option; the stream goes on.
  */
 
 import * as grpc from "@grpc/grpc-js";
@@ -22,7 +24,15 @@ import { Client, defaultClient } from "./client";
 import { decodeArgs } from "./codec";
 import { Job, type CachedFunction } from "./job";
 import { Absent, Fetched, NotModified, withFetchContext, type FetchReason } from "./outcomes";
-import type { CachebackClient, DaemonMessage__Output, FetchRequest__Output, FetchResult, JobConfig__Output, WorkerMessage } from "./proto";
+import type {
+  AnswerRefused__Output,
+  CachebackClient,
+  DaemonMessage__Output,
+  FetchRequest__Output,
+  FetchResult,
+  JobConfig__Output,
+  WorkerMessage,
+} from "./proto";
 import { fromTimestamp, toDuration } from "./time";
 import { RECONNECT_MAX_MILLIS, RECONNECT_MIN_MILLIS } from "./wire";
 
@@ -53,7 +63,28 @@ export interface WorkerOptions {
   /** How long `stop()` waits for fetches in flight and the streams' end, in seconds (default 10). */
   stopGrace?: number;
   logger?: Logger;
+  /** Called with every answer the daemon refuses (see `AnswerRefused`). */
+  onRefused?: (refused: AnswerRefused) => void;
 }
+
+/** The daemon refused one of this worker's answers and said why: its fetch failed (the
+ * callers waiting for it got `code` with `reason`) and nothing was stored; the stream
+ * stays open. It happens when answers being received at once are past the daemon's
+ * `max_answer_bytes`, or when the answer breaks a limit (data over `max_data_bytes`, a
+ * validator over 256 bytes, a bad tag). */
+export interface AnswerRefused {
+  /** The job the answer was for. */
+  job: string;
+  /** The FetchRequest the answer was for; empty if the daemon could not read it. */
+  requestId: string;
+  /** The status the fetch failed with for its callers (`grpc.status.UNAVAILABLE`). */
+  code: grpc.status;
+  /** Why, in the daemon's words (naming the limit). */
+  reason: string;
+}
+
+/** The longest refusal reason written to the log, in characters. */
+const LOGGED_REASON = 512;
 
 function asJob(servable: Servable): Job<any, any> {
   if (servable instanceof Job) return servable;
@@ -115,6 +146,7 @@ export class Worker {
   private readonly reconnectMax: number;
   private readonly stopGrace: number;
   readonly logger: Logger;
+  private readonly onRefused: ((refused: AnswerRefused) => void) | undefined;
   /** Per job, one stream per daemon of the client (each daemon of a fleet dispatches only
    * to the workers registered with it). */
   private readonly streams = new Map<string, JobStream[]>();
@@ -124,6 +156,7 @@ export class Worker {
   private started = false;
   private loops: Promise<void>[] = [];
   private registrationCount = 0;
+  private refusedCount = 0;
 
   constructor(options: WorkerOptions = {}) {
     this.client = options.client ?? defaultClient();
@@ -132,6 +165,7 @@ export class Worker {
     this.reconnectMax = options.reconnectMax ?? RECONNECT_MAX_MILLIS / 1000;
     this.stopGrace = options.stopGrace ?? 10;
     this.logger = options.logger ?? DEFAULT_LOGGER;
+    this.onRefused = options.onRefused;
     this.changes.setMaxListeners(0);
   }
 
@@ -156,6 +190,11 @@ export class Worker {
   /** How many times the daemon has confirmed a registration (any job), reconnections included. */
   get registrations(): number {
     return this.registrationCount;
+  }
+
+  /** How many of this worker's answers the daemon has refused (any job); see `AnswerRefused`. */
+  get refused(): number {
+    return this.refusedCount;
   }
 
   /** The job's config as a daemon last confirmed it, defaults filled in. */
@@ -228,6 +267,20 @@ export class Worker {
   /** @internal */
   changed(registered = false): void {
     if (registered) this.registrationCount++;
+    this.changes.emit("change");
+  }
+
+  /** @internal The daemon refused an answer of `job`'s: logged, counted, handed to the app. */
+  refusedAnswer(job: string, notice: AnswerRefused__Output): void {
+    const refused: AnswerRefused = { job, requestId: notice.requestId, code: notice.code, reason: notice.reason };
+    const code = grpc.status[refused.code] ?? String(refused.code);
+    this.logger.warn(`job ${job}: the daemon refused the answer to ${refused.requestId} (${code}): ${refused.reason.slice(0, LOGGED_REASON)}`);
+    this.refusedCount++;
+    try {
+      this.onRefused?.(refused);
+    } catch (error) {
+      this.logger.warn(`job ${job}: onRefused threw: ${describe(error)}`);
+    }
     this.changes.emit("change");
   }
 
@@ -321,7 +374,9 @@ class JobStream {
           this.dispatch(call, [message.fetch], () => ended);
         } else if (message.kind === "batch" && message.batch) {
           this.dispatch(call, message.batch.fetches, () => ended);
-        }
+        } else if (message.kind === "refused" && message.refused) {
+          this.worker.refusedAnswer(this.job.name, message.refused);
+        } // any other kind is a newer daemon's, unknown here: ignored
       });
       call.on("error", (error: grpc.ServiceError) => {
         const message = `job ${this.job.name}: stream failed: ${grpc.status[error.code]} ${error.details}`;

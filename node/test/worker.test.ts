@@ -1,10 +1,15 @@
 /** The Worker's life: registration, reconnection after the daemon restarts, graceful stop. */
 
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 
-import { CachebackError, Job, Worker } from "../src";
-import { Fixture, WAIT, quietLogger, signal } from "./harness";
+import { CachebackError, Job, Worker, type AnswerRefused } from "../src";
+import { Fixture, REPO, WAIT, quietLogger, signal } from "./harness";
 
 /** A job whose fetches wait until the test lets them go. */
 class Gated extends Job<[string], string> {
@@ -89,4 +94,79 @@ test("a fetch still running at its deadline is abandoned, and its slot serves th
   await assert.rejects(job.get("stuck"), (e: CachebackError) => e.codeName === "UNAVAILABLE");
   assert.equal(await job.get("next"), "next fetched");
   job.gate.resolve();
+});
+
+/** Answers "big" with 200 KiB of data, anything else with a short string. */
+class Sized extends Job<[string], string> {
+  name = "test.Sized";
+
+  async fetch(key: string): Promise<string> {
+    return key === "big" ? "x".repeat(200 * 1024) : `${key} fetched`;
+  }
+}
+
+test("a refused answer is logged, counted and passed to onRefused, and the worker serves on", async () => {
+  const own = await Fixture.start({ args: ["--max-answer-bytes", "100KiB"] });
+  try {
+    const told = signal<AnswerRefused>();
+    const refusals: AnswerRefused[] = [];
+    const logger = quietLogger();
+    const worker = new Worker({
+      client: own.client,
+      logger,
+      onRefused: (r) => {
+        refusals.push(r);
+        told.resolve(r);
+      },
+    });
+    own.workers.push(worker.serve(new Sized()).start());
+    await worker.ready({ timeout: WAIT });
+    const job = new Sized(own.client);
+    const failed = await job.get("big").then(
+      () => assert.fail("the big answer is refused"),
+      (e: unknown) => e,
+    );
+    assert.ok(failed instanceof CachebackError, String(failed));
+    assert.equal(failed.code, grpc.status.UNAVAILABLE);
+    const refused = await told.promise;
+    assert.equal(refused.job, "test.Sized");
+    assert.equal(refused.code, grpc.status.UNAVAILABLE);
+    assert.equal(refused.reason, failed.details);
+    assert.match(refused.reason, /max_answer_bytes/);
+    assert.match(refused.requestId, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(worker.refused, 1);
+    const lines = logger.lines.filter((l) => l.includes("refused the answer"));
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.ok(lines[0].includes(refused.requestId) && lines[0].includes("UNAVAILABLE"), lines[0]);
+    // Same stream: the next answer is taken.
+    assert.equal(await job.get("bob"), "bob fetched");
+    assert.equal(worker.registrations, 1);
+    assert.equal(worker.refused, 1);
+    assert.equal(refusals.length, 1);
+  } finally {
+    await own.close();
+  }
+});
+
+test("a worker loading the proto from before `refused` decodes the notice as a message of no kind", () => {
+  const load = (dir: string) =>
+    protoLoader.loadSync("cacheback/v1/cacheback.proto", { longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [dir] });
+  const protoDir = join(REPO, "proto");
+  const register = (definition: protoLoader.PackageDefinition) =>
+    (definition["cacheback.v1.Cacheback"] as protoLoader.ServiceDefinition).RegisterJob;
+  const current = register(load(protoDir));
+  const notice = current.responseSerialize({ refused: { requestId: "r", code: 14, reason: "why" } });
+  assert.equal((current.responseDeserialize(notice) as { kind?: string }).kind, "refused");
+  const text = readFileSync(join(protoDir, "cacheback", "v1", "cacheback.proto"), "utf8");
+  const before = text.replace(/^\s*AnswerRefused refused = 4;\n/m, "");
+  assert.notEqual(before, text);
+  const old = mkdtempSync(join(tmpdir(), "cachebackd-old-proto-"));
+  try {
+    mkdirSync(join(old, "cacheback", "v1"), { recursive: true });
+    writeFileSync(join(old, "cacheback", "v1", "cacheback.proto"), before);
+    const decoded = register(load(old)).responseDeserialize(notice) as { kind?: string };
+    assert.equal(decoded.kind, undefined);
+  } finally {
+    rmSync(old, { recursive: true, force: true });
+  }
 });

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import uuid
 from typing import Any, Callable
 
 import grpc
 import pytest
 
-from cachebackd import CachebackError, Client, Item, ItemState, Job, Worker
+from cachebackd import AnswerRefused, CachebackError, Client, Item, ItemState, Job, Worker
 from conftest import Daemon
 from support import WAIT, Calls, Tweets
 
@@ -204,3 +206,76 @@ def test_two_workers_share_a_job_and_one_carries_on_when_the_other_stops(
     first.stop()
     assert tweets.get("c") == ["c tweet 3"]
     assert sorted(args for args in calls.args) == [("a",), ("b",), ("c",)]
+
+
+class Sized(Job):
+    name = "tests.Sized"
+
+    def fetch(self, name: str) -> str:
+        return "x" * (200 * 1024) if name == "big" else name.upper()
+
+
+def test_a_refused_answer_is_logged_counted_and_passed_to_on_refused_and_the_worker_serves_on(
+    make_daemon: Callable[..., Daemon], caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = make_daemon("--max-answer-bytes", "100KiB")
+    refusals: list[AnswerRefused] = []
+    told = threading.Event()
+
+    def on_refused(refused: AnswerRefused) -> None:
+        refusals.append(refused)
+        told.set()
+
+    with Client(daemon.target, timeout=WAIT) as client:
+        worker = Worker(client, on_refused=on_refused).serve(Sized()).start()
+        try:
+            assert worker.wait_until_registered(WAIT)
+            sized = Sized(client)
+            with caplog.at_level(logging.WARNING, logger="cachebackd.worker"):
+                with pytest.raises(CachebackError) as raised:
+                    sized.get("big")
+                assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+                assert told.wait(WAIT)
+            [refused] = refusals
+            assert refused.job == "tests.Sized"
+            assert refused.code == grpc.StatusCode.UNAVAILABLE
+            assert refused.reason == raised.value.details
+            assert "max_answer_bytes" in refused.reason
+            assert str(uuid.UUID(refused.request_id)) == refused.request_id
+            assert worker.refused == 1
+            [line] = [r for r in caplog.records if "refused the answer" in r.getMessage()]
+            assert line.levelno == logging.WARNING
+            assert refused.request_id in line.getMessage() and "max_answer_bytes" in line.getMessage()
+            # Same stream: the next answer is taken.
+            assert sized.get("bob") == "BOB"
+            assert worker.registrations == 1
+            assert worker.refused == 1 and len(refusals) == 1
+        finally:
+            worker.stop()
+
+
+def test_a_daemon_message_of_a_kind_unknown_to_an_older_worker_decodes_as_no_kind() -> None:
+    """A worker built from the proto before `refused = 4` sees a message with no kind, which
+    its stream loop ignores (it dispatches on the kinds it knows)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from cachebackd._proto import cacheback_pb2 as pb
+
+    old = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(old)
+    [daemon_message] = [m for m in old.message_type if m.name == "DaemonMessage"]
+    kept = [f for f in daemon_message.field if f.number != 4]
+    del daemon_message.field[:]
+    daemon_message.field.extend(kept)
+    pool = descriptor_pool.DescriptorPool()  # of its own, beside the package's
+    for dependency in pb.DESCRIPTOR.dependencies:
+        proto = descriptor_pb2.FileDescriptorProto()
+        dependency.CopyToProto(proto)
+        pool.Add(proto)
+    pool.Add(old)
+    OldDaemonMessage = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("cacheback.v1.DaemonMessage")
+    )
+    notice = pb.DaemonMessage(refused=pb.AnswerRefused(request_id="r", code=14, reason="why"))
+    decoded = OldDaemonMessage.FromString(notice.SerializeToString())
+    assert decoded.WhichOneof("kind") is None

@@ -94,7 +94,7 @@ pub(crate) fn job_config(c: pb::JobConfig, defaults: &JobConfig) -> Result<JobCo
 
 /// A worker's error message as passed on: at most [`MAX_ERROR_MESSAGE`] bytes (it goes
 /// into every waiting caller's status and into the log).
-fn clip_message(mut message: String) -> String {
+pub(crate) fn clip_message(mut message: String) -> String {
     if message.len() > MAX_ERROR_MESSAGE {
         let mut end = MAX_ERROR_MESSAGE;
         while !message.is_char_boundary(end) {
@@ -177,9 +177,9 @@ pub(crate) fn fetch_batch(orders: Vec<FetchOrder>) -> pb::DaemonMessage {
 }
 
 /// A worker's `FetchResult.outcome` as the registry takes it: every field checked. A bad
-/// field (a lifetime out of range, a validator over 256 bytes, a bad or 33rd tag) makes
-/// the answer a failed fetch with that message: nothing is stored, and the stream stays
-/// open.
+/// field (data over the data limit, a lifetime out of range, a validator over 256 bytes, a
+/// bad or 33rd tag) makes the answer a failed fetch with that message: nothing is stored,
+/// and the stream stays open.
 pub(crate) fn fetch_outcome(outcome: Option<fetch_result::Outcome>, limits: &Limits) -> Outcome {
     let lifetime = |field: &str, d: Option<prost_types::Duration>| {
         d.map(|d| span(field, d, true))
@@ -188,6 +188,15 @@ pub(crate) fn fetch_outcome(outcome: Option<fetch_result::Outcome>, limits: &Lim
     };
     let checked = match outcome {
         Some(fetch_result::Outcome::Value(v)) => (|| {
+            // Checked here, at the edge, as well as where the fetch lands, so that the
+            // worker is told (`DaemonMessage.refused`) like for any other bad field.
+            if v.data.len() > limits.max_data_bytes {
+                return Err(Error::InvalidArgument(format!(
+                    "the worker answered {} bytes of data, over the limit of {} bytes (max_data_bytes)",
+                    v.data.len(),
+                    limits.max_data_bytes
+                )));
+            }
             check_validator(&v.validator)?;
             Ok(Fetched::Value {
                 lifetime: lifetime("FetchedValue.lifetime", v.lifetime)?,

@@ -180,8 +180,12 @@ pub async fn run_with_reload(
     };
     crate::health::set_all(&health, ready).await;
     let connections = Connections::new(config.max_connections, config.idle_timeout);
-    let answers = ByteBudget::new(config.max_answer_bytes);
     let unsent = ByteBudget::new(config.max_unsent_bytes);
+    let intake = IntakeLayer {
+        budget: ByteBudget::new(config.max_answer_bytes),
+        max_message: max,
+        notices_dropped: Default::default(),
+    };
     let mut servers = JoinSet::new();
     for listener in bound {
         let router = Server::builder()
@@ -197,10 +201,7 @@ pub async fn run_with_reload(
                 max_data_bytes: config.max_data_bytes,
             })
             .layer(auth.layer())
-            .layer(IntakeLayer {
-                budget: answers.clone(),
-                max_message: max,
-            })
+            .layer(intake.clone())
             .add_service(service.clone())
             .add_service(admin.clone())
             .add_service(health_service.clone())
@@ -232,7 +233,7 @@ pub async fn run_with_reload(
     if let Some(l) = metrics_listener {
         let mut registry = crate::metrics::registry(&metrics, engine.clone(), store_moved_aside);
         connections::register_metrics(&mut registry, connections.stats());
-        crate::intake::register_metrics(&mut registry, &answers);
+        crate::intake::register_metrics(&mut registry, &intake);
         crate::unsent::register_metrics(&mut registry, &unsent);
         auth.register_metrics(&mut registry);
         shutdown.spawn(crate::metrics::serve(l, registry, shutdown.clone()));

@@ -29,6 +29,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use cachebackd_proto::v1 as pb;
 use http_body::Body as _;
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
 use tonic::Status;
 
@@ -98,6 +99,9 @@ pub(crate) struct IntakeLayer {
     pub budget: ByteBudget,
     /// The gRPC message limit.
     pub max_message: usize,
+    /// Notices of refused answers (`DaemonMessage.refused`) dropped because the worker's
+    /// stream held too many unsent (`worker_stream`); shared by every worker stream.
+    pub notices_dropped: Counter,
 }
 
 impl<S> tower::Layer<S> for IntakeLayer {
@@ -140,19 +144,30 @@ where
         }
         let (parts, body) = req.into_parts();
         let mut req = http::Request::from_parts(parts, tonic::body::Body::empty());
-        let inbound = Inbound::new(body, self.layer.budget.clone(), self.layer.max_message);
+        let inbound = Inbound::new(
+            body,
+            self.layer.budget.clone(),
+            self.layer.max_message,
+            self.layer.notices_dropped.clone(),
+        );
         req.extensions_mut()
             .insert(Taken(Arc::new(Mutex::new(Some(inbound)))));
         self.inner.call(req)
     }
 }
 
-/// Adds the answer budget's gauge and refusal counter to `registry`.
+/// Adds the answer budget's gauge and refusal counter, and the counter of dropped refusal
+/// notices, to `registry`.
 pub(crate) fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
-    budget: &ByteBudget,
+    layer: &IntakeLayer,
 ) {
-    budget.register_metrics(
+    registry.register(
+        "answer_refusal_notices_dropped",
+        "Notices of a refused answer not sent to its worker because its stream already held too many unsent",
+        layer.notices_dropped.clone(),
+    );
+    layer.budget.register_metrics(
         registry,
         "answers_held",
         "Bytes of workers' answers being received or handed over now (at most max_answer_bytes)",
@@ -180,6 +195,7 @@ pub(crate) struct Inbound {
     /// Bytes received and not yet taken by `state`.
     chunk: Bytes,
     state: State,
+    notices_dropped: Counter,
 }
 
 enum State {
@@ -209,14 +225,26 @@ impl State {
 }
 
 impl Inbound {
-    fn new(body: tonic::body::Body, budget: ByteBudget, max_message: usize) -> Inbound {
+    fn new(
+        body: tonic::body::Body,
+        budget: ByteBudget,
+        max_message: usize,
+        notices_dropped: Counter,
+    ) -> Inbound {
         Inbound {
             body,
             budget,
             max_message,
             chunk: Bytes::new(),
             state: State::header(),
+            notices_dropped,
         }
+    }
+
+    /// Counts the notices of refused answers this daemon could not send (see
+    /// [`IntakeLayer::notices_dropped`]).
+    pub(crate) fn notices_dropped(&self) -> &Counter {
+        &self.notices_dropped
     }
 
     /// The next message; `None` once the worker has closed its side.
@@ -417,7 +445,12 @@ mod tests {
     async fn messages_past_the_budget_are_refused_and_the_rest_read_across_chunks() {
         let budget = ByteBudget::new(150_000);
         let bytes = framed(&[answer("a", 100_000), answer("b", 100_000), answer("c", 10)]);
-        let mut inbound = Inbound::new(body(bytes, 7_000), budget.clone(), 1 << 20);
+        let mut inbound = Inbound::new(
+            body(bytes, 7_000),
+            budget.clone(),
+            1 << 20,
+            Counter::default(),
+        );
         let Some(Received::Message(first, held)) = inbound.message().await.unwrap() else {
             panic!("the first answer fits")
         };
@@ -447,13 +480,18 @@ mod tests {
         let budget = ByteBudget::new(1 << 20);
         let mut bytes = framed(&[answer("a", 1000)]);
         bytes.truncate(500);
-        let mut inbound = Inbound::new(body(bytes, 100), budget.clone(), 1 << 20);
+        let mut inbound = Inbound::new(
+            body(bytes, 100),
+            budget.clone(),
+            1 << 20,
+            Counter::default(),
+        );
         assert!(matches!(
             inbound.message().await,
             Err(IntakeError::Truncated)
         ));
         let bytes = framed(&[answer("a", 2000)]);
-        let mut inbound = Inbound::new(body(bytes, 100), budget, 1000);
+        let mut inbound = Inbound::new(body(bytes, 100), budget, 1000, Counter::default());
         assert!(matches!(
             inbound.message().await,
             Err(IntakeError::TooLarge { limit: 1000, .. })

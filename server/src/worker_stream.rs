@@ -2,16 +2,20 @@
 //! (registered) takes `FetchResult`s until the stream ends, the worker misbehaves or the
 //! daemon stops; then its worker is unregistered, so its fetches fail over. The service
 //! only hands the stream over ([`open`]); the registry (`workers`) keeps the fetches.
+//!
+//! An answer the daemon refuses while the stream stays open (past the budget of answer
+//! bytes, or a field out of bounds) fails its fetch and is told to the worker in an
+//! `AnswerRefused` (`DaemonMessage.refused`, an extension of ours beyond PROTOCOL.md).
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use cachebackd_proto::v1::{self as pb, daemon_message, worker_message};
+use cachebackd_proto::v1::{self as pb, daemon_message, fetch_result, worker_message};
 use cachebackd_proto::wire::{DEFAULT_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::Status;
+use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::auth::Access;
@@ -23,6 +27,11 @@ use crate::logs::{clip, RateLimit};
 use crate::model::{JobConfig, JobName};
 use crate::shutdown::Shutdown;
 use crate::workers::{Answered, Outbound, RequestId, WorkerId};
+
+/// How many notices of refused answers a stream holds unsent. They have a channel of their
+/// own, not the fetches' one: the registry takes a full fetch channel for a stream going
+/// away, so notices there could cost the worker its fetches.
+const NOTICES: usize = 64;
 
 /// What the daemon sends down a worker's stream.
 pub(crate) type DaemonStream =
@@ -40,11 +49,13 @@ pub(crate) fn open(
     // Room for every fetch the worker may hold, plus Registered and a closing error.
     let (tx, rx) = mpsc::channel::<Outbound>(MAX_MAX_IN_FLIGHT as usize + 2);
     let (reg_tx, reg_rx) = mpsc::channel::<Result<pb::DaemonMessage, Status>>(1);
+    let (notices, notices_rx) = mpsc::channel::<pb::DaemonMessage>(NOTICES);
     shutdown.clone().spawn(async move {
         let stream = WorkerStream {
             engine,
             shutdown,
             tx,
+            notices,
             access,
         };
         stream.run(&mut inbound, reg_tx).await;
@@ -54,8 +65,10 @@ pub(crate) fn open(
         Outbound::Batch(orders) => Ok(convert::fetch_batch(orders)),
         Outbound::Close(e) => Err(Status::from(e)),
     });
-    // Registered (or the registration's error) always comes first.
-    let stream = ReceiverStream::new(reg_rx).chain(fetches);
+    let notices = ReceiverStream::new(notices_rx).map(Ok);
+    // Registered (or the registration's error) always comes first; notices are only ever
+    // sent once registered.
+    let stream = ReceiverStream::new(reg_rx).chain(fetches.merge(notices));
     Box::pin(stream)
 }
 
@@ -64,6 +77,8 @@ struct WorkerStream {
     engine: Engine,
     shutdown: Shutdown,
     tx: mpsc::Sender<Outbound>,
+    /// Notices of refused answers (see [`WorkerStream::tell_refused`]).
+    notices: mpsc::Sender<pb::DaemonMessage>,
     /// Who opened the stream: its Register must name a job they may serve.
     access: Access,
 }
@@ -216,7 +231,7 @@ impl WorkerStream {
                     }
                 },
                 Ok(Some(Received::Refused(refusal))) => {
-                    self.refuse(job, worker, refusal);
+                    self.refuse(inbound, job, worker, refusal);
                     continue;
                 }
                 Ok(None) => return None,
@@ -234,7 +249,13 @@ impl WorkerStream {
                     )));
                 }
             };
+            // A FetchError is the worker's own failure; any other failed outcome is the
+            // daemon refusing the answer at the edge, which the worker is told of.
+            let said_error = matches!(result.outcome, Some(fetch_result::Outcome::Error(_)));
             let outcome = convert::fetch_outcome(result.outcome, self.engine.limits());
+            if let (Err(why), false) = (&outcome, said_error) {
+                self.tell_refused(inbound, job, &result.request_id, why);
+            }
             let workers = self.engine.workers();
             let answered = match RequestId::parse(&result.request_id) {
                 Some(id) => workers.answer(job, worker, id, outcome),
@@ -257,7 +278,7 @@ impl WorkerStream {
     }
     /// An answer the budget of answer bytes could not take: its fetch fails with a message
     /// saying why (callers see it), nothing is stored, and the stream stays open.
-    fn refuse(&self, job: &JobName, worker: WorkerId, refusal: Refusal) {
+    fn refuse(&self, inbound: &Inbound, job: &JobName, worker: WorkerId, refusal: Refusal) {
         static REFUSED: RateLimit = RateLimit::new(Duration::from_secs(10));
         let why = format!(
             "the daemon refused this worker's answer of {} bytes: answers being received from workers already hold its budget of {} bytes (max_answer_bytes)",
@@ -266,8 +287,39 @@ impl WorkerStream {
         if let Some(suppressed) = REFUSED.allow() {
             tracing::warn!(%job, %worker, bytes = refusal.len, budget = refusal.budget, request_id = %clip(refusal.request_id.as_deref().unwrap_or("")), more_since_last_line = suppressed, "answer refused: the budget of answer bytes is spent");
         }
-        if let Some(id) = refusal.request_id.as_deref().and_then(RequestId::parse) {
+        // Told before the fetch fails, so that the notice is on its way by the time the
+        // callers hear of the failure.
+        let request_id = refusal.request_id.unwrap_or_default();
+        self.tell_refused(inbound, job, &request_id, &why);
+        if let Some(id) = RequestId::parse(&request_id) {
             self.engine.workers().answer(job, worker, id, Err(why));
+        }
+    }
+
+    /// Tells the worker that its answer to `request_id` was refused: its fetch failed with
+    /// UNAVAILABLE and `why` (the status its callers get). Never waits: the notice goes to
+    /// a channel of [`NOTICES`] that the response stream reads as HTTP/2 lets it send, so
+    /// the stream's reading is never held up and a worker that reads nothing pins at most
+    /// that many notices; past them the notice is dropped, counted
+    /// (`cachebackd_answer_refusal_notices_dropped_total`) and logged (rate-limited). The
+    /// fetch fails either way.
+    fn tell_refused(&self, inbound: &Inbound, job: &JobName, request_id: &str, why: &str) {
+        static DROPPED: RateLimit = RateLimit::new(Duration::from_secs(10));
+        let notice = pb::DaemonMessage {
+            kind: Some(daemon_message::Kind::Refused(pb::AnswerRefused {
+                request_id: request_id.to_owned(),
+                code: Code::Unavailable as i32,
+                reason: convert::clip_message(why.to_owned()),
+            })),
+        };
+        match self.notices.try_send(notice) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                inbound.notices_dropped().inc();
+                if let Some(suppressed) = DROPPED.allow() {
+                    tracing::warn!(%job, request_id = %clip(request_id), more_since_last_line = suppressed, "notice of a refused answer dropped: the worker's stream holds {NOTICES} unsent");
+                }
+            }
         }
     }
 }

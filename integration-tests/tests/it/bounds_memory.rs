@@ -1,16 +1,20 @@
 //! Memory that many calls together could make the daemon hold: workers' answers are read
-//! under `max_answer_bytes` (one past it fails its fetch, the stream stays open), and a
+//! under `max_answer_bytes` (one past it fails its fetch, the worker is told why in an
+//! `AnswerRefused`, the stream stays open), and a
 //! worker stream's unreadable bytes end it with INVALID_ARGUMENT. The HTTP/2 side is
 //! spoken frame by frame (`raw_grpc`), to hold a message half sent.
 
 use bytes::Bytes;
-use cachebackd_proto::v1::{daemon_message, DaemonMessage, FetchRequest, GetRequest};
+use cachebackd_proto::v1::{
+    daemon_message, AnswerRefused, DaemonMessage, FetchRequest, GetRequest,
+};
 use prost::Message;
 use tonic::Code;
 
 use crate::bounds_support::*;
 use crate::harness::*;
 use crate::ops_support::scrape;
+use crate::policy_support::value_with;
 use crate::raw_grpc::{self, framed_split, raw_worker, Messages};
 
 const MIB: usize = 1024 * 1024;
@@ -44,8 +48,26 @@ async fn next_raw_fetch(s: &mut RawStream) -> FetchRequest {
     }
 }
 
+/// `DaemonMessage` as a worker built before `refused = 4` was added knows it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OldDaemonMessage {
+    #[prost(oneof = "OldKind", tags = "1, 2, 3")]
+    kind: Option<OldKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum OldKind {
+    #[prost(message, tag = "1")]
+    Registered(cachebackd_proto::v1::Registered),
+    #[prost(message, tag = "2")]
+    Fetch(FetchRequest),
+    #[prost(message, tag = "3")]
+    Batch(cachebackd_proto::v1::FetchBatch),
+}
+
 #[tokio::test]
-async fn an_answer_past_the_answer_budget_fails_its_fetch_and_the_stream_stays_open() {
+async fn an_answer_past_the_answer_budget_fails_its_fetch_the_worker_is_told_and_the_stream_stays_open(
+) {
     let (d, metrics) = daemon(&["--max-answer-bytes", "6MiB"]).await;
     let big: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8).collect();
     // Worker A holds 4 MiB of the budget: its answer is sent but for its last bytes.
@@ -73,11 +95,34 @@ async fn an_answer_past_the_answer_budget_fails_its_fetch_and_the_stream_stays_o
         status.message().contains("max_answer_bytes") && status.message().contains("refused"),
         "{status:?}"
     );
+    // B is told, on the same stream, with the caller's status.
+    match b.next().await {
+        Ok(Some(DaemonMessage {
+            kind: Some(daemon_message::Kind::Refused(refused)),
+        })) => assert_eq!(
+            refused,
+            AnswerRefused {
+                request_id: fetch.request_id.clone(),
+                code: Code::Unavailable as i32,
+                reason: status.message().to_owned(),
+            }
+        ),
+        other => panic!("expected AnswerRefused: {other:?}"),
+    }
+    // A worker built before `refused` existed decodes the notice as a message of no kind.
+    let notice = DaemonMessage {
+        kind: Some(daemon_message::Kind::Refused(AnswerRefused::default())),
+    };
+    assert_eq!(
+        OldDaemonMessage::decode(notice.encode_to_vec().as_slice()),
+        Ok(OldDaemonMessage { kind: None })
+    );
     let m = scrape(&metrics).await;
     assert_eq!(m.get("cachebackd_answers_refused_total"), 1.0);
     assert!(m.get("cachebackd_answers_held_bytes") >= (4 * MIB) as f64);
 
-    // B's stream stays open: a small answer is taken at once.
+    // B's stream stays open: a small answer is taken at once (and B hears of no other
+    // refusal: its next messages are fetches).
     let small_get = spawn_get(&d.client(), "free", "[3]", None);
     let fetch = next_raw_fetch(&mut b).await;
     b.send(value_msg(&fetch.request_id, b"small".to_vec(), None))
@@ -96,6 +141,73 @@ async fn an_answer_past_the_answer_budget_fails_its_fetch_and_the_stream_stays_o
     assert_eq!(m.get("cachebackd_answers_refused_total"), 1.0);
     assert_eq!(m.get("cachebackd_answers_held_bytes"), 0.0);
     assert_eq!(get(&mut d.client(), "held", "[1]").await.data, big);
+}
+
+#[tokio::test]
+async fn a_worker_that_reads_nothing_holds_a_bounded_number_of_refusal_notices() {
+    const BAD: usize = 1000;
+    let (d, metrics) = daemon(&[]).await;
+    // The daemon may send 1 KiB on the stream until the test reads it.
+    let mut h2 = raw_grpc::connect(d.port(), 1024).await;
+    let (mut send, mut messages) = raw_worker(&mut h2, "notices", 1).await;
+    let pending = spawn_get(&d.client(), "notices", "[1]", None);
+    let fetch = next_fetch(&mut messages).await;
+    // Answers with a bad validator, each refused and told, read by nobody; then the answer
+    // to the fetch, which is taken once all of them have been read.
+    let mut bytes = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..BAD {
+        let id = uuid::Uuid::new_v4().to_string();
+        bytes.extend_from_slice(&raw_grpc::framed(&value_with(&id, b"1", &[b'v'; 257], &[])));
+        ids.push(id);
+    }
+    bytes.extend_from_slice(&raw_grpc::framed(&value_msg(
+        &fetch.request_id,
+        b"ok".to_vec(),
+        None,
+    )));
+    send.send(Bytes::from(bytes), false).await;
+    assert_eq!(join_get(pending).await.unwrap().data, b"ok");
+    let dropped = scrape(&metrics)
+        .await
+        .get("cachebackd_answer_refusal_notices_dropped_total") as usize;
+    eprintln!("{dropped} of {BAD} notices dropped");
+    assert!(
+        dropped > 0 && dropped < BAD - 64,
+        "{dropped} of {BAD} notices dropped"
+    );
+
+    // Read now: every notice not dropped arrives, and nothing else.
+    let mut told = Vec::new();
+    for _ in 0..BAD - dropped {
+        match within("a notice", messages.next::<DaemonMessage>()).await {
+            Ok(DaemonMessage {
+                kind: Some(daemon_message::Kind::Refused(r)),
+            }) => {
+                assert!(r.reason.contains("validator is 257 bytes"), "{r:?}");
+                told.push(r.request_id);
+            }
+            other => panic!("expected a notice: {other:?}"),
+        }
+    }
+    // The notices kept are in the order of the answers (which ones were dropped depends on
+    // when the daemon's side took some off the channel); the count is exact, as the next
+    // message is the notice of the next refusal.
+    let mut kept = ids.iter().filter(|id| told.contains(id));
+    assert!(told.iter().all(|id| kept.next() == Some(id)), "in order");
+    assert_eq!(told[0], ids[0]);
+    let last = uuid::Uuid::new_v4().to_string();
+    send.send(
+        raw_grpc::framed(&value_with(&last, b"1", &[b'v'; 257], &[])),
+        false,
+    )
+    .await;
+    match within("the last notice", messages.next::<DaemonMessage>()).await {
+        Ok(DaemonMessage {
+            kind: Some(daemon_message::Kind::Refused(r)),
+        }) => assert_eq!(r.request_id, last),
+        other => panic!("expected the last notice: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -249,3 +249,60 @@ async fn a_refused_registration_stops_the_worker_with_the_daemons_status() {
     let error = worker.finished().await.unwrap_err();
     assert_eq!(error.code(), Some(Code::InvalidArgument), "{error}");
 }
+
+/// Answers "big" with 200 KiB of data, anything else with a short string.
+struct Sized;
+
+impl Job for Sized {
+    type Args = String;
+    type Output = String;
+    type Error = std::io::Error;
+
+    const NAME: &'static str = "tweets.Sized";
+
+    async fn fetch(&self, name: String) -> Result<String, std::io::Error> {
+        Ok(match name.as_str() {
+            "big" => "x".repeat(200 * 1024),
+            _ => format!("{name}'s tweets"),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_answer_reaches_on_refused_and_the_worker_serves_on() {
+    let daemon = Daemon::builder()
+        .args(["--max-answer-bytes", "100KiB"])
+        .start()
+        .await;
+    let client = connect(&daemon).await;
+    let (tx, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::new(client.clone())
+        .serve(Sized)
+        .on_refused(move |r| {
+            let _ = tx.send(r.clone());
+        });
+    let worker = start(worker).await;
+    let sized = client.job(&Sized);
+
+    let failed = sized.get(&"big".to_owned()).await.unwrap_err();
+    assert_eq!(failed.code(), Some(Code::Unavailable), "{failed}");
+    let refused = within("the refusal", refusals.recv()).await.unwrap();
+    assert_eq!(refused.job, "tweets.Sized");
+    assert_eq!(refused.code, Code::Unavailable);
+    assert_eq!(refused.reason, failed.status().unwrap().message());
+    assert!(refused.reason.contains("max_answer_bytes"), "{refused:?}");
+    assert_eq!(
+        uuid::Uuid::parse_str(&refused.request_id).map(|_| ()),
+        Ok(()),
+        "{refused:?}"
+    );
+    assert_eq!(worker.handle.answers_refused(), 1);
+
+    // Same stream: the next answer is taken.
+    let ok = sized.get(&"bob".to_owned()).await.unwrap();
+    assert_eq!(ok.as_deref(), Some("bob's tweets"));
+    assert_eq!(worker.handle.registrations(), 1);
+    assert_eq!(worker.handle.answers_refused(), 1);
+    assert!(refusals.try_recv().is_err(), "one refusal only");
+    worker.stop().await.unwrap();
+}

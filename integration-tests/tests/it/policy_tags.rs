@@ -2,7 +2,7 @@
 //! a fetch or a Set; one durable mark per tag, applied as items are read, across jobs; and
 //! the checks on tags and validators.
 
-use cachebackd_proto::v1::{FetchReason, ItemState};
+use cachebackd_proto::v1::{daemon_message, AnswerRefused, DaemonMessage, FetchReason, ItemState};
 use tonic::Code;
 
 use crate::harness::*;
@@ -150,39 +150,58 @@ async fn bad_tags_in_invalidate_tags_or_set_are_invalid_argument_and_nothing_cha
         .expect("32 tags are allowed");
 }
 
+/// What a case is, its data, validator and tags, and the message its callers get.
+type BadAnswer<'a> = (&'a str, &'a [u8], &'a [u8], &'a [&'a str], &'a str);
+
 #[tokio::test]
-async fn bad_tags_or_validator_in_a_worker_answer_are_a_failed_fetch_and_the_stream_stays_open() {
-    let d = Daemon::start().await;
+async fn bad_fields_in_a_worker_answer_are_a_failed_fetch_the_worker_is_told_and_the_stream_stays_open(
+) {
+    let d = Daemon::builder()
+        .args(["--max-data-bytes", "1000"])
+        .start()
+        .await;
     let mut c = d.client();
     let mut w = TestWorker::register(&d, A, job_config(300.0, 20.0)).await;
     let thirty_three: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
     let thirty_three: Vec<&str> = thirty_three.iter().map(String::as_str).collect();
     let long = vec![b'v'; 257];
-    let bad: [(&str, &[u8], &[&str], &str); 3] = [
+    let over = vec![b'1'; 1001];
+    let bad: [BadAnswer; 4] = [
         (
             "a 257-byte validator",
+            b"\"data\"",
             &long,
             &[],
             "validator is 257 bytes, over the limit of 256 bytes",
         ),
         (
             "33 tags",
+            b"\"data\"",
             b"",
             &thirty_three,
             "33 tags on one item, over the limit of 32",
         ),
         (
             "a bad tag",
+            b"\"data\"",
             b"",
             &["no spaces"],
             "tag \"no spaces\" has the character ' '",
         ),
+        (
+            "data over the data limit",
+            &over,
+            b"",
+            &[],
+            "the worker answered 1001 bytes of data, over the limit of 1000 bytes (max_data_bytes)",
+        ),
     ];
-    for (what, validator, tags, message) in bad {
+    let mut told = Vec::new();
+    for (what, data, validator, tags, message) in bad {
         let pending = spawn_get(&c, A, b"[9]", None);
         let fetch = w.next_fetch().await;
         assert!(
-            w.send(value_with(&fetch.request_id, b"\"data\"", validator, tags))
+            w.send(value_with(&fetch.request_id, data, validator, tags))
                 .await
         );
         let status = join_get(pending).await.unwrap_err();
@@ -194,6 +213,13 @@ async fn bad_tags_or_validator_in_a_worker_answer_are_a_failed_fetch_and_the_str
             "{what}: nothing stored"
         );
         assert!(!w.is_closed(), "{what}: the stream stays open");
+        told.push(DaemonMessage {
+            kind: Some(daemon_message::Kind::Refused(AnswerRefused {
+                request_id: fetch.request_id,
+                code: Code::Unavailable as i32,
+                reason: status.message().to_owned(),
+            })),
+        });
     }
     let pending = spawn_get(&c, A, b"[9]", None);
     let fetch = w.next_fetch().await;
@@ -210,6 +236,20 @@ async fn bad_tags_or_validator_in_a_worker_answer_are_a_failed_fetch_and_the_str
         .await
         .expect("256 bytes and 32 tags are allowed");
     assert_eq!(r.tags.len(), 32);
+    // Each refusal was told on the stream before the next fetch; a worker's own error is not.
+    assert_eq!(w.unexpected_messages(), told);
+    let pending = spawn_get(&c, A, b"[10]", None);
+    let fetch = w.next_fetch().await;
+    assert!(w.send(error_msg(&fetch.request_id, "origin down")).await);
+    join_get(pending).await.unwrap_err();
+    let pending = spawn_get(&c, A, b"[11]", None);
+    let fetch = w.next_fetch().await;
+    assert!(
+        w.send(value_msg(&fetch.request_id, b"1".to_vec(), None))
+            .await
+    );
+    join_get(pending).await.unwrap();
+    assert_eq!(w.unexpected_messages(), told);
 }
 
 #[tokio::test]

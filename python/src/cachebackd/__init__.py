@@ -37,7 +37,7 @@ from .client import (
 from .errors import CachebackdWarning, CachebackError, CodecError, FetchFailed, NoDaemonError
 from .job import Call, CachedFunction, FunctionJob, Job, cacheback, validate_name
 from .outcomes import Absent, FetchContext, Fetched, NotModified, fetch_context
-from .worker import Worker
+from .worker import AnswerRefused, Worker
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ def invalidate_tags(tags: "list[str] | tuple[str, ...]", client: "Client | None"
 
 __all__ = [
     "Absent",
+    "AnswerRefused",
     "DEFAULT_TARGET",
     "MAX_NEAR_CACHE_ITEMS",
     "TARGET_ENV",

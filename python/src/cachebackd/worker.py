@@ -8,7 +8,9 @@ restarted, the connection dropped) the worker reconnects and registers again, af
 exponential backoff with jitter so that a fleet of app servers does not reconnect in
 lockstep. Stopping lets the fetches already running finish and deliver their results;
 requests that arrive after that are left unanswered, and the daemon hands them to
-another worker when the stream ends.
+another worker when the stream ends. An answer the daemon refuses (too large for its
+budget of answers in flight, a field out of bounds) is logged as a WARN line, counted in
+`Worker.refused` and passed to the `on_refused` callback; the stream goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Iterator, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterator, Optional, Union
 
 import grpc
 
@@ -47,6 +50,29 @@ log = logging.getLogger("cachebackd.worker")
 _CLOSE = object()
 
 Servable = Union[Job, type[Job], "CachedFunction[..., Any]"]
+
+#: The longest refusal reason written to the log, in characters.
+_LOGGED_REASON = 512
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class AnswerRefused:
+    """The daemon refused one of this worker's answers and said why: its fetch failed (the
+    callers waiting for it got `code` with `reason`) and nothing was stored; the stream
+    stays open. It happens when answers being received at once are past the daemon's
+    `max_answer_bytes`, or when the answer breaks a limit (data over `max_data_bytes`, a
+    validator over 256 bytes, a bad tag)."""
+
+    #: The job the answer was for.
+    job: str
+    #: The FetchRequest the answer was for; empty if the daemon could not read it.
+    request_id: str
+    #: The status the fetch failed with for its callers (UNAVAILABLE).
+    code: grpc.StatusCode
+    #: Why, in the daemon's words (naming the limit).
+    reason: str
 
 
 def _as_job(job: Servable) -> Job:
@@ -107,8 +133,10 @@ class Worker:
     has every job registered with every one of them, each stream reconnecting on its own.
     `name` is reported
     to the daemon. Reconnection waits `reconnect_initial` seconds, doubling up to
-    `reconnect_max`, each wait drawn between half and all of that (jitter). Also a
-    context manager: `with Worker().serve(job):` starts it and stops it.
+    `reconnect_max`, each wait drawn between half and all of that (jitter).
+    `on_refused`, if given, is called with an `AnswerRefused` for every answer the daemon
+    refuses, from the thread reading the stream (keep it short). Also a context manager:
+    `with Worker().serve(job):` starts it and stops it.
     """
 
     def __init__(
@@ -119,18 +147,21 @@ class Worker:
         reconnect_initial: float = _wire.RECONNECT_MIN_MILLIS / 1000,
         reconnect_max: float = _wire.RECONNECT_MAX_MILLIS / 1000,
         stop_grace: float = 10.0,
+        on_refused: Optional[Callable[[AnswerRefused], None]] = None,
     ) -> None:
         self.client = client or default_client()
         self.name = name or f"python-{socket.gethostname()}-{os.getpid()}"
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.stop_grace = stop_grace
+        self.on_refused = on_refused
         # Guards every stream's registered/in_flight/outbox/call and the counter below;
         # never held while talking to the network or running a fetch.
         self._cond = threading.Condition()
         #: Per job, one stream per daemon of the client.
         self._streams: dict[str, list[_JobStream]] = {}
         self._registrations = 0
+        self._refused = 0
         self._started = False
         self._stopping = threading.Event()
 
@@ -171,6 +202,12 @@ class Worker:
         """How many times the daemon has confirmed a registration (any job), reconnections included."""
         with self._cond:
             return self._registrations
+
+    @property
+    def refused(self) -> int:
+        """How many of this worker's answers the daemon has refused (any job), see `AnswerRefused`."""
+        with self._cond:
+            return self._refused
 
     def effective_config(self, job: str) -> Optional[pb.JobConfig]:
         """The job's config as a daemon last confirmed it, defaults filled in."""
@@ -321,6 +358,9 @@ class _JobStream:
                     self._dispatch(message.fetch, outbox)
                 elif kind == "batch":
                     self._dispatch_batch(list(message.batch.fetches), outbox)
+                elif kind == "refused":
+                    self._on_refused(message.refused)
+                # Any other kind is a newer daemon's, unknown here: ignored.
         except grpc.RpcError as error:
             if worker._stopping.is_set():
                 log.debug("job %s: stream closed: %s", self.job.name, error)
@@ -347,6 +387,30 @@ class _JobStream:
             self.config = registered.config
             self.worker._registrations += 1
             self.worker._cond.notify_all()
+
+    def _on_refused(self, refused: pb.AnswerRefused) -> None:
+        notice = AnswerRefused(
+            job=self.job.name,
+            request_id=refused.request_id,
+            code=_STATUS_CODES.get(refused.code, grpc.StatusCode.UNKNOWN),
+            reason=refused.reason,
+        )
+        log.warning(
+            "job %s: the daemon refused the answer to %s (%s): %s",
+            notice.job,
+            notice.request_id,
+            notice.code.name,
+            notice.reason[:_LOGGED_REASON],
+        )
+        with self.worker._cond:
+            self.worker._refused += 1
+            self.worker._cond.notify_all()
+        callback = self.worker.on_refused
+        if callback is not None:
+            try:
+                callback(notice)
+            except Exception:  # the app's callback must not end the stream
+                log.exception("job %s: on_refused raised", notice.job)
 
     def _dispatch(self, request: pb.FetchRequest, outbox: "queue.Queue[Any]") -> None:
         with self.worker._cond:

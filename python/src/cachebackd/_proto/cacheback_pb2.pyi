@@ -263,14 +263,26 @@ class FetchError(_message.Message):
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class DaemonMessage(_message.Message):
-    __slots__ = ("registered", "fetch", "batch")
+    __slots__ = ("registered", "fetch", "batch", "refused")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     fetch: FetchRequest
     batch: FetchBatch
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., fetch: _Optional[_Union[FetchRequest, _Mapping]] = ..., batch: _Optional[_Union[FetchBatch, _Mapping]] = ...) -> None: ...
+    refused: AnswerRefused
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., fetch: _Optional[_Union[FetchRequest, _Mapping]] = ..., batch: _Optional[_Union[FetchBatch, _Mapping]] = ..., refused: _Optional[_Union[AnswerRefused, _Mapping]] = ...) -> None: ...
+
+class AnswerRefused(_message.Message):
+    __slots__ = ("request_id", "code", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    code: int
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class FetchBatch(_message.Message):
     __slots__ = ("fetches",)
