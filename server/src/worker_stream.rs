@@ -305,6 +305,13 @@ impl WorkerStream {
     /// fetch fails either way.
     fn tell_refused(&self, inbound: &Inbound, job: &JobName, request_id: &str, why: &str) {
         static DROPPED: RateLimit = RateLimit::new(Duration::from_secs(10));
+        // The daemon's ids are UUIDs: a longer "id" is the worker's junk, not echoed (a
+        // notice must not pin what a worker chose to send).
+        let request_id = if RequestId::parse(request_id).is_some() {
+            request_id
+        } else {
+            ""
+        };
         let notice = pb::DaemonMessage {
             kind: Some(daemon_message::Kind::Refused(pb::AnswerRefused {
                 request_id: request_id.to_owned(),
