@@ -293,7 +293,13 @@ async fn caller_deadline_exceeded_does_not_cancel_shared_fetch() {
         .await
         .expect("task")
         .expect_err("the caller's deadline passes first");
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The daemon answers DEADLINE_EXCEEDED at the deadline; tonic's channel keeps a timer
+    // of the same deadline and, on a loaded machine, may fire first (CANCELLED "Timeout
+    // expired"). Either way the caller's deadline passed; what matters is below.
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
 
     // The fetch goes on: a later Get joins it and gets its result.
     let joined = spawn_get(&c, JOB, b"[6]", None);
