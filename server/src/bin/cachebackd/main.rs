@@ -25,7 +25,22 @@ const EX_CONFIG: u8 = 78;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h); the Rust binding has
+/// no name for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS at once rather than after mimalloc's default delay,
+/// which it only acts on when the freeing thread allocates again: after a burst of large
+/// answers the runtime's threads may idle, and the daemon kept ~300 MiB it no longer used
+/// (see docs/BENCHMARKS.md, "Memory bounds").
+fn return_freed_memory_at_once() {
+    // SAFETY: sets an option by its number before any thread but this one runs; mimalloc
+    // reads it on every purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
 fn main() -> ExitCode {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
