@@ -25,22 +25,31 @@ const EX_CONFIG: u8 = 78;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (mimalloc.h); the Rust binding has
-/// no name for it.
+/// `mi_option_purge_delay` by its number in mimalloc 3's `mi_option_t` (the `mimalloc.h` of
+/// libmimalloc-sys 0.1.49, pinned in Cargo.toml); the Rust binding has no name for it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the OS at once rather than after mimalloc's default delay,
-/// which it only acts on when the freeing thread allocates again: after a burst of large
-/// answers the runtime's threads may idle, and the daemon kept ~300 MiB it no longer used
-/// (see docs/BENCHMARKS.md, "Memory bounds").
-fn return_freed_memory_at_once() {
-    // SAFETY: sets an option by its number before any thread but this one runs; mimalloc
-    // reads it on every purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+/// Memory the daemon frees goes back to the OS as glibc's malloc gave it back (see
+/// docs/BENCHMARKS.md, "Memory bounds"):
+/// - at once, not after mimalloc's delay, which it only acts on when the freeing thread
+///   allocates again: after a burst of large answers the runtime's threads may idle, and
+///   the daemon kept ~300 MiB it no longer used;
+/// - without transparent huge pages, which mimalloc asks for on its arenas (reserved before
+///   `main`, so its own option would come too late; the kernel's per-process switch applies
+///   to every later fault): each 4 MiB response held 6.3 MiB of RSS in 2 MiB pages, so the
+///   unsent budget's worst case was ~1.6× `max_unsent_bytes`.
+fn return_freed_memory_as_glibc_did() {
+    // SAFETY: sets an option by its number before any other thread runs; mimalloc reads
+    // it whenever it purges.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours. A
+    // kernel without it (before 3.15) leaves huge pages as they were, which costs memory
+    // only, so its error is ignored.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_at_once();
+    return_freed_memory_as_glibc_did();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
