@@ -142,3 +142,52 @@ async fn a_write_wins_over_a_not_modified_in_flight() {
         "Set's expiry",
     );
 }
+
+#[tokio::test]
+async fn a_stale_get_and_the_refresh_after_an_invalidate_in_flight_send_the_validator_stored_then()
+{
+    let d = Daemon::start().await;
+    let mut c = d.client();
+    // Fresh for 1 s, so that the item goes stale by itself.
+    let mut w = TestWorker::register(&d, JOB, job_config(1.0, 20.0)).await;
+
+    let pending = spawn_get(&c, JOB, b"[2]", None);
+    let fetch = w.next_fetch().await;
+    assert!(
+        w.send(value_with(&fetch.request_id, b"\"one\"", b"etag-1", &[]))
+            .await
+    );
+    let first = join_get(pending).await.unwrap();
+    sleep_until_wall(wall(first.expires_at.as_ref().unwrap()) + Duration::from_millis(50)).await;
+
+    // A stale Get's refresh carries the validator that Get read.
+    let r = get(&mut c, JOB, b"[2]").await;
+    assert_eq!(r.state(), ItemState::Stale);
+    assert!(r.refresh_scheduled);
+    let stale = w.next_fetch().await;
+    assert_eq!(stale.reason(), FetchReason::Stale);
+    assert_eq!(stale.validator, b"etag-1");
+
+    // An Invalidate while it is in flight: its answer is stored (stale), and the refresh
+    // that follows carries the validator of that answer, not of the item before it.
+    assert!(invalidate(&mut c, JOB, b"[2]").await.refresh_scheduled);
+    assert!(
+        w.send(value_with(&stale.request_id, b"\"two\"", b"etag-2", &[]))
+            .await
+    );
+    let follow_up = w.next_fetch().await;
+    assert_eq!(follow_up.reason(), FetchReason::Invalidated);
+    assert_eq!(follow_up.args, b"[2]");
+    assert_eq!(follow_up.validator, b"etag-2");
+    assert!(w.send(not_modified_msg(&follow_up.request_id, None)).await);
+    let r = eventually(WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let r = get(&mut c, JOB, b"[2]").await;
+            (r.state() == ItemState::Fresh).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r.data, b"\"two\"");
+    assert_eq!(w.fetches().len(), 3);
+}
