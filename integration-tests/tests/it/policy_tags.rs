@@ -250,6 +250,27 @@ async fn bad_fields_in_a_worker_answer_are_a_failed_fetch_the_worker_is_told_and
     );
     join_get(pending).await.unwrap();
     assert_eq!(w.unexpected_messages(), told);
+
+    // A bad answer under an id the daemon never gave out is told with no id: a worker's
+    // junk is not echoed (nor kept while the notice waits to be sent).
+    assert!(
+        w.send(value_with(&"x".repeat(1000), b"\"data\"", &long, &[]))
+            .await
+    );
+    let pending = spawn_get(&c, A, b"[12]", None);
+    let fetch = w.next_fetch().await;
+    w.reply_value(&fetch.request_id, b"2".to_vec(), None).await;
+    join_get(pending).await.unwrap();
+    let Some(daemon_message::Kind::Refused(first)) = &told[0].kind else {
+        unreachable!("built above as a refusal");
+    };
+    told.push(DaemonMessage {
+        kind: Some(daemon_message::Kind::Refused(AnswerRefused {
+            request_id: String::new(),
+            ..first.clone()
+        })),
+    });
+    assert_eq!(w.unexpected_messages(), told);
 }
 
 #[tokio::test]
